@@ -1,0 +1,32 @@
+# Quick start:  make demo   (set up .venv, run the default JAX-vs-TensorFlow comparison)
+#               make test   (set up .venv, run the tests)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all bench sweep clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[tf,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m compare run --impl jax,tf-raw,tf-static,tf-dynamic,tf2
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ''
+
+bench: $(STAMP)
+	$(PY) -m jax_rnn.bench
+
+sweep: $(STAMP)
+	$(PY) -m compare sweep
+
+clean:
+	rm -rf $(VENV) results build *.egg-info
