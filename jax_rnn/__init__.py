@@ -1,0 +1,25 @@
+"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``.
+
+Parameters are a pytree ``{"rnn_cell": {"W", "b"}, "softmax": {"W", "b"}}`` (TensorFlow's layout);
+every function is pure. Quick use::
+
+    import jax, jax_rnn
+    params = jax_rnn.init_params(jax.random.key(0))
+    opt = jax_rnn.adagrad(0.1)                          # TF1 Adagrad semantics
+    params, opt_state, state, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
+
+or simply ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``.
+"""
+
+from . import data
+from .fit import FitConfig, FitResult, fit, running_averages
+from .model import (Params, check_params, init_params, logits, loss, loss_batch_last, param_shapes, rnn, rnn_cell,
+                    zero_state)
+from .optim import adagrad
+from .train import train_epoch, train_runs, train_step
+
+__all__ = [
+    "FitConfig", "FitResult", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
+    "loss_batch_last", "param_shapes", "rnn", "rnn_cell", "running_averages", "train_epoch", "train_runs",
+    "train_step", "zero_state",
+]

@@ -1,0 +1,144 @@
+"""jax_rnn.train: the scanned epoch against a loop of steps, vmap against one-by-one, determinism, convergence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rnn
+from compare import task
+from conftest import numpy_params
+
+
+def test_train_epoch_equals_a_python_loop_of_train_step(small_windows):
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    p_scan, o_scan, s_scan, losses_scan = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
+    p, o, s = params, opt.init(params), jax_rnn.zero_state(20, 4)
+    losses = []
+    for x, y in zip(x_windows, y_windows):
+        p, o, s, loss = jax_rnn.train_step(p, o, s, x, y, opt)
+        losses.append(loss)
+    assert losses_scan.shape == (300,) and losses_scan.dtype == jnp.float32
+    np.testing.assert_allclose(losses_scan, np.array(losses), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(s_scan, s, atol=1e-6)
+    for a, b in zip(jax.tree.leaves((p_scan, o_scan)), jax.tree.leaves((p, o))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_state_is_carried_between_windows(small_windows):
+    """Resetting the state each window (instead of carrying it) changes the losses from window 2 on."""
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    _, _, _, carried = jax_rnn.train_epoch(params, opt.init(params), x_windows[:3], y_windows[:3], opt)
+    p, o, _, first = jax_rnn.train_step(params, opt.init(params), jax_rnn.zero_state(20, 4), x_windows[0], y_windows[0], opt)
+    _, _, _, second_reset = jax_rnn.train_step(p, o, jax_rnn.zero_state(20, 4), x_windows[1], y_windows[1], opt)
+    assert carried[0] == first and carried[1] != second_reset
+
+
+def test_train_epoch_continues_from_a_given_state(small_windows):
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    p_all, o_all, s_all, l_all = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
+    p, o, s, l1 = jax_rnn.train_epoch(params, opt.init(params), x_windows[:100], y_windows[:100], opt)
+    p, o, s, l2 = jax_rnn.train_epoch(p, o, x_windows[100:], y_windows[100:], opt, state=s)
+    np.testing.assert_allclose(np.concatenate([l1, l2]), l_all, atol=1e-6)
+    np.testing.assert_allclose(s, s_all, atol=1e-6)
+
+
+def test_vmapped_runs_equal_the_same_runs_one_by_one():
+    runs, opt = 3, jax_rnn.adagrad(0.1)
+    data = [task.windows(*task.gen_data(10_000, seed), batch_size=10, num_steps=5) for seed in range(runs)]
+    params = [jax_rnn.init_params(jax.random.key(seed)) for seed in range(runs)]
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    p, o, s, losses = jax_rnn.train_runs(stack(params), stack([opt.init(q) for q in params]),
+                                         jnp.stack([d[0] for d in data]), jnp.stack([d[1] for d in data]), opt)
+    assert losses.shape == (runs, 200) and s.shape == (runs, 10, 4)
+    for r in range(runs):
+        p_r, o_r, s_r, losses_r = jax_rnn.train_epoch(params[r], opt.init(params[r]), *data[r], opt)
+        np.testing.assert_allclose(losses[r], losses_r, atol=1e-6)
+        np.testing.assert_allclose(s[r], s_r, atol=1e-6)
+        for a, b in zip(jax.tree.leaves(jax.tree.map(lambda t: t[r], p)), jax.tree.leaves(p_r)):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(losses[0], losses[1])
+
+
+def test_same_seed_gives_bit_identical_losses():
+    config = jax_rnn.FitConfig(data_size=20_000, batch_size=20, epochs=2, seed=5)
+    a, b = jax_rnn.fit(config), jax_rnn.fit(config)
+    np.testing.assert_array_equal(a.step_losses, b.step_losses)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    c = jax_rnn.fit(jax_rnn.FitConfig(data_size=20_000, batch_size=20, epochs=2, seed=6))
+    assert not np.array_equal(a.step_losses, c.step_losses)
+
+
+def test_fit_on_caller_data_equals_train_epoch_on_its_windows():
+    config = jax_rnn.FitConfig(data_size=5_000, batch_size=10, num_steps=5, epochs=2)
+    xs, ys = zip(*(task.gen_data(5_000, seed) for seed in (1, 2)))
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    result = jax_rnn.fit(config, data=(np.stack(xs), np.stack(ys)), params=params)
+    opt = jax_rnn.adagrad(0.1)
+    p, o = params, opt.init(params)
+    for epoch in range(2):
+        p, o, _, losses = jax_rnn.train_epoch(p, o, *task.windows(xs[epoch], ys[epoch], 10, 5), opt)
+        np.testing.assert_allclose(result.step_losses[epoch], losses, atol=1e-6)
+    assert result.avg_losses.shape == (2,)  # 100 windows per epoch -> one log line each
+    np.testing.assert_allclose(result.avg_losses, result.step_losses.mean(axis=1), rtol=1e-6)
+
+
+def test_running_averages_average_exactly_100_steps_per_line():
+    losses = np.arange(2 * 250, dtype=np.float32).reshape(2, 250)
+    np.testing.assert_allclose(jax_rnn.running_averages(losses, 100), [49.5, 149.5, 299.5, 399.5])
+
+
+def test_device_generator_matches_the_task_distribution():
+    x, y = jax_rnn.data.gen_data(jax.random.key(0), 1_000_000)
+    x, y = np.asarray(x), np.asarray(y)
+    x3, x8 = np.roll(x, 3), np.roll(x, 8)
+    for a in (0, 1):
+        for b in (0, 1):
+            assert abs(y[(x3 == a) & (x8 == b)].mean() - (0.5 + 0.5 * a - 0.25 * b)) < 0.005
+    assert abs(x.mean() - 0.5) < 0.003
+
+
+def test_device_windows_equal_the_task_windows():
+    x, y = task.gen_data(10_007, seed=3)
+    for got, want in zip(jax_rnn.data.windows(jnp.asarray(x), jnp.asarray(y), 13, 7), task.windows(x, y, 13, 7)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_steps", 0, "num_steps must be an integer >= 1, got 0"),
+    ("state_size", 2.5, "state_size must be an integer >= 1, got 2.5"),
+    ("learning_rate", float("nan"), "learning_rate must be a finite number > 0, got nan"),
+    ("batch_size", 10**7, "larger than data_size"),
+])
+def test_fit_config_is_validated_on_construction(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        jax_rnn.FitConfig(**{field: value})
+
+
+# --- Convergence on the real task, against the analytic targets ------------------------------------
+
+def test_num_steps_5_learns_the_3_step_dependency():
+    """Tutorial defaults (batch 200, state 4, 1M points per epoch): one epoch reaches the 3-step level."""
+    result = jax_rnn.fit(jax_rnn.FitConfig(num_steps=5, state_size=4, epochs=1, seed=0))
+    assert result.final_loss < 0.54
+    assert task.level(result.final_loss) == "first"
+    assert result.final_loss > task.TARGETS.both - 0.01  # nobody beats the Bayes loss on fresh data
+
+
+def test_num_steps_1_learns_nothing():
+    result = jax_rnn.fit(jax_rnn.FitConfig(num_steps=1, epochs=1, data_size=200_000, seed=0))
+    assert task.level(result.final_loss) == "none"
+
+
+def test_num_steps_10_state_16_learns_both_dependencies():
+    """The gradient reaches 8 steps back: within 10 epochs the loss falls clearly below the 3-step level."""
+    result = jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=10, seed=0))
+    assert result.final_loss < task.TARGETS.first - 0.03, result.avg_losses[-10:]
+    assert task.level(result.final_loss) == "both"
