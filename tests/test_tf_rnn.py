@@ -1,0 +1,246 @@
+"""tf_rnn on its own: configuration, parameter round trips, isolation, environment, convergence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tf_rnn
+from compare.task import TARGETS, gen_data, level, windows
+from tf_rnn import _env
+
+IMPLS = tf_rnn.IMPLEMENTATIONS
+SMALL = tf_rnn.ModelConfig(batch_size=16, num_steps=5, state_size=4)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _small_windows(n: int = 30, seed: int = 0):
+    return windows(*gen_data(SMALL.batch_size * SMALL.num_steps * n, seed=seed), SMALL.batch_size, SMALL.num_steps)
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; ``env`` values override os.environ, None removes a variable."""
+    environ = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          env=environ, timeout=120)
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [
+    ("num_classes", 0), ("state_size", -1), ("batch_size", 2.5), ("num_steps", True),
+    ("learning_rate", 0.0), ("learning_rate", float("nan")), ("learning_rate", float("inf")),
+])
+def test_config_rejects_bad_values_naming_field_and_value(field, value):
+    with pytest.raises(ValueError) as err:
+        tf_rnn.ModelConfig(**{field: value})
+    message = str(err.value)
+    assert field in message and repr(value) in message
+    assert (">= 1" in message) if field != "learning_rate" else ("> 0" in message)
+
+
+def test_config_is_frozen_and_defaults_are_the_tutorials():
+    config = tf_rnn.ModelConfig()
+    assert (config.num_classes, config.state_size, config.batch_size, config.num_steps, config.learning_rate) == (
+        2, 4, 200, 5, 0.1)
+    with pytest.raises(AttributeError):
+        config.batch_size = 3  # type: ignore[misc]
+
+
+def test_unknown_implementation_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="raw, static, dynamic, tf2"):
+        tf_rnn.build("cudnn", SMALL)
+
+
+def test_gpu_request_without_gpu_is_a_clear_error():
+    from tf_rnn.graph import tf
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    for name in ("dynamic", "tf2"):
+        with pytest.raises(RuntimeError, match="sees no GPU"):
+            tf_rnn.build(name, SMALL, device="gpu")
+
+
+# --- parameters ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models():
+    built = {name: tf_rnn.build(name, SMALL, seed=1) for name in IMPLS}
+    yield built
+    for model in built.values():
+        model.close()
+
+
+@pytest.mark.parametrize("source", IMPLS)
+def test_params_exported_from_one_version_give_identical_losses_in_every_other(models, source):
+    x_windows, y_windows = _small_windows(seed=hash(source) % 1000)
+    models[source].train_epoch(x_windows[:20], y_windows[:20])  # move away from the initial values
+    params = models[source].get_params()
+    state = np.random.default_rng(1).uniform(-1, 1, (SMALL.batch_size, SMALL.state_size)).astype(np.float32)
+    ref_loss, ref_state = models[source].loss(x_windows[-1], y_windows[-1], state)
+    for name, model in models.items():
+        model.set_params(params)
+        got = model.get_params()
+        for scope in params:
+            for key in params[scope]:
+                np.testing.assert_array_equal(got[scope][key], params[scope][key], err_msg=f"{source}->{name}")
+        loss, final_state = model.loss(x_windows[-1], y_windows[-1], state)
+        assert abs(loss - ref_loss) <= 1e-6, (source, name)
+        np.testing.assert_allclose(final_state, ref_state, rtol=0, atol=1e-6, err_msg=f"{source}->{name}")
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_params_layout_and_initialisation(name):
+    with tf_rnn.build(name, SMALL, seed=5) as model:
+        params = model.get_params()
+    n, d = SMALL.num_classes, SMALL.state_size
+    shapes = {s: {k: v.shape for k, v in g.items()} for s, g in params.items()}
+    assert shapes == {"rnn_cell": {"W": (n + d, d), "b": (d,)}, "softmax": {"W": (d, n), "b": (n,)}}
+    assert all(v.dtype == np.float32 for g in params.values() for v in g.values())
+    assert not params["rnn_cell"]["b"].any() and not params["softmax"]["b"].any()  # biases start at zero
+    limit = np.sqrt(6.0 / (n + 2 * d))  # Glorot-uniform bound of the cell's kernel
+    assert 0 < np.abs(params["rnn_cell"]["W"]).max() <= limit
+
+
+@pytest.mark.parametrize("name", IMPLS)
+@pytest.mark.parametrize("scope, key, bad, pattern", [
+    ("rnn_cell", "W", np.zeros((4, 4)), r"rnn_cell/W must have shape \(6, 4\)"),
+    ("softmax", "b", np.zeros(3), r"softmax/b must have shape \(2,\)"),
+    ("softmax", "U", np.zeros((4, 2)), r"params\['softmax'\] must have the keys \['W', 'b'\]"),
+])
+def test_set_params_rejects_bad_keys_and_shapes(models, name, scope, key, bad, pattern):
+    params = models[name].get_params()
+    params[scope][key] = bad  # a wrong shape, or an unexpected extra key
+    with pytest.raises(ValueError, match=pattern):
+        models[name].set_params(params)
+    with pytest.raises(ValueError, match="top-level keys"):
+        models[name].set_params({"rnn_cell": params["rnn_cell"]})
+
+
+def test_train_epoch_result_and_input_checks(models):
+    model = models["dynamic"]
+    x_windows, y_windows = _small_windows(n=12)
+    seen = []
+    result = model.train_epoch(x_windows, y_windows, progress=seen.append)
+    assert seen == list(range(12))
+    assert result.losses.shape == (12,) and result.losses.dtype == np.float32 and np.isfinite(result.losses).all()
+    assert result.final_state.shape == (SMALL.batch_size, SMALL.state_size)
+    assert 0 < result.first_step_seconds <= result.seconds
+    with pytest.raises(ValueError, match="state must have shape"):
+        model.train_epoch(x_windows, y_windows, state=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="batch_size, num_steps"):
+        model.train_epoch(x_windows[:, :, :4], y_windows[:, :, :4])
+
+
+def test_state_is_carried_between_windows(models):
+    """Two half-epochs, the second starting from the first's final state, equal one epoch."""
+    x_windows, y_windows = _small_windows(n=10, seed=4)
+    start = tf_rnn.glorot_uniform_params(SMALL, seed=2)
+    with tf_rnn.build("raw", SMALL, params=start) as a, tf_rnn.build("raw", SMALL, params=start) as b:
+        whole = a.train_epoch(x_windows, y_windows)
+        first = b.train_epoch(x_windows[:5], y_windows[:5])
+        second = b.train_epoch(x_windows[5:], y_windows[5:], state=first.final_state)
+        np.testing.assert_array_equal(np.concatenate([first.losses, second.losses]), whole.losses)
+        reset = b.train_epoch(x_windows[5:], y_windows[5:])  # state None: zeros, so a different loss
+        assert reset.losses[0] != second.losses[0] or not first.final_state.any()
+
+
+# --- isolation and environment ---------------------------------------------------------------------
+
+def test_building_does_not_touch_the_callers_graph_or_eager_mode():
+    from tf_rnn.graph import tf
+    with tf.Graph().as_default() as mine:
+        tf.constant(1.0, name="callers_op")
+        before = [op.name for op in mine.get_operations()]
+        with tf_rnn.build("static", SMALL) as a, tf_rnn.build("dynamic", SMALL) as b:
+            assert a.graph is not b.graph and mine not in (a.graph, b.graph)
+            assert tf.compat.v1.get_default_graph() is mine
+        assert [op.name for op in mine.get_operations()] == before
+    assert tf.executing_eagerly()
+
+
+def test_missing_tf_keras_is_a_clear_error_simulated():
+    with pytest.raises(ImportError, match=r"tf-keras package \(pip install tf-keras"):
+        _env._check_legacy_keras(find_spec=lambda name: None, environ={})
+    with pytest.raises(RuntimeError, match="TF_USE_LEGACY_KERAS=1"):
+        _env._check_legacy_keras(find_spec=lambda name: object(), environ={"TF_USE_LEGACY_KERAS": "0"})
+    environ: dict = {}
+    _env._check_legacy_keras(find_spec=lambda name: object(), environ=environ)
+    assert environ == {"TF_USE_LEGACY_KERAS": "1"}
+
+
+def test_missing_tf_keras_in_a_fresh_process():
+    result = _run_python("""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "tf_keras" or name.startswith("tf_keras."):
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        import tf_rnn
+    """, TF_USE_LEGACY_KERAS=None)
+    assert result.returncode != 0
+    assert "tf_rnn needs the tf-keras package" in result.stderr and "Keras 3" in result.stderr
+
+
+def test_keras3_already_loaded_is_a_clear_error():
+    class FakeCompat:  # what tf.compat.v1.nn.rnn_cell looks like once Keras 3 is loaded
+        class v1:
+            class nn:
+                class rnn_cell:
+                    def __getattr__(self, name):
+                        raise AttributeError(f"`{name}` is not available with Keras 3.")
+                rnn_cell = rnn_cell()
+
+    class FakeTF:
+        compat = FakeCompat
+
+    with pytest.raises(RuntimeError, match="Import tf_rnn before"):
+        _env.check_legacy_cells(FakeTF)
+
+
+def test_import_and_training_are_quiet_by_default_and_verbose_on_request():
+    code = """
+        import numpy as np, tf_rnn
+        with tf_rnn.build("dynamic", tf_rnn.ModelConfig(batch_size=4, num_steps=3)) as m:
+            m.train_epoch(np.zeros((2, 4, 3), np.int32), np.zeros((2, 4, 3), np.int32))
+        import keras  # still Keras 3 for the caller
+        print("keras", keras.__version__.split(".")[0])
+    """
+    quiet = _run_python(code, RNN_SCAN_TF_VERBOSE="0", TF_CPP_MIN_LOG_LEVEL=None, TF_USE_LEGACY_KERAS=None)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.strip() == "" and "keras 3" in quiet.stdout
+    loud = _run_python(code, RNN_SCAN_TF_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL=None, TF_USE_LEGACY_KERAS=None)
+    assert loud.returncode == 0, loud.stderr
+    assert "deprecated" in loud.stderr
+
+
+# --- convergence -----------------------------------------------------------------------------------
+
+def _reaches_first_level(name: str, seed: int = 0) -> float:
+    """One epoch of the real task (1M points, batch 200, num_steps 5: 1000 steps) from numpy init."""
+    config = tf_rnn.ModelConfig()
+    x_windows, y_windows = windows(*gen_data(1_000_000, seed=seed), config.batch_size, config.num_steps)
+    with tf_rnn.build(name, config, params=tf_rnn.glorot_uniform_params(config, seed=seed)) as model:
+        losses = model.train_epoch(x_windows, y_windows).losses
+    final = float(losses[-100:].mean())
+    assert final < 0.54, f"{name}: final 100-step average loss {final:.4f} (3-step target {TARGETS.first:.4f})"
+    assert level(final) in ("first", "both")
+    return final
+
+
+@pytest.mark.parametrize("name", IMPLS)
+def test_each_version_learns_the_three_step_dependency(name):
+    _reaches_first_level(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("name", IMPLS)
+def test_three_step_dependency_over_seeds(name, seed):
+    _reaches_first_level(name, seed)

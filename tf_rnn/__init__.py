@@ -1,0 +1,65 @@
+"""The TensorFlow versions of r2rt's "Recurrent Neural Networks in Tensorflow I", behind one interface.
+
+Four implementations of one model (../shared/TASK.md) and its truncated-BPTT training:
+
+* ``"raw"``: the tutorial's hand-written cell, ``tf.unstack`` inputs and a Python loop (TF1 graph);
+* ``"static"``: ``BasicRNNCell`` + ``static_rnn`` (TF1 graph);
+* ``"dynamic"``: ``BasicRNNCell`` + ``dynamic_rnn`` (TF1 graph);
+* ``"tf2"``: ``tf.Variable``s and a ``tf.function`` train step, the way one writes it today.
+
+Example::
+
+    import tf_rnn
+    from compare.task import gen_data, windows
+    config = tf_rnn.ModelConfig(batch_size=200, num_steps=5)
+    xw, yw = windows(*gen_data(1_000_000, seed=0), config.batch_size, config.num_steps)
+    with tf_rnn.build("dynamic", config, seed=0) as model:
+        result = model.train_epoch(xw, yw)     # result.losses: float32[1000]
+        params = model.get_params()            # {"rnn_cell": {"W", "b"}, "softmax": {"W", "b"}}
+
+Importing this package prepares TensorFlow (see ``tf_rnn._env``): it sets ``TF_USE_LEGACY_KERAS=1``
+unless already set (so ``tf.keras`` is tf-keras / Keras 2 in this process; ``import keras`` is
+unaffected), requires the ``tf-keras`` package, and silences TensorFlow's log noise unless
+``RNN_SCAN_TF_VERBOSE=1`` is set (or ``tf_rnn.set_verbose(True)`` is called).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ._env import set_verbose
+from .base import EpochResult, Model
+from .config import ModelConfig, Params, check_params, glorot_uniform_params
+from .graph import GraphModel
+from .tf2 import EagerModel
+
+IMPLEMENTATIONS = ("raw", "static", "dynamic", "tf2")
+
+__all__ = ["IMPLEMENTATIONS", "EpochResult", "Model", "ModelConfig", "Params", "build", "check_params",
+           "glorot_uniform_params", "set_verbose"]
+
+
+def build(name: str, config: Optional[ModelConfig] = None, params: Optional[Params] = None, seed: int = 0,
+          device: str = "cpu", deterministic: bool = False) -> Model:
+    """Build one implementation, ready to train.
+
+    **Arguments:** ``name`` one of `IMPLEMENTATIONS`; ``config`` (default `ModelConfig()`); ``params``
+    initial parameters in the shared layout (default: Glorot-uniform weights from ``seed``, zero biases;
+    the TF1 versions draw them with the graph-level seed like the tutorial, so for identical starting
+    points across versions pass ``params``, e.g. `glorot_uniform_params`); ``device`` ``"cpu"`` or
+    ``"gpu"`` (RuntimeError if TensorFlow sees no GPU); ``deterministic`` calls
+    ``tf.config.experimental.enable_op_determinism()`` (process-wide, and it cannot be turned off).
+
+    **Returns:** a `Model`; close it (or use ``with``) to free its session.
+    """
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {name!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
+    config = ModelConfig() if config is None else config
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a tf_rnn.ModelConfig, got {type(config).__name__}")
+    if deterministic:
+        from .graph import tf
+        tf.config.experimental.enable_op_determinism()
+    if name == "tf2":
+        return EagerModel(config, params, seed=seed, device=device)
+    return GraphModel(name, config, params, seed=seed, device=device)

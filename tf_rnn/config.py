@@ -1,0 +1,93 @@
+"""Model configuration and the shared parameter layout (numpy only, no TensorFlow).
+
+The model is the one of r2rt's "Recurrent Neural Networks in Tensorflow I" (see ../shared/TASK.md):
+``S_t = tanh([X_t, S_{t-1}] @ W + b)``, ``logits_t = S_t @ U + b_p``. Parameters travel between the
+implementations (and to ``jax_rnn``) as nested dicts of float32 numpy arrays::
+
+    {"rnn_cell": {"W": [n + d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}
+
+with ``n = num_classes`` and ``d = state_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+
+Params = dict[str, dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and learning rate of the tutorial's model; validated once, at construction.
+
+    **Arguments:** ``num_classes`` n (>= 1, 2 for the binary task), ``state_size`` d (>= 1),
+    ``batch_size`` (>= 1), ``num_steps`` (truncated-BPTT window length, >= 1), ``learning_rate``
+    (finite, > 0; Adagrad's).
+    """
+
+    num_classes: int = 2
+    state_size: int = 4
+    batch_size: int = 200
+    num_steps: int = 5
+    learning_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("num_classes", "state_size", "batch_size", "num_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
+        lr = self.learning_rate
+        if (not isinstance(lr, (int, float, np.floating, np.integer)) or isinstance(lr, bool)
+                or not math.isfinite(lr) or lr <= 0):
+            raise ValueError(f"ModelConfig.learning_rate must be a finite number > 0, got {lr!r}")
+
+    def param_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        """The shapes of the shared layout for this config."""
+        n, d = self.num_classes, self.state_size
+        return {"rnn_cell": {"W": (n + d, d), "b": (d,)}, "softmax": {"W": (d, n), "b": (n,)}}
+
+
+def check_params(params: Mapping, config: ModelConfig) -> Params:
+    """Validate ``params`` against the shared layout; return a float32 numpy copy.
+
+    Raises ValueError naming the missing/unexpected key or the bad shape (e.g. ``rnn_cell/W``).
+    """
+    shapes = config.param_shapes()
+    if not isinstance(params, Mapping) or set(params) != set(shapes):
+        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"params must have the top-level keys {sorted(shapes)}, got {got}")
+    out: Params = {}
+    for scope, leaves in shapes.items():
+        group = params[scope]
+        if not isinstance(group, Mapping) or set(group) != set(leaves):
+            got = sorted(group) if isinstance(group, Mapping) else type(group).__name__
+            raise ValueError(f"params[{scope!r}] must have the keys {sorted(leaves)}, got {got}")
+        out[scope] = {}
+        for key, shape in leaves.items():
+            value = np.asarray(group[key], dtype=np.float32)
+            if value.shape != shape:
+                raise ValueError(f"params {scope}/{key} must have shape {shape} for {config}, got {value.shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"params {scope}/{key} contains non-finite values")
+            out[scope][key] = value.copy()
+    return out
+
+
+def glorot_uniform_params(config: ModelConfig, seed: int = 0) -> Params:
+    """Initial parameters in the shared layout: weights Glorot-uniform (numpy, from ``seed``), biases 0.
+
+    The same distribution as ``tf.compat.v1.get_variable``'s default initializer, but drawn with numpy
+    so that every implementation (and ``jax_rnn``) can start from identical values.
+    """
+    rng = np.random.default_rng(seed)
+    out: Params = {}
+    for scope, leaves in config.param_shapes().items():
+        fan_in, fan_out = leaves["W"]
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        out[scope] = {"W": rng.uniform(-limit, limit, size=leaves["W"]).astype(np.float32),
+                      "b": np.zeros(leaves["b"], dtype=np.float32)}
+    return out

@@ -1,0 +1,181 @@
+"""The tutorial's three TF1-graph versions (raw, static, dynamic), each in its own ``tf.Graph``.
+
+Reimplements the TensorFlow code of r2rt, "Recurrent Neural Networks in Tensorflow I"
+(https://r2rt.com/recurrent-neural-networks-in-tensorflow-i.html) through ``tf.compat.v1``:
+
+* ``raw``: the cell written by hand (``variable_scope('rnn_cell')``, ``get_variable('W', [n+d, d])``,
+  ``get_variable('b', [d])``), the one-hot inputs ``tf.unstack``-ed over time and the outputs appended
+  in a Python loop; one logits/loss tensor per step, ``total_loss = reduce_mean(losses)``.
+* ``static``: ``BasicRNNCell(d)`` + ``static_rnn`` on the same list of per-step inputs.
+* ``dynamic``: ``BasicRNNCell(d)`` + ``dynamic_rnn`` on a ``[batch, num_steps, n]`` one-hot tensor.
+
+All three: placeholders ``x, y: int32[batch, num_steps]`` and ``init_state: float32[batch, d]``,
+``AdagradOptimizer(lr)`` (initial accumulator 0.1, no epsilon), and the state carried window to window
+through ``feed_dict``. Every graph is private (``with graph.as_default()``, ``Session(graph=graph)``), so
+nothing is added to the caller's default graph and ``disable_eager_execution`` (global) is not needed.
+
+Timing: ``build_seconds`` = graph construction + session creation + variable initialisation (and the
+assignment of given parameters). The first ``session.run`` of the train step (Grappler optimisation,
+executor creation) is counted in ``EpochResult.first_step_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from ._env import import_tensorflow, quiet_warnings
+from .base import Model
+from .config import ModelConfig, Params, check_params
+
+tf = import_tensorflow()
+v1 = tf.compat.v1
+
+# Shared layout key -> variable name (without ":0") in each graph.
+VARIABLE_NAMES = {
+    "raw": {("rnn_cell", "W"): "rnn_cell/W", ("rnn_cell", "b"): "rnn_cell/b"},
+    "static": {("rnn_cell", "W"): "rnn/basic_rnn_cell/kernel", ("rnn_cell", "b"): "rnn/basic_rnn_cell/bias"},
+    "dynamic": {("rnn_cell", "W"): "rnn/basic_rnn_cell/kernel", ("rnn_cell", "b"): "rnn/basic_rnn_cell/bias"},
+}
+for _names in VARIABLE_NAMES.values():
+    _names.update({("softmax", "W"): "softmax/W", ("softmax", "b"): "softmax/b"})
+
+
+def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig) -> tuple[list, object]:
+    """The tutorial's hand-written cell: ``state = tanh(concat([x_t, state], 1) @ W + b)`` per step."""
+    n, d = config.num_classes, config.state_size
+    with v1.variable_scope("rnn_cell"):
+        v1.get_variable("W", [n + d, d])
+        v1.get_variable("b", [d], initializer=v1.constant_initializer(0.0))
+
+    def rnn_cell(rnn_input, state):
+        with v1.variable_scope("rnn_cell", reuse=True):
+            W = v1.get_variable("W", [n + d, d])
+            b = v1.get_variable("b", [d], initializer=v1.constant_initializer(0.0))
+        return tf.tanh(tf.matmul(tf.concat([rnn_input, state], 1), W) + b)
+
+    state = init_state
+    rnn_outputs = []
+    for rnn_input in rnn_inputs:
+        state = rnn_cell(rnn_input, state)
+        rnn_outputs.append(state)
+    return rnn_outputs, state
+
+
+def _softmax_variables(config: ModelConfig):
+    with v1.variable_scope("softmax"):
+        W = v1.get_variable("W", [config.state_size, config.num_classes])
+        b = v1.get_variable("b", [config.num_classes], initializer=v1.constant_initializer(0.0))
+    return W, b
+
+
+def build_graph(name: str, config: ModelConfig, seed: int = 0) -> dict:
+    """Build one version's training graph in the *current* default graph; return its endpoints.
+
+    **Returns:** a dict with placeholders ``x, y: int32[batch, num_steps]``, ``init_state:
+    float32[batch, d]`` and tensors/ops ``total_loss`` (scalar), ``final_state: [batch, d]``,
+    ``train_step`` (the Adagrad update), ``init`` (variable initialiser).
+    """
+    b_size, steps, n, d = config.batch_size, config.num_steps, config.num_classes, config.state_size
+    v1.set_random_seed(seed)  # graph-level seed: the Glorot-uniform default initializer of get_variable
+    x = v1.placeholder(tf.int32, [b_size, steps], name="input_placeholder")
+    y = v1.placeholder(tf.int32, [b_size, steps], name="labels_placeholder")
+    init_state = v1.placeholder(tf.float32, [b_size, d], name="init_state")
+    x_one_hot = tf.one_hot(x, n)
+
+    if name == "dynamic":
+        cell = v1.nn.rnn_cell.BasicRNNCell(d)
+        rnn_outputs, final_state = v1.nn.dynamic_rnn(cell, x_one_hot, initial_state=init_state)
+        W, b = _softmax_variables(config)
+        logits = tf.reshape(tf.matmul(tf.reshape(rnn_outputs, [-1, d]), W) + b, [b_size, steps, n])
+        losses = v1.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+    else:
+        rnn_inputs = tf.unstack(x_one_hot, axis=1)
+        if name == "raw":
+            rnn_outputs, final_state = _raw_rnn(rnn_inputs, init_state, config)
+        elif name == "static":
+            cell = v1.nn.rnn_cell.BasicRNNCell(d)
+            rnn_outputs, final_state = v1.nn.static_rnn(cell, rnn_inputs, initial_state=init_state)
+        else:
+            raise ValueError(f"unknown graph version {name!r}; expected raw, static or dynamic")
+        W, b = _softmax_variables(config)
+        logits = [tf.matmul(rnn_output, W) + b for rnn_output in rnn_outputs]
+        y_as_list = tf.unstack(y, num=steps, axis=1)
+        losses = [v1.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logit)
+                  for logit, label in zip(logits, y_as_list)]
+    total_loss = tf.reduce_mean(losses)
+    train_step = v1.train.AdagradOptimizer(config.learning_rate).minimize(total_loss)
+    return dict(x=x, y=y, init_state=init_state, total_loss=total_loss, final_state=final_state,
+                train_step=train_step, init=v1.global_variables_initializer())
+
+
+def device_spec(device: str) -> tuple[str, Optional[dict]]:
+    """``"cpu"``/``"gpu"`` -> (TF device string, ConfigProto device_count). Raises if no GPU is seen."""
+    if device == "cpu":
+        return "/CPU:0", {"GPU": 0}
+    if device == "gpu":
+        if not tf.config.list_physical_devices("GPU"):
+            raise RuntimeError("device='gpu' requested, but TensorFlow sees no GPU "
+                               "(tf.config.list_physical_devices('GPU') is empty)")
+        return "/GPU:0", None
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+
+
+class GraphModel(Model):
+    """A TF1 version (``raw``, ``static`` or ``dynamic``) in a private graph and session."""
+
+    def __init__(self, name: str, config: ModelConfig, params: Optional[Params] = None, seed: int = 0,
+                 device: str = "cpu") -> None:
+        self.name, self.config = name, config
+        checked = None if params is None else check_params(params, config)
+        device_name, device_count = device_spec(device)
+        start = time.perf_counter()
+        self.graph = tf.Graph()
+        with self.graph.as_default(), tf.device(device_name), quiet_warnings():
+            self._ends = build_graph(name, config, seed)
+            variables = {v.op.name: v for v in v1.global_variables()}
+            self._vars = {key: variables[var] for key, var in VARIABLE_NAMES[name].items()}
+            # One assign op per parameter, made now so that set_params never grows the graph.
+            self._assign_in = {key: v1.placeholder(tf.float32, v.shape, name="set_" + v.op.name.replace("/", "_"))
+                               for key, v in self._vars.items()}
+            self._assign = [v.assign(self._assign_in[key]) for key, v in self._vars.items()]
+        self.graph.finalize()  # any op created later is a bug: fail loudly
+        session_config = v1.ConfigProto(device_count=device_count) if device_count else v1.ConfigProto()
+        self.session = v1.Session(graph=self.graph, config=session_config)
+        self.session.run(self._ends["init"])
+        if checked is not None:
+            self.set_params(checked)
+        e = self._ends
+        # make_callable skips session.run's per-call fetch/feed parsing: the step is one C++ call.
+        self._train_callable = self.session.make_callable(
+            [e["total_loss"], e["final_state"], e["train_step"]], [e["x"], e["y"], e["init_state"]])
+        self._loss_callable = self.session.make_callable(
+            [e["total_loss"], e["final_state"]], [e["x"], e["y"], e["init_state"]])
+        self.build_seconds = time.perf_counter() - start
+
+    def _step(self, x, y, state):
+        loss, final_state, _ = self._train_callable(x, y, state)
+        return loss, final_state
+
+    def _forward(self, x, y, state):
+        return self._loss_callable(x, y, state)
+
+    def get_params(self) -> Params:
+        values = self.session.run(self._vars)
+        out: Params = {"rnn_cell": {}, "softmax": {}}
+        for (scope, key), value in values.items():
+            out[scope][key] = np.array(value, np.float32)
+        return out
+
+    def set_params(self, params: Params) -> None:
+        checked = check_params(params, self.config)
+        feed = {self._assign_in[key]: checked[key[0]][key[1]] for key in self._vars}
+        self.session.run(self._assign, feed)
+
+    def close(self) -> None:
+        session = getattr(self, "session", None)
+        if session is not None:
+            session.close()
+            self.session = None

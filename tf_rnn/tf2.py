@@ -1,0 +1,118 @@
+"""The same model, trained the TensorFlow 2 way: ``tf.Variable``s and a ``tf.function`` train step.
+
+The model and training of r2rt's "Recurrent Neural Networks in Tensorflow I" (see ../shared/TASK.md):
+``S_t = tanh(concat([onehot(x_t), S_{t-1}]) @ W + b)``, ``logits_t = S_t @ U + b_p``, loss the mean
+sparse softmax cross-entropy over batch and time, one Adagrad step per window, the state carried in
+Python from one window to the next (a tensor, never converted to numpy inside the loop).
+
+Adagrad: applied with ``tf.raw_ops.ResourceApplyAdagrad``, the kernel that TF1's ``AdagradOptimizer``
+runs, on accumulators created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon. (Keras 3's
+``Adagrad`` adds ``epsilon=1e-7`` and is deliberately not used.)
+
+``jit_compile``: the step is compiled with ``jit_compile=JIT_COMPILE``. Measured on the default config
+(batch 200, num_steps 5, state 4, 1000 steps, 2 CPU cores, TF 2.21): see `JIT_COMPILE` for the figures.
+
+Timing: ``build_seconds`` = variable creation + tracing the train and loss functions
+(``get_concrete_function``). The first call (function instantiation and, with XLA, compilation) is
+counted in ``EpochResult.first_step_seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import numpy as np
+
+from ._env import import_tensorflow
+from .base import Model
+from .config import ModelConfig, Params, check_params
+from .graph import device_spec
+
+tf = import_tensorflow()
+
+# Filled in from tf_rnn.bench on the default config; see the module docstring.
+JIT_COMPILE = False
+
+
+def forward(params: dict, x, y, state, config: ModelConfig):
+    """``(total_loss, final_state)`` for ``x, y: int32[batch, num_steps]``, ``state: float32[batch, d]``."""
+    x_one_hot = tf.one_hot(x, config.num_classes)
+    W, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
+    U, b_p = params["softmax"]["W"], params["softmax"]["b"]
+    losses = []
+    for t in range(config.num_steps):  # unrolled at trace time, like the tutorial's static graph
+        state = tf.tanh(tf.matmul(tf.concat([x_one_hot[:, t], state], 1), W) + b)
+        logits = tf.matmul(state, U) + b_p
+        losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y[:, t], logits=logits))
+    return tf.reduce_mean(tf.stack(losses)), state
+
+
+class EagerModel(Model):
+    """The ``tf2`` version: variables + a compiled train step; no graph, no session."""
+
+    def __init__(self, config: ModelConfig, params: Optional[Params] = None, seed: int = 0,
+                 device: str = "cpu", jit_compile: Optional[bool] = None) -> None:
+        self.name, self.config = "tf2", config
+        self.jit_compile = JIT_COMPILE if jit_compile is None else bool(jit_compile)
+        checked = None if params is None else check_params(params, config)
+        self._device, _ = device_spec(device)
+        start = time.perf_counter()
+        with tf.device(self._device):
+            initial = checked if checked is not None else self._initial_params(seed)
+            self._params = {scope: {key: tf.Variable(value, name=f"{scope}/{key}", dtype=tf.float32)
+                                    for key, value in group.items()} for scope, group in initial.items()}
+            self._flat = [self._params[s][k] for s in ("rnn_cell", "softmax") for k in ("W", "b")]
+            self._accumulators = [tf.Variable(tf.fill(v.shape, 0.1), name=v.name.split(":")[0] + "/Adagrad")
+                                  for v in self._flat]
+            self._lr = tf.constant(config.learning_rate, tf.float32)
+        spec = (tf.TensorSpec([config.batch_size, config.num_steps], tf.int32),) * 2 + (
+            tf.TensorSpec([config.batch_size, config.state_size], tf.float32),)
+        self._train = tf.function(self._train_step, jit_compile=self.jit_compile).get_concrete_function(*spec)
+        self._loss = tf.function(self._loss_step).get_concrete_function(*spec)
+        self.build_seconds = time.perf_counter() - start
+
+    def _initial_params(self, seed: int) -> Params:
+        """Glorot-uniform weights from ``seed`` (stateless TF draws), zero biases."""
+        out: Params = {}
+        for i, (scope, leaves) in enumerate(self.config.param_shapes().items()):
+            fan_in, fan_out = leaves["W"]
+            limit = (6.0 / (fan_in + fan_out)) ** 0.5
+            W = tf.random.stateless_uniform(leaves["W"], seed=[seed, i], minval=-limit, maxval=limit)
+            out[scope] = {"W": W.numpy(), "b": np.zeros(leaves["b"], np.float32)}
+        return out
+
+    def _train_step(self, x, y, state):
+        with tf.GradientTape() as tape:
+            loss, final_state = forward(self._params, x, y, state, self.config)
+        grads = tape.gradient(loss, self._flat)
+        for var, acc, grad in zip(self._flat, self._accumulators, grads):
+            tf.raw_ops.ResourceApplyAdagrad(var=var.handle, accum=acc.handle, lr=self._lr, grad=grad)
+        return loss, final_state
+
+    def _loss_step(self, x, y, state):
+        return forward(self._params, x, y, state, self.config)
+
+    def _prepare_state(self, state):
+        with tf.device(self._device):
+            return tf.constant(state)
+
+    def _step(self, x, y, state):
+        with tf.device(self._device):
+            loss, final_state = self._train(x, y, state)
+        return loss.numpy(), final_state
+
+    def _forward(self, x, y, state):
+        with tf.device(self._device):
+            loss, final_state = self._loss(x, y, state)
+        return loss.numpy(), final_state.numpy()
+
+    def get_params(self) -> Params:
+        return {scope: {key: v.numpy().astype(np.float32) for key, v in group.items()}
+                for scope, group in self._params.items()}
+
+    def set_params(self, params: Params) -> None:
+        checked = check_params(params, self.config)
+        for scope, group in self._params.items():
+            for key, var in group.items():
+                var.assign(checked[scope][key])
