@@ -204,6 +204,19 @@ def test_keras3_already_loaded_is_a_clear_error():
         _env.check_legacy_cells(FakeTF)
 
 
+def test_keras3_already_loaded_in_a_fresh_process():
+    result = _run_python("""
+        import tensorflow as tf
+        try:
+            tf.compat.v1.nn.rnn_cell.BasicRNNCell  # resolves (and caches) the Keras 3 stub
+        except AttributeError:
+            pass
+        import tf_rnn
+    """, TF_USE_LEGACY_KERAS=None)
+    assert result.returncode != 0
+    assert "RuntimeError" in result.stderr and "Import tf_rnn before" in result.stderr
+
+
 def test_import_and_training_are_quiet_by_default_and_verbose_on_request():
     code = """
         import numpy as np, tf_rnn
@@ -244,3 +257,16 @@ def test_each_version_learns_the_three_step_dependency(name):
 @pytest.mark.parametrize("name", IMPLS)
 def test_three_step_dependency_over_seeds(name, seed):
     _reaches_first_level(name, seed)
+
+
+def test_tf2_with_xla_trains_identically():
+    """jit_compile is a speed choice only (see tf_rnn.tf2): both settings give the same run."""
+    from tf_rnn.tf2 import EagerModel
+    x_windows, y_windows = _small_windows(n=20, seed=6)
+    start = tf_rnn.glorot_uniform_params(SMALL, seed=4)
+    runs = []
+    for jit in (False, True):
+        with EagerModel(SMALL, start, jit_compile=jit) as model:
+            runs.append((model.train_epoch(x_windows, y_windows).losses, model.get_params()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(runs[0][1]["rnn_cell"]["W"], runs[1][1]["rnn_cell"]["W"], rtol=0, atol=1e-5)

@@ -5,7 +5,8 @@ state 4, 1M points per epoch -> 1000 Adagrad steps. Reported per version, apart:
 construction + variable init, or tf2's variable creation + tracing), the first step (first
 ``session.run`` / first compiled call), and the steady state: seconds per epoch over ``--epochs`` further
 epochs on fresh data (median, min, max) and steps/s from the median. Every epoch ends with its final
-state read back as numpy, which synchronises. ``--tf2-jit both`` also times tf2 with and without XLA.
+state read back as numpy, which synchronises. ``--tf2-jit both`` also times tf2 with and without XLA; ``--baseline`` adds "dynamic plain", the same
+graph driven by the tutorial's own ``session.run(fetches, feed_dict)`` instead of ``make_callable``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,21 @@ import statistics
 import numpy as np
 
 from . import IMPLEMENTATIONS, ModelConfig, build, glorot_uniform_params
+from .graph import GraphModel
 from .tf2 import EagerModel
+
+
+def _plain_session_run(model: GraphModel) -> GraphModel:
+    """Drive ``model`` with ``session.run([loss, state, train], feed_dict)`` per step, as the tutorial."""
+    e, run = model._ends, model.session.run
+    fetches = [e["total_loss"], e["final_state"], e["train_step"]]
+
+    def step(x, y, state):
+        loss, final_state, _ = run(fetches, {e["x"]: x, e["y"]: y, e["init_state"]: state})
+        return loss, final_state
+
+    model._step = step  # instance attribute: train_epoch's loop calls it
+    return model
 
 
 def _windows(config: ModelConfig, data_size: int, rng: np.random.Generator):
@@ -51,20 +66,23 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up one (>= 1)")
     parser.add_argument("--data-size", type=int, default=1_000_000)
     parser.add_argument("--tf2-jit", choices=("default", "both"), default="default")
+    parser.add_argument("--baseline", action="store_true", help="also time the tutorial's plain session.run loop")
     args = parser.parse_args(argv)
     config = ModelConfig()
     params = glorot_uniform_params(config, seed=0)
     print(f"config {config}, {args.data_size} points/epoch, {args.epochs} timed epochs after one warm-up")
-    print(f"{'impl':<12}{'build s':>9}{'1st step s':>12}{'1st epoch s':>13}{'median s':>10}{'min s':>8}"
+    print(f"{'impl':<14}{'build s':>9}{'1st step s':>12}{'1st epoch s':>13}{'median s':>10}{'min s':>8}"
           f"{'max s':>8}{'steps/s':>9}")
     runs = [(name, lambda name=name: build(name, config, params)) for name in args.impl.split(",")]
     if args.tf2_jit == "both":
         runs = [r for r in runs if r[0] != "tf2"] + [
             (f"tf2 jit={jit}", lambda jit=jit: EagerModel(config, params, jit_compile=jit)) for jit in (False, True)]
+    if args.baseline:
+        runs.append(("dynamic plain", lambda: _plain_session_run(build("dynamic", config, params))))
     for label, make in runs:
         with make() as model:
             r = time_model(model, config, max(1, args.epochs), args.data_size)
-        print(f"{label:<12}{r['build']:>9.3f}{r['first_step']:>12.4f}{r['first_epoch']:>13.3f}{r['median']:>10.3f}"
+        print(f"{label:<14}{r['build']:>9.3f}{r['first_step']:>12.4f}{r['first_epoch']:>13.3f}{r['median']:>10.3f}"
               f"{r['min']:>8.3f}{r['max']:>8.3f}{r['steps_per_s']:>9.0f}", flush=True)
 
 

@@ -9,8 +9,12 @@ Adagrad: applied with ``tf.raw_ops.ResourceApplyAdagrad``, the kernel that TF1's
 runs, on accumulators created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon. (Keras 3's
 ``Adagrad`` adds ``epsilon=1e-7`` and is deliberately not used.)
 
-``jit_compile``: the step is compiled with ``jit_compile=JIT_COMPILE``. Measured on the default config
-(batch 200, num_steps 5, state 4, 1000 steps, 2 CPU cores, TF 2.21): see `JIT_COMPILE` for the figures.
+``jit_compile``: off (`JIT_COMPILE` = False), because it was slower here. ``python -m tf_rnn.bench
+--tf2-jit both`` on the default config (batch 200, num_steps 5, state 4, 1000 steps per epoch), 2 shared
+CPU cores, TF 2.21, two runs: seconds per epoch, median of 3 / 5 epochs, ``jit_compile=False`` 0.59 /
+0.73, ``jit_compile=True`` 0.64 / 1.05, and XLA adds 0.8-1.4 s of compilation to the first step (0.06 s
+without). The model is so small that each step is dominated by per-call overhead, which XLA does not
+remove. Pass ``jit_compile=True`` to `EagerModel` to try it (e.g. on a GPU).
 
 Timing: ``build_seconds`` = variable creation + tracing the train and loss functions
 (``get_concrete_function``). The first call (function instantiation and, with XLA, compilation) is
@@ -31,7 +35,7 @@ from .graph import device_spec
 
 tf = import_tensorflow()
 
-# Filled in from tf_rnn.bench on the default config; see the module docstring.
+# Measured with tf_rnn.bench on the default config; figures in the module docstring.
 JIT_COMPILE = False
 
 
