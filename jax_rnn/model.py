@@ -93,14 +93,27 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     return mean_loss, final_state.T
 
 
+# Below this many weights, a contraction is written as broadcast-multiply-sum instead of a dot: on CPU,
+# XLA fuses it with the tanh around it into one loop, where a [4, 4] @ [4, 200] dot is a separate
+# library call per step (measured: 1.7x faster epochs at state_size 4). Larger matrices use the dot.
+SMALL_CONTRACTION = 256
+
+
+def _contract(a: jax.Array, s: jax.Array) -> jax.Array:
+    """``a: [m, k] @ s: [k, batch] -> [m, batch]``, elementwise when ``a`` is tiny (see above)."""
+    if a.size <= SMALL_CONTRACTION:
+        return jnp.sum(a[:, :, None] * s[None, :, :], axis=1)
+    return a @ s
+
+
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
                     unroll: int | bool = 1) -> tuple[jax.Array, jax.Array]:
     """`loss` with the batch as the last, contiguous axis: the layout the training loop runs in.
 
     On CPU, with a state of 4 numbers per sequence, keeping the 200 sequences of a batch contiguous
-    turns every step into a few short vector loops; XLA fuses them better than ``[batch, 4]`` tiles.
-    The input projection ``W[x]`` of all steps is gathered before the recurrence, so the scanned step
-    is one ``[d, d] @ [d, batch]`` product and a ``tanh``.
+    turns every step into a few short vector loops that XLA fuses, where ``[batch, 4]`` tiles would
+    not vectorise. The input projection ``W[x]`` of all steps is gathered before the recurrence; the
+    scanned step computes the new state and its logits.
 
     **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state_t: f32[d, batch]``.
     **Returns:** ``(mean_loss: f32[], final_state_t: f32[d, batch])``.
@@ -108,15 +121,15 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
     d = state_t.shape[0]
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     w_input_t, w_state_t = w[:-d].T, w[-d:].T                        # [d, n], [d, d]
+    w_softmax_t = params["softmax"]["W"].T                            # [n, d]
     inputs = jnp.moveaxis(w_input_t[:, x_t], 0, 1) + b[:, None]       # [num_steps, d, batch]
 
     def step(s, input_t):
-        s = jnp.tanh(input_t + w_state_t @ s)
-        return s, s
+        s = jnp.tanh(input_t + _contract(w_state_t, s))
+        return s, _contract(w_softmax_t, s)
 
-    final_state_t, states = jax.lax.scan(step, state_t, inputs, unroll=unroll)   # [num_steps, d, batch]
-    logits_t = jnp.einsum("dn,tdb->tnb", params["softmax"]["W"], states) + params["softmax"]["b"][:, None]
-    log_p = jax.nn.log_softmax(logits_t, axis=1)                      # [num_steps, n, batch]
+    final_state_t, logits_t = jax.lax.scan(step, state_t, inputs, unroll=unroll)   # logits [num_steps, n, batch]
+    log_p = jax.nn.log_softmax(logits_t + params["softmax"]["b"][:, None], axis=1)
     classes = jnp.arange(log_p.shape[1], dtype=y_t.dtype)[None, :, None]
     nll = -jnp.sum(jnp.where(classes == y_t[:, None, :], log_p, 0.0), axis=1)
     return jnp.mean(nll), final_state_t
