@@ -1,0 +1,195 @@
+"""The command line: ``rnn-compare run|sweep|bench`` (also ``python -m compare``).
+
+Every option is checked, and input files are read and validated, before any training starts; a bad
+one is reported argparse-style with exit status 2. Output files follow `OUTPUT_POLICY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from . import io
+from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
+from .environment import DEVICES
+
+OUTPUT_POLICY = (
+    "Outputs go to OUT/NAME.json, OUT/NAME.md (the table) and OUT/NAME.png (the plot); NAME defaults to "
+    "'<command>-<date>-<time>', a new name each time, so nothing is ever replaced. An explicit --name or "
+    "--json (or --save-params) that exists is refused unless --overwrite is given. Every file is written "
+    "to a temporary file first and renamed into place, so none is ever half-written.")
+
+
+def _common(p: argparse.ArgumentParser, impl_default: str, epochs_default: Optional[int],
+            data_size_default: Optional[int]) -> None:
+    p.add_argument("--impl", default=impl_default,
+                   help=f"comma-separated implementations, from: {', '.join(IMPLS)} (default: {impl_default})")
+    p.add_argument("--batch-size", type=int, default=200, help="sequences per batch (default: 200)")
+    p.add_argument("--learning-rate", type=float, default=0.1, help="Adagrad learning rate (default: 0.1)")
+    p.add_argument("--epochs", type=int, default=epochs_default,
+                   help=f"epochs, fresh data each (default: {epochs_default or '1, or the rows of --data'})")
+    p.add_argument("--data-size", type=int, default=data_size_default,
+                   help=f"points per epoch (default: {data_size_default or '1000000, or the columns of --data'})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data stream and initial weights (default: 0)")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cpu; gpu (an error if JAX or TensorFlow sees none); auto: the GPU wherever a "
+                        "framework sees one (default: cpu)")
+    p.add_argument("--out", default="results", help="output directory (default: results/)")
+    p.add_argument("--name", help="file name stem of the outputs (default: '<command>-<date>-<time>')")
+    p.add_argument("--json", help="write the JSON here instead of OUT/NAME.json")
+    p.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnn-compare",
+        description="Do JAX and TensorFlow learn the same thing, and how fast is each? Trains r2rt's vanilla "
+                    "RNN (truncated BPTT on the binary toy task) with jax_rnn and tf_rnn and compares them.",
+        epilog=OUTPUT_POLICY)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench}")
+
+    run = sub.add_parser("run", help="train implementations on the same data and weights; compare losses",
+                         description="Train each implementation in turn, from the same initial parameters "
+                                     "on the same data; report losses, levels, timings and whether they "
+                                     "agree (same params and data: every step's loss within 1e-4; exit "
+                                     "status 1 if not).", epilog=OUTPUT_POLICY)
+    _common(run, ",".join(DEFAULT_RUN_IMPLS), None, None)
+    run.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
+    run.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    run.add_argument("--init-params", metavar="FILE.npz",
+                     help="initial parameters, keys rnn_cell/W, rnn_cell/b, softmax/W, softmax/b (default: "
+                          "Glorot-uniform from --seed, drawn with numpy)")
+    run.add_argument("--data", metavar="FILE.npz",
+                     help="training data, keys x, y: int arrays [epochs, data_size], one row per epoch "
+                          "(default: fresh compare.task.gen_data epochs from --seed)")
+    run.add_argument("--save-params", metavar="FILE.npz",
+                     help="save each implementation's final parameters; '{impl}' in the name is replaced by "
+                          "the implementation, otherwise '-<impl>' is added before .npz")
+
+    sweep = sub.add_parser("sweep", help="the tutorial's grid: num_steps x state_size, several seeds",
+                           description="Train every (num_steps, state_size) cell for every seed and report the "
+                                       "final loss (mean and spread over seeds) and the level reached. With "
+                                       "jax, all seeds of a cell train in one vmapped call. Defaults take about "
+                                       "a minute with --impl jax on 2 CPU cores; TF implementations train "
+                                       "seed after seed and are much slower.", epilog=OUTPUT_POLICY)
+    _common(sweep, "jax", 5, 1_000_000)
+    sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
+    sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
+    sweep.add_argument("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
+
+    bench = sub.add_parser("bench", help="speed only: build, first epoch, steady state, memory, speed-up",
+                           description=f"Time every implementation on the same data: build/compile seconds, "
+                                       f"the first epoch, then --repeats epochs (median, min-max), steps/s, "
+                                       f"points/s, peak resident memory, and the speed-up against {BASELINE} "
+                                       f"measured in the same run.", epilog=OUTPUT_POLICY)
+    _common(bench, ",".join(IMPLS), None, 1_000_000)
+    bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
+    bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    bench.add_argument("--repeats", type=int, default=3, help="timed epochs after the warm-up one (default: 3)")
+    for sub_parser in (run, sweep, bench):
+        sub_parser.set_defaults(error=sub_parser.error)  # reports a UsageError under that command's usage
+    return parser
+
+
+def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size: int) -> Config:
+    return Config(impls=impls, num_steps=num_steps, state_size=state_size, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed)
+
+
+def _paths(args) -> dict:
+    return io.output_paths(args.command, args.out, args.name, args.json, args.overwrite,
+                           time.strftime("%Y%m%d-%H%M%S"))
+
+
+def _write(result: dict, paths: dict, markdown: str, png: bytes) -> None:
+    io.write_json(paths["json"], result)
+    io.write_text(paths["md"], markdown)
+    io.write_bytes(paths["png"], png)
+    print(markdown)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _run(args) -> int:
+    from . import environment, plots, report, run
+
+    impls = parse_impls(args.impl)
+    data = io.load_data(args.data) if args.data else None
+    epochs, data_size = args.epochs, args.data_size
+    if data is not None:
+        rows, cols = data[0].shape
+        if data_size is not None and data_size != cols:
+            raise UsageError(f"--data-size {data_size} does not match --data {args.data} ({cols} points per row)")
+        if epochs is not None and epochs > rows:
+            raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
+        epochs, data_size = epochs or rows, cols
+    config = _config(args, impls, args.num_steps, args.state_size, epochs or 1, data_size or 1_000_000)
+    if args.init_params:
+        params = io.load_params(args.init_params, config.num_classes, config.state_size)
+    else:
+        params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+    paths = _paths(args)
+    save = None
+    if args.save_params:
+        save = {impl: io.check_writable(io.params_path(args.save_params, impl), args.overwrite, "--save-params")
+                for impl in impls}
+        if len(set(save.values())) != len(save):
+            raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
+    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet)
+    result["config"].update(init_params=args.init_params, data=args.data)
+    _write(result, paths, report.run_markdown(result), plots.run_plot(result))
+    return 1 if result["agreement"]["all_agree"] is False else 0
+
+
+def _sweep(args) -> int:
+    from . import environment, plots, report, sweep
+
+    impls = parse_impls(args.impl)
+    num_steps = parse_ints(args.num_steps, "--num-steps")
+    state_sizes = parse_ints(args.state_size, "--state-size")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    configs = [_config(args, impls, n, d, args.epochs, args.data_size) for n in num_steps for d in state_sizes]
+    paths = _paths(args)
+    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet)
+    _write(result, paths, report.sweep_markdown(result), plots.sweep_plot(result))
+    return 0
+
+
+def _bench(args) -> int:
+    from . import bench, environment, plots, report
+
+    impls = parse_impls(args.impl)
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    config = _config(args, impls, args.num_steps, args.state_size, args.repeats + 1, args.data_size)
+    paths = _paths(args)
+    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    result = bench.bench(config, devices, quiet=args.quiet)
+    _write(result, paths, report.bench_markdown(result), plots.bench_plot(result))
+    return 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "bench": _bench}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: parse ``argv`` (default ``sys.argv[1:]``), run the command, return the exit status.
+
+    Bad options raise ``SystemExit(2)`` after printing the usage and the reason to stderr.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        args.error(str(err))  # prints usage + message, exits with status 2
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Files in and out: input ``.npz`` files (validated), initial parameters, and atomic, no-clobber writes.
+
+Parameters travel as nested dicts of float32 numpy arrays in the layout shared by every implementation
+(``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``) and are stored in
+``.npz`` files under the flat keys ``rnn_cell/W``, ``rnn_cell/b``, ``softmax/W``, ``softmax/b``.
+
+Output policy (documented in the CLI help): every file is written to a temporary file in the target
+directory and moved into place with ``os.replace``, so a reader never sees half a file; an existing file
+is never replaced unless the caller passes ``overwrite=True`` (the ``--overwrite`` option).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, UsageError
+
+PARAM_KEYS = ("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b")
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+
+def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]]:
+    """Flat key -> shape for ``n = num_classes``, ``d = state_size``."""
+    n, d = num_classes, state_size
+    return {"rnn_cell/W": (n + d, d), "rnn_cell/b": (d,), "softmax/W": (d, n), "softmax/b": (n,)}
+
+
+def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
+    """Glorot-uniform weights, zero biases, drawn with numpy from ``seed`` (no JAX or TF needed).
+
+    The same draws as ``tf_rnn.glorot_uniform_params``: ``default_rng(seed).uniform`` for
+    ``rnn_cell/W`` then ``softmax/W``, limit ``sqrt(6 / (fan_in + fan_out))``.
+    """
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for key, shape in param_shapes(num_classes, state_size).items():
+        if key.endswith("/W"):
+            limit = math.sqrt(6.0 / sum(shape))
+            flat[key] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
+        else:
+            flat[key] = np.zeros(shape, np.float32)
+    return nest(flat)
+
+
+def nest(flat: dict) -> dict:
+    """``{"rnn_cell/W": a, ...}`` -> ``{"rnn_cell": {"W": a, ...}, ...}`` (float32 numpy)."""
+    out: dict = {}
+    for key, value in flat.items():
+        scope, name = key.split("/")
+        out.setdefault(scope, {})[name] = np.asarray(value, np.float32)
+    return out
+
+
+def flatten(params: dict) -> dict:
+    """The inverse of `nest`: nested params -> ``{"rnn_cell/W": float32 array, ...}``."""
+    return {f"{scope}/{name}": np.asarray(params[scope][name], np.float32)
+            for scope, name in (key.split("/") for key in PARAM_KEYS)}
+
+
+def fingerprint(params: dict) -> str:
+    """A short SHA-256 of the parameter values: equal fingerprints mean identical starting points."""
+    digest = hashlib.sha256()
+    for key, value in flatten(params).items():
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(value, np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --- input files ---------------------------------------------------------------------------------
+
+
+def _load_npz(path: str, option: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"{option}: no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UsageError(f"{option}: cannot read {path} as an .npz file ({err})") from None
+
+
+def load_params(path: str, num_classes: int, state_size: int) -> dict:
+    """Read initial parameters (``--init-params``); UsageError naming a missing/extra key or bad shape."""
+    arrays = _load_npz(path, "--init-params")
+    shapes = param_shapes(num_classes, state_size)
+    if set(arrays) != set(shapes):
+        raise UsageError(f"--init-params: {path} must hold exactly the keys {', '.join(PARAM_KEYS)}; "
+                         f"got {', '.join(sorted(arrays)) or 'none'}")
+    for key, shape in shapes.items():
+        a = arrays[key]
+        if a.shape != shape:
+            raise UsageError(f"--init-params: {path}: {key} must have shape {list(shape)} for state size "
+                             f"{state_size}, got {list(a.shape)}")
+        if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
+            raise UsageError(f"--init-params: {path}: {key} must hold finite floats, got dtype {a.dtype}")
+    return nest(arrays)
+
+
+def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``--data``: keys ``x``, ``y``, integer arrays ``[epochs, data_size]`` with values in [0, n).
+
+    **Returns:** ``(x, y)``, both ``int32[epochs, data_size]``.
+    """
+    arrays = _load_npz(path, "--data")
+    if set(arrays) != {"x", "y"}:
+        raise UsageError(f"--data: {path} must hold exactly the keys x, y; got {', '.join(sorted(arrays)) or 'none'}")
+    x, y = arrays["x"], arrays["y"]
+    for name, a in (("x", x), ("y", y)):
+        if a.ndim != 2 or a.shape[0] < 1:
+            raise UsageError(f"--data: {path}: {name} must be a 2-D array [epochs, data_size], got shape {list(a.shape)}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise UsageError(f"--data: {path}: {name} must hold integers, got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise UsageError(f"--data: {path}: {name} values must lie in [0, {num_classes}), got [{a.min()}, {a.max()}]")
+    if x.shape != y.shape:
+        raise UsageError(f"--data: {path}: x and y must have one shape, got {list(x.shape)} and {list(y.shape)}")
+    return x.astype(np.int32), y.astype(np.int32)
+
+
+def epoch_stream(config: Config, data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None):
+    """Yield ``(x, y)``, ``int32[data_size]`` each, for every epoch: rows of ``data``, or fresh data.
+
+    Fresh data comes from ``compare.task.gen_data`` with one ``np.random.default_rng(seed)`` stream for
+    all epochs (the tutorial's ``gen_epochs``); a new call restarts the stream, so every implementation
+    sees the same epochs. ``seed`` defaults to ``config.seed``.
+    """
+    from . import task
+
+    if data is not None:
+        yield from zip(data[0][: config.epochs], data[1][: config.epochs])
+        return
+    rng = np.random.default_rng(config.seed if seed is None else seed)
+    for _ in range(config.epochs):
+        yield task.gen_data(config.data_size, rng)
+
+
+# --- outputs -------------------------------------------------------------------------------------
+
+
+def check_writable(path: Path, overwrite: bool, option: str) -> Path:
+    """UsageError if ``path`` exists (and not ``overwrite``) or its directory cannot be created."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{option}: {path} exists; pass --overwrite to replace it, or choose another name")
+    if path.is_dir():
+        raise UsageError(f"{option}: {path} is a directory")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{option}: {parent} is not a directory")
+    return path
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+
+
+def save_params(path: Path, params: dict) -> Path:
+    """Save parameters as ``.npz`` with the flat keys (atomically)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **flatten(params))
+    return write_bytes(path, buffer.getvalue())
+
+
+def params_path(pattern: str, impl: str) -> Path:
+    """``--save-params`` path of one implementation: ``{impl}`` in the pattern is replaced by the name;
+    without it, ``-<impl>`` is inserted before the suffix (``p.npz`` -> ``p-jax.npz``)."""
+    if "{impl}" in pattern:
+        return Path(pattern.replace("{impl}", impl))
+    path = Path(pattern)
+    suffix = path.suffix or ".npz"
+    return path.with_name(f"{path.stem if path.suffix else path.name}-{impl}{suffix}")
+
+
+def output_paths(command: str, out_dir: str, name: str | None, json_path: str | None, overwrite: bool,
+                 stamp: str) -> dict[str, Path]:
+    """Where a command writes: ``{"json", "md", "png"}`` -> path, checked before any work.
+
+    ``<out_dir>/<name>.{json,md,png}``; ``name`` defaults to ``<command>-<stamp>`` (a new name per
+    invocation: ``-2``, ``-3``... is appended if taken, so the default never replaces anything). An
+    explicit ``--name`` or ``--json`` that exists is a UsageError unless ``overwrite``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is not a directory")
+    if name is not None and (not name or "/" in name or name in (".", "..")):
+        raise UsageError(f"--name: {name!r} must be a plain file name stem (no '/')")
+    stem, explicit = (name, True) if name else (f"{command}-{stamp}", False)
+    if not explicit:
+        base, k = stem, 2
+        while any((out / f"{stem}{ext}").exists() for ext in (".json", ".md", ".png")):
+            stem, k = f"{base}-{k}", k + 1
+    paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    if json_path:
+        paths["json"] = Path(json_path)
+    for kind, path in paths.items():
+        check_writable(path, overwrite, "--json" if kind == "json" and json_path else "--name/--out")
+    return paths

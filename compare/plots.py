@@ -1,0 +1,110 @@
+"""PNG figures of a result dict (matplotlib, Agg backend; nothing is shown, bytes are returned).
+
+* `run_plot`: the every-100-step loss curves of every implementation, the three targets labelled;
+* `sweep_plot`: one panel per (num_steps, state_size) cell, mean curve per implementation over seeds;
+* `bench_plot`: bars of the steady-state seconds per epoch (median, min-max as error bars).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from . import task
+
+TARGET_LABELS = (("none", "nothing learned"), ("first", "3-step dependency"), ("both", "both dependencies"))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _targets(ax, labels: bool = True) -> None:
+    for (key, label), style in zip(TARGET_LABELS, (":", "--", "-.")):
+        value = getattr(task.TARGETS, key)
+        ax.axhline(value, color="grey", linestyle=style, linewidth=1)
+        if labels:
+            ax.annotate(f"{label} ({value:.4f})", (1.0, value), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8,
+                        color="dimgrey")
+
+
+def run_plot(result: dict) -> bytes:
+    """Loss every 100 steps (x: training step) for each implementation, with the target lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    # Identical runs overlap exactly: distinct markers, shrinking, keep every curve visible.
+    for k, (impl, r) in enumerate(result["results"].items()):
+        avg = np.asarray(r["avg_losses"])
+        every = max(1, len(r["step_losses"]) // max(1, len(avg)))
+        ax.plot(every * np.arange(1, len(avg) + 1), avg, marker="osD^x"[k % 5], markersize=max(2, 7 - 1.2 * k),
+                fillstyle="none", linewidth=1.2, label=impl)
+    _targets(ax)
+    c = result["config"]
+    ax.set(xlabel="training step", ylabel="mean loss of the last 100 steps",
+           title=f"num_steps {c['num_steps']}, state_size {c['state_size']}, batch {c['batch_size']}, "
+                 f"lr {c['learning_rate']}")
+    ax.set_ylim(task.TARGETS.both - 0.03, max(0.72, ax.get_ylim()[1]))
+    ax.legend(loc="upper center", ncol=min(5, len(result["results"])), fontsize=8)
+    return _png(fig)
+
+
+def sweep_plot(result: dict) -> bytes:
+    """A grid: rows num_steps, columns state_size; in each, the seed-mean curve of every implementation."""
+    plt = _pyplot()
+    c = result["config"]
+    rows, cols = c["num_steps"], c["state_size"]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 2.8 * len(rows)), sharey=True,
+                             squeeze=False)
+    for cell in result["cells"]:
+        ax = axes[rows.index(cell["num_steps"])][cols.index(cell["state_size"])]
+        curve = np.asarray(cell["avg_losses_mean"])
+        ax.plot(np.arange(1, len(curve) + 1), curve, linewidth=1.2, label=cell["impl"])
+        ax.set_title(f"num_steps {cell['num_steps']}, state {cell['state_size']}: {cell['level']}", fontsize=9)
+    for i, row in enumerate(axes):
+        for j, ax in enumerate(row):
+            _targets(ax, labels=(i == 0 and j == len(row) - 1))
+            ax.set_ylim(task.TARGETS.both - 0.03, 0.72)
+            if i == len(axes) - 1:
+                ax.set_xlabel("log point (every 100 steps)")
+            if j == 0:
+                ax.set_ylabel("mean loss")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"final loss over {len(c['seeds'])} seed(s), {c['epochs']} epoch(s)", fontsize=10)
+    return _png(fig)
+
+
+def bench_plot(result: dict) -> bytes:
+    """Steady-state seconds per epoch per implementation: median bars, min-max error bars."""
+    plt = _pyplot()
+    names = list(result["results"])
+    r = [result["results"][n] for n in names]
+    median = np.array([x["median_epoch_seconds"] for x in r])
+    err = np.array([[m - x["min_epoch_seconds"], x["max_epoch_seconds"] - m] for m, x in zip(median, r)]).T
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    bars = ax.bar(names, median, yerr=err, capsize=4, color="tab:blue")
+    for bar, x in zip(bars, r):
+        label = f"{x['median_epoch_seconds']:.3f}s"
+        if x.get("speedup_vs_baseline") is not None:
+            label += f"\n{x['speedup_vs_baseline']:.2f}x"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    c = result["config"]
+    ax.set(ylabel="seconds per epoch (median)",
+           title=f"{c['epoch_size']} steps of [{c['batch_size']} x {c['num_steps']}] per epoch, "
+                 f"speed-up vs {result['baseline']}")
+    ax.set_ylim(0, max(median.max() * 1.35, 1e-3))
+    return _png(fig)

@@ -1,0 +1,91 @@
+"""Markdown tables of a result dict (``run``, ``sweep`` or ``bench``): printed and saved as ``.md``."""
+
+from __future__ import annotations
+
+from . import task
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def _f(value, fmt: str = ".4f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _setting(c: dict) -> str:
+    return (f"num_steps {c['num_steps']}, state_size {c['state_size']}, batch {c['batch_size']}, "
+            f"lr {c['learning_rate']}, {c['data_size']:,} points x {c['epochs']} epoch(s), seed {c['seed']}")
+
+
+def _machine(env: dict) -> str:
+    dev = env["device"]
+    tf = f", TensorFlow {env['tensorflow']} on {dev['tf']['kind']}" if "tf" in dev else ""
+    return (f"JAX {env['jax']} on {dev['jax']['kind']} ({dev['jax']['name']}){tf}; {env['cpu_count']} CPUs, "
+            f"{env['processor']}, Python {env['python']}")
+
+
+def targets_line() -> str:
+    t = task.TARGETS
+    return f"Targets: nothing learned {t.none:.4f}, 3-step dependency {t.first:.4f}, both {t.both:.4f}."
+
+
+def run_markdown(result: dict) -> str:
+    """The ``run`` table: final loss, level, timings per implementation, then the agreement check."""
+    rows = []
+    for impl, r in result["results"].items():
+        rows.append([impl, _f(r["final_loss"]), r["level"], _f(r["compile_seconds"], ".2f"),
+                     _f(sum(r["epoch_seconds"]), ".2f"), _f(r["steps_per_second"], ",.0f"),
+                     _f(r["points_per_second"], ",.0f")])
+    table = _table(["impl", "final loss", "level", "compile s", "train s", "steps/s", "points/s"], rows)
+    lines = [f"## rnn-compare run: {_setting(result['config'])}", "", _machine(result["environment"]), "",
+             table, "", targets_line()]
+    a = result["agreement"]
+    if a["pairs"]:
+        lines += ["", f"Agreement (same params and data: per-step losses within {a['tolerance']:g}):", ""]
+        pair_rows = [[f"{p['a']} vs {p['b']}", f"{p['max_abs_diff']:.2e}", "yes" if p["same_params"] else "no",
+                      {True: "PASS", False: "FAIL", None: "n/a"}[p["agree"]]] for p in a["pairs"]]
+        lines.append(_table(["pair", "max step-loss diff", "same params", "agree"], pair_rows))
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(result: dict) -> str:
+    """The ``sweep`` table: one row per (num_steps, state_size, impl) cell, mean and spread over seeds."""
+    rows = []
+    for cell in result["cells"]:
+        rows.append([cell["num_steps"], cell["state_size"], cell["impl"], _f(cell["mean"]), _f(cell["std"]),
+                     f"{_f(cell['min'])}-{_f(cell['max'])}", cell["level"],
+                     "/".join(f"{cell['levels'].count(k)}" for k in ("none", "first", "both")),
+                     cell["tutorial_level"], _f(cell["seconds"], ".1f")])
+    c = result["config"]
+    header = ["num_steps", "state", "impl", "final loss", "std", "min-max", "level", "none/first/both",
+              "tutorial", "seconds"]
+    lines = [f"## rnn-compare sweep: {len(c['seeds'])} seed(s) x {c['epochs']} epoch(s) of {c['data_size']:,} "
+             f"points, batch {c['batch_size']}, lr {c['learning_rate']}", "", _machine(result["environment"]), "",
+             _table(header, rows), "", targets_line(),
+             "level: of the mean final loss; none/first/both: how many seeds reached each level; tutorial: the "
+             "level the tutorial reports for that num_steps."]
+    if result.get("agreement"):
+        a = result["agreement"]
+        lines.append(f"Implementations on the same seed: largest per-step loss difference {a['max_abs_diff']:.2e}; "
+                     f"same level on every seed: {'yes' if a['same_level'] else 'no'}.")
+    return "\n".join(lines) + "\n"
+
+
+def bench_markdown(result: dict) -> str:
+    """The ``bench`` table: build, first epoch, steady state (median, min-max), rates, memory, speed-up."""
+    rows = []
+    for impl, r in result["results"].items():
+        rows.append([impl, _f(r["build_seconds"], ".2f"), _f(r["first_epoch_seconds"], ".3f"),
+                     _f(r["median_epoch_seconds"], ".3f"),
+                     f"{_f(r['min_epoch_seconds'], '.3f')}-{_f(r['max_epoch_seconds'], '.3f')}",
+                     _f(r["steps_per_second"], ",.0f"), _f(r["points_per_second"], ",.0f"),
+                     _f(r["peak_rss_mib"], ".0f"), _f(r["speedup_vs_baseline"], ".2f")])
+    header = ["impl", "build s", "1st epoch s", "epoch s (median)", "min-max", "steps/s", "points/s",
+              "peak RSS MiB", f"x vs {result['baseline']}"]
+    c = result["config"]
+    lines = [f"## rnn-compare bench: {_setting(c)}, {c['repeats']} timed epoch(s) after one warm-up", "",
+             _machine(result["environment"]), "", _table(header, rows), "", result["notes"]]
+    return "\n".join(lines) + "\n"

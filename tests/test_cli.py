@@ -1,0 +1,212 @@
+"""End-to-end tests of ``rnn-compare`` (compare.cli) on small data, called in-process through ``main``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compare import io
+from compare.cli import main
+from compare.run import agreement
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--data-size", "20000", "--batch-size", "20", "--quiet"]  # 200 windows of [20, 5] per epoch
+RESULT_KEYS = {"step_losses", "avg_losses", "final_loss", "level", "compile_seconds", "epoch_seconds",
+               "steps_per_second", "points_per_second"}
+
+
+def _run(argv, tmp_path, name="r"):
+    """Run the CLI into ``tmp_path``; return (exit status, parsed JSON)."""
+    status = main([*argv, "--out", str(tmp_path), "--name", name])
+    return status, json.loads((tmp_path / f"{name}.json").read_text())
+
+
+def _usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One small run of jax and tf-dynamic from the same params and data, final params saved."""
+    out = tmp_path_factory.mktemp("run")
+    status, result = _run(["run", "--impl", "jax,tf-dynamic", *SMALL, "--epochs", "2",
+                           "--save-params", str(out / "final.npz")], out)
+    return out, status, result
+
+
+def test_run_writes_json_table_plot_and_params(demo):
+    out, status, result = demo
+    assert status == 0
+    assert {"config", "environment", "targets", "results", "agreement"} <= set(result)
+    assert {"python", "numpy", "jax", "jaxlib", "optax", "tensorflow", "cpu_count", "device"} <= set(result["environment"])
+    assert result["environment"]["device"]["jax"]["kind"] == "cpu"
+    assert result["targets"] == pytest.approx({"none": 0.6616, "first": 0.5192, "both": 0.4545}, abs=1e-4)
+    for impl in ("jax", "tf-dynamic"):
+        r = result["results"][impl]
+        assert RESULT_KEYS <= set(r)
+        assert len(r["step_losses"]) == 2 * 200 and len(r["avg_losses"]) == 2 * 2 and len(r["epoch_seconds"]) == 2
+        assert r["final_loss"] == pytest.approx(np.mean(r["step_losses"][-100:]))
+        assert r["level"] in ("none", "first", "both")
+        saved = io.load_params(str(out / f"final-{impl}.npz"), 2, 4)
+        assert not np.allclose(saved["rnn_cell"]["W"], io.glorot_params(2, 4, 0)["rnn_cell"]["W"])  # trained
+    assert (out / "r.md").read_text().startswith("## rnn-compare run")
+    assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_run_agreement_jax_vs_tf_dynamic(demo):
+    _, _, result = demo
+    (pair,) = result["agreement"]["pairs"]
+    diff = np.max(np.abs(np.subtract(result["results"]["jax"]["step_losses"],
+                                     result["results"]["tf-dynamic"]["step_losses"])))
+    assert pair["max_abs_diff"] == pytest.approx(diff) and diff < 1e-4
+    assert pair["same_params"] and pair["agree"] is True and result["agreement"]["all_agree"] is True
+
+
+def test_agreement_flags_disagreement_and_different_starts():
+    base = {"step_losses": [0.5, 0.6], "level": "first", "initial_params": "a", "data": "d"}
+    results = {"x": base, "y": {**base, "step_losses": [0.5, 0.6003]}, "z": {**base, "initial_params": "b"}}
+    pairs = {(p["a"], p["b"]): p for p in agreement(results)["pairs"]}
+    assert pairs["x", "y"]["agree"] is False and pairs["x", "y"]["max_abs_diff"] == pytest.approx(3e-4)
+    assert pairs["x", "z"]["agree"] is None and pairs["x", "z"]["same_params"] is False
+    assert agreement(results)["all_agree"] is False
+
+
+def test_outputs_never_replaced_without_overwrite(demo, capsys):
+    out, _, _ = demo
+    before = (out / "r.json").read_bytes()
+    err = _usage_error(["run", "--impl", "jax", *SMALL, "--out", str(out), "--name", "r"], capsys)
+    assert "exists; pass --overwrite" in err and (out / "r.json").read_bytes() == before
+    err = _usage_error(["run", "--impl", "jax", *SMALL, "--out", str(out / "new"), "--json", str(out / "r.json")], capsys)
+    assert "--json" in err and "exists" in err
+    err = _usage_error(["run", "--impl", "jax", *SMALL, "--out", str(out / "new"),
+                        "--save-params", str(out / "final.npz")], capsys)
+    assert "final-jax.npz exists" in err
+
+
+def test_default_names_are_new_each_time(tmp_path):
+    stamp = "20250101-000000"
+    first = io.output_paths("run", str(tmp_path), None, None, False, stamp)
+    io.write_json(first["json"], {})
+    second = io.output_paths("run", str(tmp_path), None, None, False, stamp)
+    assert first["json"].name == f"run-{stamp}.json" and second["json"].name == f"run-{stamp}-2.json"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two initial-parameter files and two data files (2 epochs of 20,000 points)."""
+    d = tmp_path_factory.mktemp("files")
+    for k in (1, 2):
+        np.savez(d / f"params{k}.npz", **io.flatten(io.glorot_params(2, 4, seed=10 + k)))
+        rng = np.random.default_rng(10 + k)
+        x = rng.integers(0, 2, (2, 20000))
+        y = (rng.random((2, 20000)) < 0.5 + 0.5 * np.roll(x, 3, axis=1)).astype(np.int64)
+        np.savez(d / f"data{k}.npz", x=x, y=y)
+    return d
+
+
+def test_init_params_and_data_files_are_honoured(files, tmp_path):
+    def losses(params, data, name):
+        status, result = _run(["run", "--impl", "jax,tf-raw", "--batch-size", "20", "--quiet",
+                               "--init-params", str(files / params), "--data", str(files / data)], tmp_path, name)
+        assert status == 0 and result["config"]["epochs"] == 2 and result["config"]["data_size"] == 20000
+        a, b = (np.asarray(result["results"][i]["step_losses"]) for i in ("jax", "tf-raw"))
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        return a
+
+    reference = losses("params1.npz", "data1.npz", "a")
+    assert np.max(np.abs(losses("params2.npz", "data1.npz", "b") - reference)) > 1e-3
+    assert np.max(np.abs(losses("params1.npz", "data2.npz", "c") - reference)) > 1e-3
+    # The first step's loss is the loss of the file's parameters on the file's first window.
+    import jax_rnn
+    from compare import task
+
+    with np.load(files / "data1.npz") as data:
+        xw, yw = task.windows(data["x"][0], data["y"][0], 20, 5)
+    params = io.load_params(str(files / "params1.npz"), 2, 4)
+    first, _ = jax_rnn.loss(params, xw[0], yw[0], jax_rnn.zero_state(20, 4))
+    assert reference[0] == pytest.approx(float(first), abs=1e-6)
+
+
+def test_sweep_jax(tmp_path):
+    status, result = _run(["sweep", "--impl", "jax", "--num-steps", "1,5", "--state-size", "4", "--seeds", "2",
+                           "--epochs", "1", *SMALL], tmp_path)
+    assert status == 0
+    assert [(c["num_steps"], c["state_size"], c["impl"]) for c in result["cells"]] == [(1, 4, "jax"), (5, 4, "jax")]
+    for cell in result["cells"]:
+        assert len(cell["final_losses"]) == 2 and cell["seeds"] == [0, 1]
+        assert cell["mean"] == pytest.approx(np.mean(cell["final_losses"]))
+        assert set(cell["levels"]) <= {"none", "first", "both"}
+    assert result["cells"][0]["tutorial_level"] == "none" and result["cells"][1]["tutorial_level"] == "first"
+    assert result["cells"][0]["final_losses"][0] != result["cells"][0]["final_losses"][1]  # seeds differ
+    assert (tmp_path / "r.png").exists() and "| num_steps" in (tmp_path / "r.md").read_text()
+
+
+def test_bench(tmp_path):
+    status, result = _run(["bench", "--impl", "jax,tf-dynamic", "--repeats", "2", *SMALL], tmp_path)
+    assert status == 0 and result["baseline"] == "tf-dynamic"
+    for impl, r in result["results"].items():
+        assert len(r["epoch_seconds"]) == 2 and r["min_epoch_seconds"] <= r["median_epoch_seconds"] <= r["max_epoch_seconds"]
+        assert r["steps_per_second"] == pytest.approx(200 / r["median_epoch_seconds"])
+        assert r["build_seconds"] > 0 and r["peak_rss_mib"] is not None
+    assert result["results"]["tf-dynamic"]["speedup_vs_baseline"] == 1.0
+    assert (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--impl", "jax,pytorch"], "unknown implementation 'pytorch' (choose from jax, tf-raw"),
+    (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
+    (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
+    (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
+    (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
+    (["run", "--impl", "jax", "--init-params", "no-such.npz"], "--init-params: no such file"),
+])
+def test_bad_options(argv, message, capsys, tmp_path):
+    err = _usage_error([*argv, "--out", str(tmp_path)], capsys)
+    assert message in err and "usage: rnn-compare" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("kind, arrays, message", [
+    ("params", {"rnn_cell/W": np.zeros((6, 4))}, "must hold exactly the keys rnn_cell/W, rnn_cell/b"),
+    ("params", {**io.flatten(io.glorot_params(2, 8, 0))}, "rnn_cell/W must have shape [6, 4]"),
+    ("data", {"x": np.zeros((1, 100), int)}, "must hold exactly the keys x, y"),
+    ("data", {"x": np.zeros(100, int), "y": np.zeros(100, int)}, "x must be a 2-D array [epochs, data_size]"),
+    ("data", {"x": np.zeros((1, 100)), "y": np.zeros((1, 100))}, "x must hold integers"),
+])
+def test_bad_files(kind, arrays, message, capsys, tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    option = "--init-params" if kind == "params" else "--data"
+    err = _usage_error(["run", "--impl", "jax", option, str(path), "--out", str(tmp_path / "out")], capsys)
+    assert f"{option}: " in err and message in err
+
+
+def test_gpu_absent_is_a_usage_error(capsys, tmp_path):
+    import jax
+
+    try:
+        jax.devices("gpu")
+        pytest.skip("this machine has a GPU")
+    except RuntimeError:
+        pass
+    err = _usage_error(["run", "--impl", "jax", "--device", "gpu", "--out", str(tmp_path)], capsys)
+    assert "--device gpu: JAX sees no GPU" in err and not list(tmp_path.iterdir())
+
+
+def test_module_help_and_jax_only_run_without_tensorflow(tmp_path):
+    """``python -m compare --help`` works; ``--impl jax`` never imports TensorFlow."""
+    help_text = subprocess.run([sys.executable, "-m", "compare", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout
+    assert "run" in help_text and "sweep" in help_text and "bench" in help_text and "--overwrite" in help_text
+    code = ("import sys; from compare.cli import main; "
+            f"status = main(['run', '--impl', 'jax', '--data-size', '2000', '--batch-size', '20', '--quiet', "
+            f"'--out', {str(tmp_path)!r}]); assert status == 0; assert 'tensorflow' not in sys.modules, 'TF imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
