@@ -16,10 +16,11 @@ from .fit import FitConfig, FitResult, fit, running_averages
 from .model import (Params, check_params, init_params, logits, loss, loss_batch_last, param_shapes, rnn, rnn_cell,
                     zero_state)
 from .optim import adagrad
+from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .train import train_epoch, train_runs, train_step
 
 __all__ = [
     "FitConfig", "FitResult", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
-    "loss_batch_last", "param_shapes", "rnn", "rnn_cell", "running_averages", "train_epoch", "train_runs",
-    "train_step", "zero_state",
+    "loss_batch_last", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages", "shard_runs", "train_epoch", "train_runs",
+    "train_runs_sharded", "train_step", "zero_state",
 ]

@@ -82,14 +82,15 @@ def logits(params: Params, states: jax.Array) -> jax.Array:
     return states @ params["softmax"]["W"] + params["softmax"]["b"]
 
 
-def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: int | bool = 1) -> tuple[jax.Array, jax.Array]:
+def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: int | bool = 1,
+         remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """Mean sparse softmax cross-entropy over batch and time of one window.
 
     **Arguments:** ``x, y: int[batch, num_steps]``; ``state: f32[batch, d]`` (S_{-1});
-    ``unroll``: passed to ``lax.scan``.
+    ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise each step in the backward pass.
     **Returns:** ``(mean_loss: f32[], final_state: f32[batch, d])``.
     """
-    mean_loss, final_state = loss_batch_last(params, x.T, y.T, state.T, unroll)
+    mean_loss, final_state = loss_batch_last(params, x.T, y.T, state.T, unroll, remat)
     return mean_loss, final_state.T
 
 
@@ -107,13 +108,16 @@ def _contract(a: jax.Array, s: jax.Array) -> jax.Array:
 
 
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
-                    unroll: int | bool = 1) -> tuple[jax.Array, jax.Array]:
+                    unroll: int | bool = 1, remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """`loss` with the batch as the last, contiguous axis: the layout the training loop runs in.
 
     On CPU, with a state of 4 numbers per sequence, keeping the 200 sequences of a batch contiguous
     turns every step into a few short vector loops that XLA fuses, where ``[batch, 4]`` tiles would
     not vectorise. The input projection ``W[x]`` of all steps is gathered before the recurrence; the
     scanned step computes the new state and its logits.
+
+    With ``remat=True`` the step is wrapped in ``jax.checkpoint``: the backward pass keeps only the
+    carried state of each step and recomputes the rest, for long windows (num_steps in the thousands).
 
     **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state_t: f32[d, batch]``.
     **Returns:** ``(mean_loss: f32[], final_state_t: f32[d, batch])``.
@@ -128,6 +132,8 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
         s = jnp.tanh(input_t + _contract(w_state_t, s))
         return s, _contract(w_softmax_t, s)
 
+    if remat:
+        step = jax.checkpoint(step)
     final_state_t, logits_t = jax.lax.scan(step, state_t, inputs, unroll=unroll)   # logits [num_steps, n, batch]
     log_p = jax.nn.log_softmax(logits_t + params["softmax"]["b"][:, None], axis=1)
     classes = jnp.arange(log_p.shape[1], dtype=y_t.dtype)[None, :, None]
