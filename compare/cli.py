@@ -22,14 +22,15 @@ OUTPUT_POLICY = (
     "to a temporary file first and renamed into place, so none is ever half-written.")
 
 
-def _common(p: argparse.ArgumentParser, impl_default: str, epochs_default: Optional[int],
+def _common(p: argparse.ArgumentParser, impl_default: str, epochs_default: Optional[int] | str,
             data_size_default: Optional[int]) -> None:
     p.add_argument("--impl", default=impl_default,
                    help=f"comma-separated implementations, from: {', '.join(IMPLS)} (default: {impl_default})")
     p.add_argument("--batch-size", type=int, default=200, help="sequences per batch (default: 200)")
     p.add_argument("--learning-rate", type=float, default=0.1, help="Adagrad learning rate (default: 0.1)")
-    p.add_argument("--epochs", type=int, default=epochs_default,
-                   help=f"epochs, fresh data each (default: {epochs_default or '1, or the rows of --data'})")
+    if epochs_default != "none":  # bench has --repeats instead
+        p.add_argument("--epochs", type=int, default=epochs_default,
+                       help=f"epochs, fresh data each (default: {epochs_default or '1, or the rows of --data'})")
     p.add_argument("--data-size", type=int, default=data_size_default,
                    help=f"points per epoch (default: {data_size_default or '1000000, or the columns of --data'})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data stream and initial weights (default: 0)")
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"the first epoch, then --repeats epochs (median, min-max), steps/s, "
                                        f"points/s, peak resident memory, and the speed-up against {BASELINE} "
                                        f"measured in the same run.", epilog=OUTPUT_POLICY)
-    _common(bench, ",".join(IMPLS), None, 1_000_000)
+    _common(bench, ",".join(IMPLS), "none", 1_000_000)
     bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
     bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
     bench.add_argument("--repeats", type=int, default=3, help="timed epochs after the warm-up one (default: 3)")

@@ -68,18 +68,19 @@ def sweep_plot(result: dict) -> bytes:
     c = result["config"]
     rows, cols = c["num_steps"], c["state_size"]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 2.8 * len(rows)), sharey=True,
-                             squeeze=False)
+                             squeeze=False, constrained_layout=True)
     for cell in result["cells"]:
         ax = axes[rows.index(cell["num_steps"])][cols.index(cell["state_size"])]
         curve = np.asarray(cell["avg_losses_mean"])
-        ax.plot(np.arange(1, len(curve) + 1), curve, linewidth=1.2, label=cell["impl"])
+        # One point per 100 steps (or one per epoch if an epoch is shorter): x in epochs.
+        ax.plot(c["epochs"] * np.arange(1, len(curve) + 1) / len(curve), curve, linewidth=1.2, label=cell["impl"])
         ax.set_title(f"num_steps {cell['num_steps']}, state {cell['state_size']}: {cell['level']}", fontsize=9)
     for i, row in enumerate(axes):
         for j, ax in enumerate(row):
             _targets(ax, labels=(i == 0 and j == len(row) - 1))
             ax.set_ylim(task.TARGETS.both - 0.03, 0.72)
             if i == len(axes) - 1:
-                ax.set_xlabel("log point (every 100 steps)")
+                ax.set_xlabel("epoch")
             if j == 0:
                 ax.set_ylabel("mean loss")
     axes[0][0].legend(fontsize=8)

@@ -29,7 +29,9 @@ def _machine(env: dict) -> str:
 
 def targets_line() -> str:
     t = task.TARGETS
-    return f"Targets: nothing learned {t.none:.4f}, 3-step dependency {t.first:.4f}, both {t.both:.4f}."
+    return (f"Targets (expected loss of a perfect predictor): none = nothing learned {t.none:.4f}, first = the "
+            f"3-step dependency {t.first:.4f}, both = both dependencies {t.both:.4f}. final loss: mean of the "
+            f"last 100 steps; level: the target it is closest to.")
 
 
 def run_markdown(result: dict) -> str:

@@ -135,6 +135,13 @@ def test_init_params_and_data_files_are_honoured(files, tmp_path):
     assert reference[0] == pytest.approx(float(first), abs=1e-6)
 
 
+def test_data_file_conflicting_with_options(files, capsys, tmp_path):
+    data = ["run", "--impl", "jax", "--data", str(files / "data1.npz"), "--out", str(tmp_path)]
+    assert "--data-size 1000 does not match" in _usage_error([*data, "--data-size", "1000"], capsys)
+    assert "--epochs 3 is more than the 2 epoch(s)" in _usage_error([*data, "--epochs", "3"], capsys)
+    assert "--batch-size 30000 is larger than the data" in _usage_error([*data, "--batch-size", "30000"], capsys)
+
+
 def test_sweep_jax(tmp_path):
     status, result = _run(["sweep", "--impl", "jax", "--num-steps", "1,5", "--state-size", "4", "--seeds", "2",
                            "--epochs", "1", *SMALL], tmp_path)
@@ -162,6 +169,7 @@ def test_bench(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--impl", "jax,pytorch"], "unknown implementation 'pytorch' (choose from jax, tf-raw"),
+    (["run", "--impl", "jax,jax"], "named twice"),
     (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
     (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
     (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
