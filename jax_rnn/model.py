@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -87,7 +88,7 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     """Mean sparse softmax cross-entropy over batch and time of one window.
 
     **Arguments:** ``x, y: int[batch, num_steps]``; ``state: f32[batch, d]`` (S_{-1});
-    ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise each step in the backward pass.
+    ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise blocks of steps in the backward pass (see `loss_batch_last`).
     **Returns:** ``(mean_loss: f32[], final_state: f32[batch, d])``.
     """
     mean_loss, final_state = loss_batch_last(params, x.T, y.T, state.T, unroll, remat)
@@ -107,17 +108,24 @@ def _contract(a: jax.Array, s: jax.Array) -> jax.Array:
     return a @ s
 
 
+def remat_block_size(num_steps: int) -> int:
+    """Steps per rematerialised block: the largest divisor of ``num_steps`` not above its square root."""
+    return max(k for k in range(1, math.isqrt(num_steps) + 1) if num_steps % k == 0)
+
+
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
                     unroll: int | bool = 1, remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """`loss` with the batch as the last, contiguous axis: the layout the training loop runs in.
 
     On CPU, with a state of 4 numbers per sequence, keeping the 200 sequences of a batch contiguous
     turns every step into a few short vector loops that XLA fuses, where ``[batch, 4]`` tiles would
-    not vectorise. The input projection ``W[x]`` of all steps is gathered before the recurrence; the
+    not vectorise. The input projection ``W[x]`` of the steps is gathered before the recurrence; the
     scanned step computes the new state and its logits.
 
-    With ``remat=True`` the step is wrapped in ``jax.checkpoint``: the backward pass keeps only the
-    carried state of each step and recomputes the rest, for long windows (num_steps in the thousands).
+    ``remat=True`` is for long windows (num_steps in the thousands): the window is cut into blocks of
+    about ``sqrt(num_steps)`` steps (`remat_block_size`), each wrapped in ``jax.checkpoint``. The
+    backward pass keeps only the state at each block boundary and recomputes one block at a time, so
+    memory grows like ``sqrt(num_steps)`` instead of ``num_steps``, for about one more forward pass.
 
     **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state_t: f32[d, batch]``.
     **Returns:** ``(mean_loss: f32[], final_state_t: f32[d, batch])``.
@@ -126,15 +134,22 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     w_input_t, w_state_t = w[:-d].T, w[-d:].T                        # [d, n], [d, d]
     w_softmax_t = params["softmax"]["W"].T                            # [n, d]
-    inputs = jnp.moveaxis(w_input_t[:, x_t], 0, 1) + b[:, None]       # [num_steps, d, batch]
 
     def step(s, input_t):
         s = jnp.tanh(input_t + _contract(w_state_t, s))
         return s, _contract(w_softmax_t, s)
 
+    def steps(s, x_block):                                            # x_block: int[k, batch]
+        inputs = jnp.moveaxis(w_input_t[:, x_block], 0, 1) + b[:, None]   # [k, d, batch]
+        return jax.lax.scan(step, s, inputs, unroll=unroll)
+
     if remat:
-        step = jax.checkpoint(step)
-    final_state_t, logits_t = jax.lax.scan(step, state_t, inputs, unroll=unroll)   # logits [num_steps, n, batch]
+        num_steps, k = x_t.shape[0], remat_block_size(x_t.shape[0])
+        blocks = x_t.reshape(num_steps // k, k, x_t.shape[1])
+        final_state_t, logits_t = jax.lax.scan(jax.checkpoint(steps), state_t, blocks)
+        logits_t = logits_t.reshape((num_steps,) + logits_t.shape[2:])
+    else:
+        final_state_t, logits_t = steps(state_t, x_t)                # logits [num_steps, n, batch]
     log_p = jax.nn.log_softmax(logits_t + params["softmax"]["b"][:, None], axis=1)
     classes = jnp.arange(log_p.shape[1], dtype=y_t.dtype)[None, :, None]
     nll = -jnp.sum(jnp.where(classes == y_t[:, None, :], log_p, 0.0), axis=1)

@@ -46,7 +46,7 @@ def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax
 
     **Arguments:** ``state: f32[batch, d]`` (a constant: no gradient flows into it);
     ``x, y: int[batch, num_steps]``; ``optimizer``: static (e.g. ``adagrad(0.1)``); ``remat``: static,
-    rematerialise the scanned cell in the backward pass (`loss_batch_last`).
+    rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_batch_last`): less memory.
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``.
     """
     params, opt_state, final_state_t, mean_loss = _step_batch_last(params, opt_state, state.T, x.T, y.T, optimizer, remat)
