@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from . import io
+from . import io, scaling
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
 from .environment import DEVICES
 
@@ -89,7 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench, ",".join(IMPLS), "none", 1_000_000)
     bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
     bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
-    bench.add_argument("--repeats", type=int, default=3, help="timed epochs after the warm-up one (default: 3)")
+    bench.add_argument("--repeats", type=int, default=None,
+                       help="timed epochs after the warm-up one (default: 3; 2 with --scaling)")
+    bench.add_argument("--scaling", action="store_true",
+                       help="the scaling study (compare/scaling.py): seconds per epoch as state_size (4..1024), "
+                            "num_steps (1..100) and batch_size (20..20,000) grow one at a time, on the same "
+                            f"{scaling.DEFAULT_DATA_SIZE:,} points, with fitted log-log slopes; then JAX memory with "
+                            "and without remat for num_steps 1,000 and 10,000 at state 256. Defaults to --impl "
+                            f"{','.join(scaling.DEFAULT_IMPLS)}; about 10 minutes on 2 cores. With --device auto "
+                            "on a GPU machine: CPU and GPU side by side, and where the GPU overtakes")
+    bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
+    bench.set_defaults(impl=None, data_size=None)
     for sub_parser in (run, sweep, bench):
         sub_parser.set_defaults(error=sub_parser.error)  # reports a UsageError under that command's usage
     return parser
@@ -100,8 +110,8 @@ def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size
                   learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed)
 
 
-def _paths(args) -> dict:
-    return io.output_paths(args.command, args.out, args.name, args.json, args.overwrite,
+def _paths(args, command: Optional[str] = None) -> dict:
+    return io.output_paths(command or args.command, args.out, args.name, args.json, args.overwrite,
                            time.strftime("%Y%m%d-%H%M%S"))
 
 
@@ -164,12 +174,19 @@ def _sweep(args) -> int:
 def _bench(args) -> int:
     from . import bench, environment, plots, report
 
-    impls = parse_impls(args.impl)
-    if args.repeats < 1:
-        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
-    config = _config(args, impls, args.num_steps, args.state_size, args.repeats + 1, args.data_size)
-    paths = _paths(args)
+    impls = parse_impls(args.impl or ",".join(scaling.DEFAULT_IMPLS if args.scaling else IMPLS))
+    repeats = args.repeats if args.repeats is not None else (2 if args.scaling else 3)
+    if repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else 1_000_000)
+    config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size)
+    paths = _paths(args, "scaling" if args.scaling else None)
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    if args.scaling:
+        result = scaling.study(config, devices, repeats, memory_steps=() if args.no_memory else scaling.MEMORY_NUM_STEPS,
+                               quiet=args.quiet)
+        _write(result, paths, scaling.markdown(result), plots.scaling_plot(result))
+        return 0
     result = bench.bench(config, devices, quiet=args.quiet)
     _write(result, paths, report.bench_markdown(result), plots.bench_plot(result))
     return 0

@@ -109,3 +109,23 @@ def bench_plot(result: dict) -> bytes:
                  f"speed-up vs {result['baseline']}")
     ax.set_ylim(0, max(median.max() * 1.35, 1e-3))
     return _png(fig)
+
+
+def scaling_plot(result: dict) -> bytes:
+    """One log-log panel per swept parameter: median seconds per epoch, a line per implementation/device."""
+    plt = _pyplot()
+    params = list(result["config"]["sweeps"])
+    fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 4), squeeze=False)
+    for ax, param in zip(axes[0], params):
+        for fit in (f for f in result["fits"] if f["parameter"] == param):
+            label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
+            if fit["slope"] is not None:
+                label += f", slope {fit['slope']:.2f}"
+            ax.loglog(fit["values"], fit["seconds"], marker="o", linestyle="--" if fit["device"] == "gpu" else "-",
+                      label=label)
+        ax.set(xlabel=param, ylabel="seconds per epoch (median)", title=f"cost as {param} grows")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{result['config']['data_size']:,} points per epoch; other parameters at the tutorial's defaults",
+                 fontsize=10)
+    return _png(fig)

@@ -1,0 +1,184 @@
+"""``rnn-compare bench --scaling``: how each implementation's cost grows with the work.
+
+Three one-parameter sweeps around the tutorial's defaults (state 4, num_steps 5, batch 200):
+
+* ``state_size`` 4, 16, 64, 256, 1024 (x4 steps);
+* ``num_steps`` 1, 3, 10, 30, 100;
+* ``batch_size`` 20, 200, 2,000, 20,000.
+
+Every point trains on the same data (``data_size`` points, 100,000 by default: a tenth of the
+tutorial's epoch, so the default study fits in about ten minutes on 2 cores; 20,000 x 5 is the
+largest window, hence the minimum). Each point is timed like ``bench`` (`compare.bench.time_one`):
+build, one warm-up epoch, then ``repeats`` timed epochs; the median is reported. The fitted slope of
+log(seconds) against log(parameter) says how time grows: 1 is linear, 0 flat (fixed costs dominate).
+
+With ``--device auto`` (or ``gpu``) every implementation that sees a GPU is measured on the CPU and
+on the GPU, and the crossover (the first swept value at which the GPU is faster) is reported.
+
+Memory (JAX only): long windows, num_steps 1,000 and 10,000 at state 256, batch 200 (one window per
+epoch), trained with and without ``remat`` (``jax.checkpoint`` of blocks of the scan, see
+``jax_rnn.loss_batch_last``). For each: XLA's own count of the temporary buffers of the compiled
+epoch (``compiled.memory_analysis()``, exact), the growth of the process's resident memory while it
+compiled and ran (sampled), compile seconds and the seconds of one epoch (one timed call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from . import io, task
+from .bench import PeakRss, time_one
+from .config import Config
+from .run import targets
+
+SWEEPS = {
+    "state_size": (4, 16, 64, 256, 1024),
+    "num_steps": (1, 3, 10, 30, 100),
+    "batch_size": (20, 200, 2_000, 20_000),
+}
+DEFAULT_IMPLS = ("jax", "tf-dynamic", "tf2")
+DEFAULT_DATA_SIZE = 100_000
+MEMORY_NUM_STEPS = (1_000, 10_000)
+MEMORY_STATE_SIZE = 256
+
+
+def slope(values, seconds) -> float | None:
+    """Least-squares slope of log(seconds) on log(value): the exponent of the growth."""
+    pairs = [(v, s) for v, s in zip(values, seconds) if s and s > 0]
+    if len(pairs) < 2:
+        return None
+    x, y = np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def crossover(values, cpu_seconds, gpu_seconds):
+    """The first swept value from which the GPU stays faster than the CPU (None if it never does)."""
+    for i, value in enumerate(values):
+        if all(g < c for g, c in zip(gpu_seconds[i:], cpu_seconds[i:])):
+            return value
+    return None
+
+
+def _device_kinds(devices, impl: str) -> list[str]:
+    """Where to measure ``impl``: its resolved device, plus the CPU when ``auto`` found a GPU."""
+    kind = devices.jax if impl == "jax" else devices.tf
+    return ["cpu", "gpu"] if devices.requested == "auto" and kind == "gpu" else [kind]
+
+
+def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, memory_steps=MEMORY_NUM_STEPS,
+          quiet: bool = False) -> dict:
+    """Run the scaling sweeps for ``base.impls`` around ``base``, then the memory study (if ``jax``).
+
+    **Returns:** ``command`` ("bench --scaling"), ``config``, ``environment``, ``targets``, ``points``
+    (one per parameter x value x implementation x device: the `time_one` figures), ``fits`` (slope
+    per parameter, implementation and device; GPU crossover where measured), ``memory`` and ``notes``.
+    """
+    from .environment import describe
+
+    sweeps = SWEEPS if sweeps is None else sweeps
+    x, y = task.gen_data(base.data_size, np.random.default_rng(base.seed))
+    runs = [(param, value, impl, kind) for param, values in sweeps.items() for value in values
+            for impl in base.impls for kind in _device_kinds(devices, impl)]
+    points = []
+    with tqdm(total=len(runs) * (repeats + 1), desc="scaling", unit="epoch", disable=quiet) as bar:
+        for param, value, impl, kind in runs:
+            bar.set_postfix_str(f"{param}={value} {impl} ({kind})")
+            config = dataclasses.replace(base, impls=(impl,), **{param: value})
+            windows = [task.windows(x, y, config.batch_size, config.num_steps)] * (repeats + 1)
+            params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+            figures = time_one(impl, config, params, windows, kind, bar)
+            points.append({"parameter": param, "value": value, "impl": impl, "device": kind,
+                           "epoch_size": config.epoch_size, **figures})
+    fits = []
+    for param, values in sweeps.items():
+        for impl in base.impls:
+            series = {}
+            for kind in ("cpu", "gpu"):
+                rows = [p for p in points if (p["parameter"], p["impl"], p["device"]) == (param, impl, kind)]
+                if rows:
+                    series[kind] = [r["median_epoch_seconds"] for r in rows]
+                    fits.append({"parameter": param, "impl": impl, "device": kind, "values": list(values),
+                                 "seconds": series[kind], "slope": slope(values, series[kind])})
+            if len(series) == 2:
+                fits[-1]["gpu_faster_from"] = crossover(values, series["cpu"], series["gpu"])
+    memory = []
+    if "jax" in base.impls and memory_steps:
+        memory = memory_study(base, devices.jax, memory_steps, quiet)
+    gpu_seen = any(p["device"] == "gpu" for p in points)
+    notes = (f"Every point trains on the same {base.data_size:,} points (the other parameters at "
+             f"state {base.state_size}, num_steps {base.num_steps}, batch {base.batch_size}); seconds are the "
+             f"median of {repeats} timed epochs after a warm-up one. Slope: d log(seconds) / d log(value). "
+             + ("GPU crossover: the first value from which the GPU stays faster." if gpu_seen else
+                "No GPU was measured (none seen, or --device cpu): no CPU/GPU crossover."))
+    return {"command": "bench --scaling", "config": {**base.as_dict(), "repeats": repeats,
+                                                      "sweeps": {k: list(v) for k, v in sweeps.items()}},
+            "environment": describe(devices), "targets": targets(), "points": points, "fits": fits,
+            "memory": memory, "notes": notes, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool = False) -> list[dict]:
+    """Long windows with and without rematerialisation: XLA temp memory, RSS growth, compile and epoch time."""
+    import jax
+    import jax_rnn
+
+    from .environment import jax_device
+
+    dev = jax_device(device)
+    optimizer = jax_rnn.adagrad(base.learning_rate)
+    rows = []
+    for num_steps in tqdm(steps, desc="memory", unit="window", disable=quiet):
+        config = dataclasses.replace(base, impls=("jax",), num_steps=num_steps, state_size=MEMORY_STATE_SIZE,
+                                     data_size=base.batch_size * num_steps)
+        x, y = task.gen_data(config.data_size, np.random.default_rng(base.seed))
+        xw, yw = jax.device_put(task.windows(x, y, config.batch_size, num_steps), dev)
+        params = jax.device_put(io.glorot_params(2, config.state_size, base.seed), dev)
+        opt_state = optimizer.init(params)
+        for remat in (False, True):
+            with PeakRss() as rss:
+                start = time.perf_counter()
+                compiled = jax_rnn.train_epoch.lower(params, opt_state, xw, yw, optimizer, remat=remat).compile()
+                compile_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                losses = jax.block_until_ready(compiled(params, opt_state, xw, yw)[3])
+                seconds = time.perf_counter() - start
+            analysis = compiled.memory_analysis()
+            temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+            rows.append({"num_steps": num_steps, "state_size": config.state_size, "batch_size": config.batch_size,
+                         "remat": remat, "device": device, "compile_seconds": compile_seconds,
+                         "epoch_seconds": seconds, "xla_temp_mib": None if temp is None else temp / 2**20,
+                         "peak_rss_mib": rss.peak_mib, "loss": float(losses[0]),
+                         "remat_block": jax_rnn.model.remat_block_size(num_steps) if remat else None})
+            del compiled
+    return rows
+
+
+def markdown(result: dict) -> str:
+    """The scaling tables: seconds per point, fitted slopes (and GPU crossovers), memory."""
+    from .report import _machine, _table
+
+    c = result["config"]
+    parts = [f"Scaling ({c['data_size']:,} points per epoch, median of {c['repeats']} epochs) on {_machine(result['environment'])}"]
+    for param, values in c["sweeps"].items():
+        rows = []
+        for fit in (f for f in result["fits"] if f["parameter"] == param):
+            label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
+            cross = fit.get("gpu_faster_from")
+            rows.append([label] + [f"{s:.4f}" for s in fit["seconds"]] +
+                        [f"{fit['slope']:.2f}" if fit["slope"] is not None else "-",
+                         "-" if "gpu_faster_from" not in fit else (str(cross) if cross is not None else "never")])
+        header = [f"{param} ->"] + [f"{v:,}" for v in values] + ["slope", "GPU faster from"]
+        parts.append(f"\nSeconds per epoch as {param} grows:\n\n" + _table(header, rows))
+    if result["memory"]:
+        rows = [[f"{m['num_steps']:,}", str(m["state_size"]), "yes" if m["remat"] else "no",
+                 f"{m['xla_temp_mib']:,.1f}" if m["xla_temp_mib"] is not None else "-",
+                 f"{m['peak_rss_mib']:,.1f}" if m["peak_rss_mib"] is not None else "-",
+                 f"{m['compile_seconds']:.2f}", f"{m['epoch_seconds']:.2f}"] for m in result["memory"]]
+        parts.append("\nMemory, JAX, one window of [200, num_steps] (remat: jax.checkpoint of sqrt-sized blocks):\n\n" +
+                     _table(["num_steps", "state", "remat", "XLA temp MiB", "RSS growth MiB", "compile s", "epoch s"], rows))
+    parts.append("\n" + result["notes"])
+    return "\n".join(parts)

@@ -1,0 +1,66 @@
+"""The scaling study (bench --scaling) on tiny sweeps, its fits, and sweeps split over several devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compare import cli, scaling
+
+
+def test_slope_recovers_the_exponent_of_a_power_law():
+    values = [4, 16, 64, 256]
+    assert scaling.slope(values, [2e-3 * v ** 1.5 for v in values]) == pytest.approx(1.5)
+    assert scaling.slope(values, [0.1] * 4) == pytest.approx(0.0, abs=1e-12)
+    assert scaling.slope([1], [1.0]) is None
+
+
+def test_crossover_is_where_the_gpu_stays_faster():
+    values = [1, 10, 100, 1000]
+    assert scaling.crossover(values, cpu_seconds=[1, 2, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
+    assert scaling.crossover(values, cpu_seconds=[1, 2, 3, 4], gpu_seconds=[5, 5, 5, 5]) is None
+    assert scaling.crossover(values, cpu_seconds=[9, 1, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
+
+
+def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(scaling, "SWEEPS", {"state_size": (4, 32), "num_steps": (2, 8)})
+    monkeypatch.setattr(scaling, "MEMORY_NUM_STEPS", (64,))
+    code = cli.main(["bench", "--scaling", "--impl", "jax,tf2", "--data-size", "4000", "--batch-size", "20",
+                     "--out", str(tmp_path), "--name", "s", "--quiet"])
+    assert code == 0
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["command"] == "bench --scaling"
+    assert len(result["points"]) == 2 * 2 * 2  # parameters x values x implementations (CPU only here)
+    for p in result["points"]:
+        assert p["median_epoch_seconds"] > 0 and p["device"] == "cpu"
+    assert {(f["parameter"], f["impl"]) for f in result["fits"]} == {
+        ("state_size", "jax"), ("state_size", "tf2"), ("num_steps", "jax"), ("num_steps", "tf2")}
+    assert all(isinstance(f["slope"], float) for f in result["fits"])
+    memory = {m["remat"]: m for m in result["memory"]}
+    assert memory[True]["xla_temp_mib"] < memory[False]["xla_temp_mib"]  # remat keeps fewer activations
+    assert memory[True]["loss"] == pytest.approx(memory[False]["loss"], rel=1e-6)
+    out = capsys.readouterr().out
+    assert "slope" in out and "XLA temp MiB" in out and "no CPU/GPU crossover" in out
+
+
+SWEEP = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "5", "--state-size", "4",
+         "--seeds", "4", "--epochs", "1", "--data-size", "20000", "--batch-size", "20", "--quiet"]
+
+
+def test_sweep_splits_seeds_over_4_devices_with_the_same_results(tmp_path):
+    results = {}
+    for devices in (1, 4):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        out = subprocess.run(SWEEP + ["--out", str(tmp_path), "--name", f"d{devices}"], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[devices] = json.loads((tmp_path / f"d{devices}.json").read_text())
+    assert results[1]["config"]["jax_devices"] == 1 and results[4]["config"]["jax_devices"] == 4
+    a, b = (np.array(results[d]["cells"][0]["avg_losses"]) for d in (1, 4))
+    # Bit-identical within one process (tests/test_parallel.py); across processes with another host
+    # device count XLA may split CPU reductions differently: equal to float32 rounding.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
