@@ -12,15 +12,16 @@ or simply ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5)
 """
 
 from . import data
-from .fit import FitConfig, FitResult, fit, running_averages
+from . import checkpoint
+from .fit import Divergence, FitConfig, FitResult, TrainingDiverged, fit, running_averages
 from .model import (Params, check_params, init_params, logits, loss, loss_batch_last, param_shapes, rnn, rnn_cell,
                     zero_state)
 from .optim import adagrad
 from .parallel import run_mesh, shard_runs, train_runs_sharded
-from .train import train_epoch, train_runs, train_step
+from .train import GuardedEpoch, train_epoch, train_epoch_guarded, train_runs, train_step
 
 __all__ = [
-    "FitConfig", "FitResult", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
+    "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "TrainingDiverged", "checkpoint", "train_epoch_guarded", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
     "loss_batch_last", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages", "shard_runs", "train_epoch", "train_runs",
     "train_runs_sharded", "train_step", "zero_state",
 ]

@@ -12,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, NamedTuple
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checkpoint as ckpt_io
 from . import data as device_data
-from .model import Params, check_params, init_params
+from . import validate
+from .model import Params, init_params
 from .optim import adagrad
-from .train import train_epoch
+from .train import _train_epoch_guarded_jit
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
@@ -70,11 +73,39 @@ class FitResult(NamedTuple):
     step_losses: np.ndarray   # f32[epochs, epoch_size]: the loss of every window
     avg_losses: np.ndarray    # f32[epochs * (epoch_size // log_every)]: the tutorial's log lines
     epoch_seconds: list       # wall time of each epoch (the first includes compilation)
+    diverged: Optional["Divergence"] = None   # set on the result carried by `TrainingDiverged`
 
     @property
     def final_loss(self) -> float:
         """Mean of the last ``log_every`` step losses (the tutorial's last log line, computed right)."""
         return float(self.avg_losses[-1]) if len(self.avg_losses) else float(np.mean(self.step_losses[-1]))
+
+
+class Divergence(NamedTuple):
+    """Where training stopped: window ``step`` (0-based) of epoch ``epoch`` (0-based) had a non-finite
+    loss, or its update made a parameter or Adagrad accumulator non-finite; ``loss`` is that window's loss."""
+
+    epoch: int
+    step: int
+    loss: float
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised by `fit` at the first non-finite loss, parameter or accumulator (see `train_epoch_guarded`).
+
+    Attributes: ``epoch``, ``step`` (0-based), ``params`` and ``opt_state`` (the last finite ones: from
+    before that window), ``result`` (a `FitResult` of the epochs so far, the diverged epoch included with
+    NaN losses after ``step``; ``result.diverged`` is the `Divergence`). A checkpoint, if one is being
+    written, holds the last completed epoch, not the diverged one.
+    """
+
+    def __init__(self, divergence: "Divergence", result: "FitResult", learning_rate: float):
+        self.epoch, self.step = divergence.epoch, divergence.step
+        self.params, self.opt_state, self.result = result.params, result.opt_state, result
+        super().__init__(
+            f"training diverged at epoch {divergence.epoch}, step {divergence.step} (0-based): loss "
+            f"{divergence.loss} or the updated parameters/accumulators are not finite; stopped there and kept "
+            f"the last finite parameters (learning_rate={learning_rate} is probably too large)")
 
 
 def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
@@ -86,7 +117,8 @@ def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
 
 
 def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None,
-        callback: Callable[[int, np.ndarray], None] | None = None) -> FitResult:
+        callback: Callable[[int, np.ndarray], None] | None = None, checkpoint: str | Path | None = None,
+        resume: str | Path | None = None) -> FitResult:
     """Train for ``config.epochs`` epochs of truncated BPTT, fresh data every epoch, state reset each epoch.
 
     **Arguments:**
@@ -96,50 +128,113 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
       e.g. from ``compare.task.gen_data``).
     - ``params``: initial parameters in the shared layout; ``None`` for `init_params` from the seed.
     - ``callback``: called as ``callback(epoch, losses: f32[epoch_size])`` after every epoch.
+    - ``checkpoint``: a file path; after every epoch the parameters, Adagrad state, epoch count, data
+      key and losses so far are saved there (``.npz``, written atomically: `jax_rnn.checkpoint`).
+    - ``resume``: a checkpoint file to continue from. Its config must equal ``config`` except for
+      ``epochs`` (which may be larger, to train further); with ``data``, the epochs already done must be
+      the same rows. The resumed run's losses and parameters equal an uninterrupted run's bit for bit.
+      Pass the same path as ``checkpoint`` to keep saving there.
 
-    **Returns:** a `FitResult`.
+    **Returns:** a `FitResult`. **Raises:** `TrainingDiverged` at the first non-finite loss, parameter
+    or accumulator (with the epoch, the step and the last finite parameters); ValueError/TypeError for
+    bad arguments or a checkpoint from another config.
     """
     if not isinstance(config, FitConfig):
-        raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+        raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
     key_init, key_data = jax.random.split(jax.random.key(c.seed))
-    if params is None:
-        params = init_params(key_init, c.num_classes, c.state_size)
-    check_params(params, c.num_classes, c.state_size)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    optimizer = adagrad(c.learning_rate)
     if data is not None:
         data = _check_data(data, c)
-    optimizer = adagrad(c.learning_rate)
-    opt_state = optimizer.init(params)
-    losses, seconds = [], []
-    for epoch in range(c.epochs):
+    rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
+    losses, seconds, start_epoch = [], [], 0
+    if resume is not None:
+        if params is not None:
+            raise ValueError("fit: pass either params or resume, not both (the checkpoint holds the parameters)")
+        saved = ckpt_io.load(resume)
+        _check_resumable(saved, c, resume, rows)
+        params = jax.tree.map(jnp.asarray, saved.params)
+        treedef = jax.tree.structure(optimizer.init(params))
+        if treedef.num_leaves != len(saved.opt_leaves):
+            raise ValueError(f"resume: {resume}: {len(saved.opt_leaves)} optimizer-state arrays, expected {treedef.num_leaves}")
+        opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.opt_leaves])
+        losses, seconds, start_epoch = list(saved.step_losses), list(saved.epoch_seconds), saved.epochs_done
+    else:
+        if params is None:
+            params = init_params(key_init, c.num_classes, c.state_size)
+        n, d = validate.sizes("fit", params)
+        if (n, d) != (c.num_classes, c.state_size):
+            raise ValueError(f"fit: params are for num_classes={n}, state_size={d}, but the config has "
+                             f"num_classes={c.num_classes}, state_size={c.state_size}")
+        validate.check_finite_params("fit", params)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+        opt_state = optimizer.init(params)
+    for epoch in range(start_epoch, c.epochs):
         start = time.perf_counter()
         if data is None:
             x, y = device_data.gen_data(jax.random.fold_in(key_data, epoch), c.data_size)
         else:
             x, y = jnp.asarray(data[0][epoch]), jnp.asarray(data[1][epoch])
         x_windows, y_windows = device_data.windows(x, y, c.batch_size, c.num_steps)
-        params, opt_state, _, epoch_losses = train_epoch(params, opt_state, x_windows, y_windows, optimizer)
-        epoch_losses = np.asarray(epoch_losses)  # waits for the device
+        out = _train_epoch_guarded_jit(params, opt_state, x_windows, y_windows, optimizer)
+        epoch_losses = np.asarray(out.losses)  # waits for the device
         seconds.append(time.perf_counter() - start)
         losses.append(epoch_losses)
+        params, opt_state = out.params, out.opt_state
+        step = int(out.diverged_at)
+        if step >= 0:
+            divergence = Divergence(epoch, step, float(epoch_losses[step]))
+            partial = _result(params, opt_state, losses, c, seconds)._replace(diverged=divergence)
+            raise TrainingDiverged(divergence, partial, c.learning_rate)
+        if checkpoint is not None:
+            ckpt_io.save(checkpoint, ckpt_io.Checkpoint(
+                dataclasses.asdict(c), epoch + 1, jax.tree.map(np.asarray, params),
+                [np.asarray(a) for a in jax.tree.leaves(opt_state)], np.stack(losses), seconds,
+                np.asarray(jax.random.key_data(key_data)), rows[: epoch + 1] if rows else ["generated"]))
         if callback is not None:
             callback(epoch, epoch_losses)
+    return _result(params, opt_state, losses, c, seconds)
+
+
+def _result(params, opt_state, losses, c: FitConfig, seconds) -> FitResult:
     step_losses = np.stack(losses)
-    return FitResult(params, opt_state, step_losses, running_averages(step_losses, c.log_every), seconds)
+    return FitResult(params, opt_state, step_losses, running_averages(step_losses, c.log_every), list(seconds))
+
+
+def _check_resumable(saved, c: FitConfig, path, rows) -> None:
+    """A checkpoint continues only the same training: same config (but ``epochs``), same data."""
+    mine = dataclasses.asdict(c)
+    fields = sorted(set(mine) | set(saved.config))
+    differ = [f for f in fields if f != "epochs" and saved.config.get(f) != mine.get(f)]
+    if differ:
+        detail = ", ".join(f"{f}={saved.config.get(f)!r} there vs {mine.get(f)!r} here" for f in differ)
+        raise ValueError(f"resume: {path} was written by another config ({detail}); refusing to mix them")
+    if saved.epochs_done > c.epochs:
+        raise ValueError(f"resume: {path} already holds {saved.epochs_done} epochs, more than config.epochs={c.epochs}")
+    if saved.step_losses.shape != (saved.epochs_done, c.epoch_size):
+        raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
+                         f"{(saved.epochs_done, c.epoch_size)}")
+    key = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(c.seed))[1]))
+    if not np.array_equal(saved.rng, key):
+        raise ValueError(f"resume: {path}: its data key does not follow from seed={c.seed}")
+    if rows is None and saved.data_rows != ["generated"]:
+        raise ValueError(f"resume: {path} was trained on caller data; pass the same data")
+    if rows is not None and saved.data_rows != rows[: saved.epochs_done]:
+        raise ValueError(f"resume: {path} was trained on other data than the first {saved.epochs_done} "
+                         f"epoch(s) of the data passed now")
 
 
 def _check_data(data, c: FitConfig):
     try:
         x, y = data
     except (TypeError, ValueError):
-        raise TypeError("data must be None or a pair (x, y) of int arrays [epochs, data_size]") from None
+        raise TypeError("fit: data must be None or a pair (x, y) of int arrays [epochs, data_size]") from None
     x, y = np.asarray(x), np.asarray(y)
     for name, a in (("x", x), ("y", y)):
         if a.shape != (c.epochs, c.data_size):
-            raise ValueError(f"data {name} must have shape [epochs, data_size] = {[c.epochs, c.data_size]}, got {list(a.shape)}")
+            raise ValueError(f"fit: data {name} must have shape [epochs, data_size] = {[c.epochs, c.data_size]}, got {list(a.shape)}")
         if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"data {name} must be integers (class indices), got dtype {a.dtype}")
+            raise ValueError(f"fit: data {name} must be integers (class indices), got dtype {a.dtype}")
         if a.size and (a.min() < 0 or a.max() >= c.num_classes):
             raise ValueError(f"data {name} values must lie in [0, {c.num_classes}), got [{a.min()}, {a.max()}]")
     return x, y

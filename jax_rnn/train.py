@@ -13,11 +13,16 @@ with the parameters *before* that window's update (what the tutorial logs).
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, NamedTuple
+
+import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from . import validate
 from .model import Params, loss_batch_last
 
 # Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
@@ -40,7 +45,7 @@ def _step_batch_last(params: Params, opt_state, state_t: jax.Array, x_t: jax.Arr
 
 
 @partial(jax.jit, static_argnames=("optimizer", "remat"))
-def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
+def _train_step_jit(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
                optimizer: optax.GradientTransformation, remat: bool = False):
     """One truncated-BPTT step on one window.
 
@@ -53,7 +58,8 @@ def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax
     return params, opt_state, final_state_t.T, mean_loss
 
 
-def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False):
+def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
+           guard=False):
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     state_t = jnp.zeros((state_size, batch_size), jnp.float32) if state is None else state.T
 
@@ -62,13 +68,52 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         params, opt_state, state_t, mean_loss = _step_batch_last(params, opt_state, state_t, *window, optimizer, remat)
         return (params, opt_state, state_t), mean_loss
 
+    def guarded_body(carry, inputs):
+        # The divergence guard: after window k, if its loss or any new parameter / accumulator is not
+        # finite, keep the values from before window k (the last finite ones), record k, and from then
+        # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
+        old, diverged_at = carry[:3], carry[3]
+        window, k = inputs
+        new = _step_batch_last(*old, *window, optimizer, remat)
+        finite = jnp.isfinite(new[3])
+        for leaf in jax.tree.leaves(new[:2]):
+            finite = finite & jnp.all(jnp.isfinite(leaf))
+        ok = (diverged_at < 0) & finite
+        kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new[:3], old)
+        diverged_at = jnp.where((diverged_at < 0) & ~finite, k, diverged_at)
+        mean_loss = jnp.where((diverged_at < 0) | (diverged_at == k), new[3], jnp.nan)
+        return (*kept, diverged_at), mean_loss
+
     windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, num_steps, batch]
-    (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), windows_t)
-    return params, opt_state, state_t.T, losses
+    if not guard:
+        (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), windows_t)
+        return params, opt_state, state_t.T, losses
+    steps = jnp.arange(x_windows.shape[0], dtype=jnp.int32)
+    carry = (params, opt_state, state_t, jnp.int32(-1))
+    (params, opt_state, state_t, diverged_at), losses = jax.lax.scan(guarded_body, carry, (windows_t, steps))
+    return GuardedEpoch(params, opt_state, state_t.T, losses, diverged_at)
+
+
+class GuardedEpoch(NamedTuple):
+    """What `train_epoch_guarded` returns (a pytree: usable under ``jit``/``vmap``).
+
+    ``params``, ``opt_state``: after the last window whose loss, parameters and optimizer state were all
+    finite (so always finite if the inputs were); ``final_state: f32[batch, d]``: the state after that
+    window; ``losses: f32[epoch_size]``: each window's loss (with the parameters before its update),
+    NaN after ``diverged_at``; ``diverged_at: int32[]``: -1 if every window was finite, else the first
+    window k whose loss, or whose updated parameters / accumulators, were not finite (``losses[k]`` is
+    that window's own loss, which may be finite if only the update blew up).
+    """
+
+    params: Params
+    opt_state: Any
+    final_state: jax.Array
+    losses: jax.Array
+    diverged_at: jax.Array
 
 
 @partial(jax.jit, static_argnames=("optimizer", "remat"))
-def train_epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+def _train_epoch_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                 optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """A whole epoch of truncated BPTT as one compiled call (``lax.scan`` over the windows).
 
@@ -81,7 +126,24 @@ def train_epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.
 
 
 @partial(jax.jit, static_argnames=("optimizer", "remat"))
-def train_runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+def _train_epoch_guarded_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+                             optimizer: optax.GradientTransformation, state: jax.Array | None = None,
+                             remat: bool = False) -> GuardedEpoch:
+    """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator.
+
+    Same arguments as `train_epoch`. **Returns:** a `GuardedEpoch` ``(params, opt_state, final_state,
+    losses, diverged_at)``; ``diverged_at == -1`` means the epoch was finite throughout, and then the
+    first four fields equal `train_epoch`'s bit for bit. Otherwise the parameters are the last finite
+    ones (from before window ``diverged_at``) and later losses are NaN. `fit` and ``rnn-compare`` train
+    with this; its cost in the normal case is within noise (figures in the README).
+
+    **Example:** ``r = train_epoch_guarded(p, o, xw, yw, opt); if r.diverged_at >= 0: ...``
+    """
+    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, guard=True)
+
+
+@partial(jax.jit, static_argnames=("optimizer", "remat"))
+def _train_runs_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
 
@@ -91,3 +153,70 @@ def train_runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.A
     """
     run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
+
+
+# --- the public functions: the jitted ones above behind argument checks ---------------------------
+# The checks (`jax_rnn.validate`) run in plain Python before the call, never inside the traced body;
+# on tracers (a caller's own jit/vmap) and ShapeDtypeStructs (``.lower``) only shapes and dtypes are
+# checked. ``.lower`` is forwarded (after the same checks), and ``.jitted`` is the unchecked function.
+
+
+class _Checked:
+    """A jitted function behind an argument check (same call signature, same ``.lower``)."""
+
+    def __init__(self, jitted, check):
+        self.jitted, self._check = jitted, check
+        functools.update_wrapper(self, jitted)
+
+    def __call__(self, *args, **kwargs):
+        self._check(*args, **kwargs)
+        return self.jitted(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        self._check(*args, **kwargs)
+        return self.jitted.lower(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.jitted, name)
+
+
+def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, runs=False):
+    lead = 1 if runs else 0
+    per_run = params
+    if runs:
+        leading = {tuple(np.shape(validate._arr(a)))[:1] for a in jax.tree.leaves(params)}
+        if len(leading) != 1 or () in leading:
+            raise ValueError(f"{where}: every leaf of params must have one leading run axis [R, ...], got "
+                             f"leading sizes {sorted(leading)}")
+        per_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(validate._arr(a))[1:], validate._arr(a).dtype), params)
+    n, d = validate.sizes(where, per_run)
+    validate.check_optimizer(where, optimizer, opt_state, params, leading=(None,) * lead)
+    layout = "[R, epoch_size, batch, num_steps]" if runs else "[epoch_size, batch, num_steps]"
+    dims = {0: (next(iter(leading))[0], "the run axis (params' leading axis)")} if runs else {}
+    validate.check_classes(where, {"x_windows": x_windows, "y_windows": y_windows}, 3 + lead, layout, n, dims=dims)
+    shape = tuple(np.shape(validate._arr(x_windows)))
+    validate.check_state(where, state, shape[1 + lead], d, leading=shape[:1] if runs else ())
+    validate.check_finite_params(where, params)
+    if not isinstance(remat, bool):
+        raise TypeError(f"{where}: remat must be True or False, got {remat!r}")
+
+
+def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
+    where = "train_step"
+    n, d = validate.sizes(where, params)
+    validate.check_optimizer(where, optimizer, opt_state, params)
+    validate.check_classes(where, {"x": x, "y": y}, 2, "[batch, num_steps]", n, values=False)
+    a = validate._arr(state)
+    want = (np.shape(validate._arr(x))[0], d)
+    if tuple(a.shape) != want:
+        raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
+
+
+train_step = _Checked(_train_step_jit, _check_step)
+train_step.__doc__ = _train_step_jit.__doc__ + """
+    Checks keys, shapes and dtypes of every argument (not the values: no device round trip per step;
+    class ids outside ``[0, num_classes)`` are checked by `train_epoch`, `fit` and the CLI).
+    """
+train_epoch = _Checked(_train_epoch_jit, partial(_check_epoch, "train_epoch"))
+train_epoch_guarded = _Checked(_train_epoch_guarded_jit, partial(_check_epoch, "train_epoch_guarded"))
+train_runs = _Checked(_train_runs_jit, partial(_check_epoch, "train_runs", runs=True))
