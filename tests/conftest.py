@@ -1,7 +1,6 @@
 """Shared fixtures. Strict dtype promotion (as in Equinox's tests): silent float64/int mixing fails loudly."""
 
 import jax
-import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -22,13 +21,7 @@ def small_windows():
 
 
 def numpy_params(seed: int = 0, num_classes: int = 2, state_size: int = 4) -> dict:
-    """Glorot-uniform parameters as numpy float32, made without JAX or TF (shared by the cross-framework tests)."""
-    rng = np.random.default_rng(seed)
-    n, d = num_classes, state_size
+    """Glorot-uniform parameters as numpy float32, drawn without JAX or TF (``compare.io.glorot_params``)."""
+    from compare import io
 
-    def glorot(shape):
-        limit = np.sqrt(6.0 / sum(shape))
-        return rng.uniform(-limit, limit, shape).astype(np.float32)
-
-    return {"rnn_cell": {"W": glorot((n + d, d)), "b": np.zeros(d, np.float32)},
-            "softmax": {"W": glorot((d, n)), "b": np.zeros(n, np.float32)}}
+    return io.glorot_params(num_classes, state_size, seed)

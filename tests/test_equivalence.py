@@ -88,3 +88,14 @@ def test_forward_loss_matches_jax():
             loss, final_state = model.loss(x_windows[0], y_windows[0], state)
         assert abs(loss - float(jloss)) < LOSS_ATOL, impl
         np.testing.assert_allclose(final_state, np.asarray(jstate), rtol=0, atol=LOSS_ATOL, err_msg=impl)
+
+
+def test_compare_and_tf_rnn_draw_the_same_numpy_initial_parameters():
+    from compare import io
+
+    for seed, state_size in ((0, 4), (5, 16)):
+        ours = io.glorot_params(2, state_size, seed)
+        theirs = tf_rnn.glorot_uniform_params(tf_rnn.ModelConfig(state_size=state_size), seed)
+        for scope in ("rnn_cell", "softmax"):
+            for leaf in ("W", "b"):
+                np.testing.assert_array_equal(ours[scope][leaf], theirs[scope][leaf])
