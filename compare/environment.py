@@ -15,8 +15,8 @@ import sys
 from .config import UsageError
 
 DEVICES = ("cpu", "gpu", "auto")
-GPU_HELP = ("install the CUDA builds (pip install -e '.[tf,cuda]', i.e. jax[cuda12]; TensorFlow's Linux "
-            "wheels include CUDA) on a machine with an NVIDIA driver, or use --device cpu")
+GPU_HELP = ("install the CUDA builds on a Linux machine with an NVIDIA driver: pip install -e '.[tf,cuda]' "
+            "(jax[cuda12] and tensorflow[and-cuda]); or use --device cpu")
 
 
 @dataclasses.dataclass(frozen=True)
