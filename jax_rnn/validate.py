@@ -108,14 +108,29 @@ def check_classes(where: str, arrays: dict, rank: int, layout: str, num_classes:
         raise ValueError(f"{where}: " + " and ".join(f"{k} {v}" for k, v in shapes.items()) + " must have one shape")
     live = [a for a in arrays.values() if concrete(a)]
     if values and len(live) == len(arrays):
-        if all(isinstance(a, (np.ndarray, np.generic)) for a in live):
-            low, high = min(int(np.min(a)) for a in live), max(int(np.max(a)) for a in live)
-        else:
-            low, high = (int(v) for v in jax.device_get(_min_max(*live)))
+        low, high = _range(live, num_classes)
         if low < 0 or high >= num_classes:
             names = " and ".join(arrays)
             raise ValueError(f"{where}: {names} must hold class ids in [0, {num_classes}) (num_classes from "
                              f"params['softmax']['b']), got values in [{low}, {high}]")
+
+
+def _on_cpu(a) -> bool:
+    return isinstance(a, (np.ndarray, np.generic)) or all(d.platform == "cpu" for d in a.devices())
+
+
+def _range(arrays: list, num_classes: int) -> tuple[int, int]:
+    """``(min, max)`` over ``arrays`` if some value is outside ``[0, num_classes)``, else ``(0, 0)``.
+
+    On the host (numpy, or JAX arrays on the CPU: zero-copy views) one unsigned max per array finds any
+    negative or too large id (about 0.2 ms per 1M ids); on an accelerator, one jitted reduction."""
+    if all(_on_cpu(a) for a in arrays):
+        hosted = [np.asarray(a) for a in arrays]
+        if max(int(a.view(np.dtype(f"u{a.dtype.itemsize}")).max()) for a in hosted) < num_classes:
+            return 0, 0
+        return min(int(a.min()) for a in hosted), max(int(a.max()) for a in hosted)
+    low, high = (int(v) for v in jax.device_get(_min_max(*arrays)))
+    return low, high
 
 
 def check_state(where: str, state, batch: int, state_size: int, leading: tuple = ()) -> None:

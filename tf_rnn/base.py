@@ -9,6 +9,7 @@ loop, so all four versions are timed and fed the same way.
 from __future__ import annotations
 
 import abc
+import math
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -24,13 +25,18 @@ class EpochResult(NamedTuple):
     that window's update (fetched in the same run as the update, as in the tutorial);
     ``final_state: float32[batch_size, state_size]``; ``first_step_seconds``: wall time of the first
     step (includes TF1's first-run graph optimisation / tf2's function instantiation and XLA compile);
-    ``seconds``: wall time of the whole epoch loop, first step included.
+    ``seconds``: wall time of the whole epoch loop, first step included; ``diverged_at``: None if every
+    loss, parameter and accumulator stayed finite, else the first window k whose loss, or whose update,
+    was not finite: training stopped there, the model holds the parameters and accumulators from before
+    window k (the last finite ones), ``losses[k]`` is that window's loss and later losses are NaN (the
+    same semantics as ``jax_rnn.train_epoch_guarded``), and ``final_state`` is the state entering window k.
     """
 
     losses: np.ndarray
     final_state: np.ndarray
     first_step_seconds: float
     seconds: float
+    diverged_at: Optional[int] = None
 
 
 class Model(abc.ABC):
@@ -62,6 +68,14 @@ class Model(abc.ABC):
     def set_params(self, params: Params) -> None:
         """Overwrite the parameters (validated with `check_params`); Adagrad accumulators are kept."""
 
+    @abc.abstractmethod
+    def get_accumulators(self) -> Params:
+        """Adagrad's accumulators (the optimizer state) in the shared layout, float32 numpy copies."""
+
+    @abc.abstractmethod
+    def set_accumulators(self, accumulators: Params) -> None:
+        """Overwrite the accumulators (shared layout, values > 0), e.g. to resume from a checkpoint."""
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the session / resources. Idempotent."""
 
@@ -86,6 +100,8 @@ class Model(abc.ABC):
         want = (self.config.batch_size, self.config.state_size)
         if state.shape != want:
             raise ValueError(f"state must have shape {want} (batch_size, state_size), got {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise ValueError("state contains NaN or inf")
         return state
 
     def _check_inputs(self, x, y, leading: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
@@ -99,15 +115,28 @@ class Model(abc.ABC):
                 raise ValueError(f"{label} must hold integer class ids, got dtype {a.dtype}")
         if x.shape != y.shape:
             raise ValueError(f"x and y must have one shape, got {x.shape} and {y.shape}")
+        n = self.config.num_classes
+        for label, a in (("x", x), ("y", y)):
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise ValueError(f"{label} must hold class ids in [0, {n}) (num_classes), got values in "
+                                 f"[{a.min()}, {a.max()}]")
         return np.ascontiguousarray(x, np.int32), np.ascontiguousarray(y, np.int32)
 
     def train_epoch(self, x_windows: np.ndarray, y_windows: np.ndarray, state: Optional[np.ndarray] = None,
-                    progress: Optional[Callable[[int], None]] = None) -> EpochResult:
+                    progress: Optional[Callable[[int], None]] = None, guard: bool = True) -> EpochResult:
         """Train on one epoch of windows, one Adagrad step per window, carrying the state.
 
         **Arguments:** ``x_windows, y_windows: int32[epoch_size, batch_size, num_steps]`` (from
         ``compare.task.windows``); ``state: float32[batch_size, state_size]`` or None for zeros;
-        ``progress``: optional ``callable(step_index)`` called after every step.
+        ``progress``: optional ``callable(step_index)`` called after every step; ``guard``: stop at the
+        first non-finite loss, parameter or accumulator (see `EpochResult.diverged_at`).
+
+        How the guard keeps the last finite parameters without a copy per step: the losses arrive on
+        the host anyway (a float check each), the parameters and accumulators are copied once at the
+        start of the epoch and checked once at its end. Only when something is not finite, the epoch is
+        rolled back to that copy and replayed up to the failing window, checking the parameters after
+        every replayed step (the steps are deterministic on the CPU), so the normal case costs two
+        reads of 8 small arrays per epoch.
 
         **Returns:** `EpochResult`.
         """
@@ -115,9 +144,12 @@ class Model(abc.ABC):
         n = x_windows.shape[0]
         if n == 0:
             raise ValueError("x_windows holds no windows (epoch_size 0)")
-        current = self._prepare_state(self._check_state(state))
+        initial = self._check_state(state)
+        current = self._prepare_state(initial)
+        snapshot = (self.get_params(), self.get_accumulators()) if guard else None
         losses = np.empty(n, np.float32)
         step = self._step
+        bad = None
         start = time.perf_counter()
         for k in range(n):
             loss, current = step(x_windows[k], y_windows[k], current)
@@ -126,8 +158,41 @@ class Model(abc.ABC):
                 first = time.perf_counter() - start
             if progress is not None:
                 progress(k)
+            if guard and not math.isfinite(losses[k]):
+                bad = k
+                break
         final_state = np.array(current, dtype=np.float32)  # synchronises (tf2: reads the tensor)
-        return EpochResult(losses, final_state, first, time.perf_counter() - start)
+        if guard and bad is None and not self._finite():
+            bad = n  # every loss finite, but the last update was not
+        if bad is None:
+            return EpochResult(losses, final_state, first, time.perf_counter() - start)
+        k, final_state, replayed = self._roll_back(snapshot, x_windows, y_windows, initial, bad)
+        losses[:k] = replayed
+        losses[k + 1:] = np.nan
+        return EpochResult(losses, final_state, first, time.perf_counter() - start, k)
+
+    def _finite(self) -> bool:
+        return all(np.all(np.isfinite(v)) for tree in (self.get_params(), self.get_accumulators())
+                   for group in tree.values() for v in group.values())
+
+    def _roll_back(self, snapshot, x_windows, y_windows, initial, bad: int):
+        """Restore the epoch-start copy and replay the windows before ``bad``, stopping before the first
+        update that makes a parameter or accumulator non-finite. Returns ``(k, state entering k, losses[:k])``."""
+        self.set_params(snapshot[0])
+        self.set_accumulators(snapshot[1])
+        current = self._prepare_state(initial)
+        losses = []
+        for k in range(min(bad, len(x_windows))):
+            kept = (self.get_params(), self.get_accumulators(), current)
+            loss, current = self._step(x_windows[k], y_windows[k], current)
+            if not math.isfinite(float(loss)) or not self._finite():
+                self.set_params(kept[0])
+                self.set_accumulators(kept[1])
+                return k, np.array(kept[2], dtype=np.float32), np.asarray(losses, np.float32)
+            losses.append(float(loss))
+        if bad >= len(x_windows):  # cannot happen: the end-of-epoch check failed, so some update failed
+            bad = len(x_windows) - 1
+        return bad, np.array(current, dtype=np.float32), np.asarray(losses, np.float32)
 
     def _prepare_state(self, state: np.ndarray):
         """Convert the initial state to what `_step` carries (numpy for TF1, a tensor for tf2)."""

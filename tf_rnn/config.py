@@ -77,6 +77,19 @@ def check_params(params: Mapping, config: ModelConfig) -> Params:
     return out
 
 
+def check_accumulators(accumulators: Mapping, config: ModelConfig) -> Params:
+    """Adagrad accumulators in the shared layout: like `check_params`, and every value must be > 0."""
+    try:
+        out = check_params(accumulators, config)
+    except ValueError as err:
+        raise ValueError(str(err).replace("params", "accumulators", 1)) from None
+    for scope, group in out.items():
+        for key, value in group.items():
+            if np.any(value <= 0):
+                raise ValueError(f"accumulators {scope}/{key} must be > 0 (Adagrad starts them at 0.1)")
+    return out
+
+
 def glorot_uniform_params(config: ModelConfig, seed: int = 0) -> Params:
     """Initial parameters in the shared layout: weights Glorot-uniform (numpy, from ``seed``), biases 0.
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._env import import_tensorflow, quiet_warnings
 from .base import Model
-from .config import ModelConfig, Params, check_params
+from .config import ModelConfig, Params, check_accumulators, check_params
 
 tf = import_tensorflow()
 v1 = tf.compat.v1
@@ -76,7 +76,8 @@ def build_graph(name: str, config: ModelConfig, seed: int = 0) -> dict:
 
     **Returns:** a dict with placeholders ``x, y: int32[batch, num_steps]``, ``init_state:
     float32[batch, d]`` and tensors/ops ``total_loss`` (scalar), ``final_state: [batch, d]``,
-    ``train_step`` (the Adagrad update), ``init`` (variable initialiser).
+    ``train_step`` (the Adagrad update), ``init`` (variable initialiser), ``optimizer`` (the
+    ``AdagradOptimizer``: its ``"accumulator"`` slots are the optimizer state).
     """
     b_size, steps, n, d = config.batch_size, config.num_steps, config.num_classes, config.state_size
     v1.set_random_seed(seed)  # graph-level seed: the Glorot-uniform default initializer of get_variable
@@ -106,9 +107,10 @@ def build_graph(name: str, config: ModelConfig, seed: int = 0) -> dict:
         losses = [v1.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logit)
                   for logit, label in zip(logits, y_as_list)]
     total_loss = tf.reduce_mean(losses)
-    train_step = v1.train.AdagradOptimizer(config.learning_rate).minimize(total_loss)
+    optimizer = v1.train.AdagradOptimizer(config.learning_rate)
+    train_step = optimizer.minimize(total_loss)
     return dict(x=x, y=y, init_state=init_state, total_loss=total_loss, final_state=final_state,
-                train_step=train_step, init=v1.global_variables_initializer())
+                train_step=train_step, init=v1.global_variables_initializer(), optimizer=optimizer)
 
 
 def device_spec(device: str) -> tuple[str, Optional[dict]]:
@@ -141,6 +143,11 @@ class GraphModel(Model):
             self._assign_in = {key: v1.placeholder(tf.float32, v.shape, name="set_" + v.op.name.replace("/", "_"))
                                for key, v in self._vars.items()}
             self._assign = [v.assign(self._assign_in[key]) for key, v in self._vars.items()]
+            # Adagrad's accumulators (the optimizer state), readable and settable the same way.
+            self._accs = {key: self._ends["optimizer"].get_slot(v, "accumulator") for key, v in self._vars.items()}
+            self._acc_in = {key: v1.placeholder(tf.float32, v.shape, name="set_acc_" + v.op.name.replace("/", "_"))
+                            for key, v in self._vars.items()}
+            self._acc_assign = [self._accs[key].assign(self._acc_in[key]) for key in self._vars]
         self.graph.finalize()  # any op created later is a bug: fail loudly
         session_config = v1.ConfigProto(device_count=device_count) if device_count else v1.ConfigProto()
         self.session = v1.Session(graph=self.graph, config=session_config)
@@ -173,6 +180,17 @@ class GraphModel(Model):
         checked = check_params(params, self.config)
         feed = {self._assign_in[key]: checked[key[0]][key[1]] for key in self._vars}
         self.session.run(self._assign, feed)
+
+    def get_accumulators(self) -> Params:
+        values = self.session.run(self._accs)
+        out: Params = {"rnn_cell": {}, "softmax": {}}
+        for (scope, key), value in values.items():
+            out[scope][key] = np.array(value, np.float32)
+        return out
+
+    def set_accumulators(self, accumulators: Params) -> None:
+        checked = check_accumulators(accumulators, self.config)
+        self.session.run(self._acc_assign, {self._acc_in[key]: checked[key[0]][key[1]] for key in self._vars})
 
     def close(self) -> None:
         session = getattr(self, "session", None)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._env import import_tensorflow
 from .base import Model
-from .config import ModelConfig, Params, check_params
+from .config import ModelConfig, Params, check_accumulators, check_params
 from .graph import device_spec
 
 tf = import_tensorflow()
@@ -114,6 +114,17 @@ class EagerModel(Model):
     def get_params(self) -> Params:
         return {scope: {key: v.numpy().astype(np.float32) for key, v in group.items()}
                 for scope, group in self._params.items()}
+
+    def get_accumulators(self) -> Params:
+        flat = dict(zip([(s, k) for s in ("rnn_cell", "softmax") for k in ("W", "b")], self._accumulators))
+        return {scope: {key: flat[scope, key].numpy().astype(np.float32) for key in ("W", "b")}
+                for scope in ("rnn_cell", "softmax")}
+
+    def set_accumulators(self, accumulators: Params) -> None:
+        checked = check_accumulators(accumulators, self.config)
+        keys = [(s, k) for s in ("rnn_cell", "softmax") for k in ("W", "b")]
+        for (scope, key), acc in zip(keys, self._accumulators):
+            acc.assign(checked[scope][key])
 
     def set_params(self, params: Params) -> None:
         checked = check_params(params, self.config)
