@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save-params", metavar="FILE.npz",
                      help="save each implementation's final parameters; '{impl}' in the name is replaced by "
                           "the implementation, otherwise '-<impl>' is added before .npz")
+    run.add_argument("--checkpoint", metavar="DIR",
+                     help="save DIR/<impl>.npz (params, Adagrad state, epoch, losses so far) after every epoch, "
+                          "atomically")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue from the checkpoints in DIR (same config; --epochs may be larger); keeps "
+                          "checkpointing there. Gives the same losses, bit for bit, as an uninterrupted run")
+    run.add_argument("--from", dest="from_json", metavar="FILE.json",
+                     help="rerun a previous 'run' result: its implementations, config, seed and input files "
+                          "(config options may not be given too); reports whether the step losses are identical")
+    run.add_argument("--deterministic", action="store_true",
+                     help="TensorFlow op determinism (tf.config.experimental.enable_op_determinism); JAX on "
+                          "CPU is deterministic already")
+    run.set_defaults(option_defaults={a.dest: a.default for a in run._actions})
 
     sweep = sub.add_parser("sweep", help="the tutorial's grid: num_steps x state_size, several seeds",
                            description="Train every (num_steps, state_size) cell for every seed and report the "
@@ -106,8 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size: int) -> Config:
-    return Config(impls=impls, num_steps=num_steps, state_size=state_size, batch_size=args.batch_size,
-                  learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed)
+    config = Config(impls=impls, num_steps=num_steps, state_size=state_size, batch_size=args.batch_size,
+                    learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed)
+    dropped = config.data_size - config.points_per_epoch
+    if dropped:  # the tutorial drops the remainder too; say so rather than fail
+        row = config.data_size // config.batch_size
+        print(f"note: {config.data_size:,} points per epoch = {config.batch_size} rows of {row:,} "
+              f"(+{config.data_size - config.batch_size * row} dropped), {config.epoch_size} windows of "
+              f"{config.num_steps} per row: {dropped:,} points per epoch are not trained on", file=sys.stderr)
+    return config
 
 
 def _paths(args, command: Optional[str] = None) -> dict:
@@ -124,8 +144,9 @@ def _write(result: dict, paths: dict, markdown: str, png: bytes) -> None:
 
 
 def _run(args) -> int:
-    from . import environment, plots, report, run
+    from . import checkpoint, environment, plots, report, rerun, run
 
+    original = rerun.apply(args) if args.from_json else None
     impls = parse_impls(args.impl)
     data = io.load_data(args.data) if args.data else None
     epochs, data_size = args.epochs, args.data_size
@@ -135,12 +156,14 @@ def _run(args) -> int:
             raise UsageError(f"--data-size {data_size} does not match --data {args.data} ({cols} points per row)")
         if epochs is not None and epochs > rows:
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
-        epochs, data_size = epochs or rows, cols
-    config = _config(args, impls, args.num_steps, args.state_size, epochs or 1, data_size or 1_000_000)
+        epochs, data_size = rows if epochs is None else epochs, cols
+    config = _config(args, impls, args.num_steps, args.state_size, 1 if epochs is None else epochs,
+                     1_000_000 if data_size is None else data_size)
     if args.init_params:
         params = io.load_params(args.init_params, config.num_classes, config.state_size)
     else:
         params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+    checkpoint.check_dirs(args.checkpoint, args.resume)
     paths = _paths(args)
     save = None
     if args.save_params:
@@ -149,9 +172,16 @@ def _run(args) -> int:
         if len(set(save.values())) != len(save):
             raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
-    result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet)
-    result["config"].update(init_params=args.init_params, data=args.data)
+    record = checkpoint.config_record(config, args.init_params, args.data, args.deterministic)
+    result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet,
+                     checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume, record=record,
+                     deterministic=args.deterministic)
+    result["config"].update(init_params=args.init_params, data=args.data, deterministic=args.deterministic)
+    if original is not None:
+        result["rerun_of"] = rerun.compare(args.from_json, original, result)
     _write(result, paths, report.run_markdown(result), plots.run_plot(result))
+    if original is not None:
+        print(rerun.summary(result["rerun_of"]))
     return 1 if result["agreement"]["all_agree"] is False else 0
 
 

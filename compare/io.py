@@ -128,21 +128,25 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.int32), y.astype(np.int32)
 
 
-def epoch_stream(config: Config, data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None):
+def epoch_stream(config: Config, data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
+                 start: int = 0):
     """Yield ``(x, y)``, ``int32[data_size]`` each, for every epoch: rows of ``data``, or fresh data.
 
     Fresh data comes from ``compare.task.gen_data`` with one ``np.random.default_rng(seed)`` stream for
     all epochs (the tutorial's ``gen_epochs``); a new call restarts the stream, so every implementation
-    sees the same epochs. ``seed`` defaults to ``config.seed``.
+    sees the same epochs. ``seed`` defaults to ``config.seed``. ``start``: skip the first epochs (a
+    resumed run: they are generated and dropped, so the stream continues exactly where it was).
     """
     from . import task
 
     if data is not None:
-        yield from zip(data[0][: config.epochs], data[1][: config.epochs])
+        yield from zip(data[0][start: config.epochs], data[1][start: config.epochs])
         return
     rng = np.random.default_rng(config.seed if seed is None else seed)
-    for _ in range(config.epochs):
-        yield task.gen_data(config.data_size, rng)
+    for epoch in range(config.epochs):
+        x, y = task.gen_data(config.data_size, rng)
+        if epoch >= start:
+            yield x, y
 
 
 # --- outputs -------------------------------------------------------------------------------------

@@ -38,12 +38,19 @@ def run_markdown(result: dict) -> str:
     """The ``run`` table: final loss, level, timings per implementation, then the agreement check."""
     rows = []
     for impl, r in result["results"].items():
-        rows.append([impl, _f(r["final_loss"]), r["level"], _f(r["compile_seconds"], ".2f"),
+        level = r["level"]
+        if r.get("diverged"):
+            level = f"diverged at epoch {r['diverged']['epoch']}, step {r['diverged']['step']} (loss {r['diverged']['loss']:g})"
+        rows.append([impl, _f(r["final_loss"]), level, _f(r["compile_seconds"], ".2f"),
                      _f(sum(r["epoch_seconds"]), ".2f"), _f(r["steps_per_second"], ",.0f"),
                      _f(r["points_per_second"], ",.0f")])
     table = _table(["impl", "final loss", "level", "compile s", "train s", "steps/s", "points/s"], rows)
     lines = [f"## rnn-compare run: {_setting(result['config'])}", "", _machine(result["environment"]), "",
              table, "", targets_line()]
+    if any(r.get("diverged") for r in result["results"].values()):
+        lines += ["", "diverged: a loss, parameter or Adagrad accumulator became NaN/inf at that window (0-based); "
+                      "training stopped there and the final parameters are the last finite ones. Lower "
+                      "--learning-rate."]
     a = result["agreement"]
     if a["pairs"]:
         lines += ["", f"Agreement (same params and data: per-step losses within {a['tolerance']:g}):", ""]

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import io, task
+from . import checkpoint, io, task
 from .config import AGREEMENT_TOLERANCE, Config
 from .runners import make_trainer
 
@@ -40,41 +40,77 @@ def final_loss(step_losses: np.ndarray, last: int = LOG_EVERY) -> float:
     return float(flat[-last:].mean())
 
 
-def train_one(impl: str, config: Config, params: dict, data, device: str, quiet: bool = False):
-    """Train one implementation; returns ``(result dict, final params)``. See the README for the keys."""
+def train_one(impl: str, config: Config, params: dict, data, device: str, quiet: bool = False,
+              checkpoint_dir=None, resume: Optional[dict] = None, record: Optional[dict] = None,
+              deterministic: bool = False):
+    """Train one implementation; returns ``(result dict, final params)``. See the README for the keys.
+
+    ``checkpoint_dir``: save ``<dir>/<impl>.npz`` after every epoch (`compare.checkpoint`); ``resume``:
+    a loaded checkpoint to continue from; ``record``: the config record stored in checkpoints. Training
+    stops at the first non-finite loss or update (``result["diverged"]``: epoch, step, loss); the final
+    parameters are then the last finite ones.
+    """
     steps = config.epochs * config.epoch_size
-    with tqdm(total=steps, desc=f"{impl:>10}", unit="step", disable=quiet, leave=False) as bar:
-        trainer = make_trainer(impl, config, params, device)
-        try:
-            losses, seconds, first_step = [], [], None
-            for x, y in io.epoch_stream(config, data):
-                xw, yw = task.windows(x, y, config.batch_size, config.num_steps)
-                stats = trainer.train_epoch(xw, yw, progress=bar.update)
-                losses.append(stats.losses)
-                seconds.append(stats.seconds)
-                first_step = stats.first_step_seconds if first_step is None else first_step
-            final_params = trainer.get_params()
-        finally:
-            trainer.close()
-    step_losses = np.stack(losses)
+    fingerprint = io.fingerprint(params)
+    data_source = "file" if data is not None else f"gen_data(seed={config.seed})"
+    done = resume["epochs_done"] if resume else 0
+    losses = list(resume["step_losses"]) if resume else []
+    seconds = list(resume["epoch_seconds"]) if resume else []
+    first_step = resume["first_step_seconds"] if resume else None
+    diverged = None
+    with tqdm(total=steps, initial=done * config.epoch_size, desc=f"{impl:>10}", unit="step", disable=quiet,
+              leave=False) as bar:
+        if done < config.epochs:
+            start_params = resume["params"] if resume else params
+            trainer = make_trainer(impl, config, start_params, device,
+                                   accumulators=resume["accumulators"] if resume else None, deterministic=deterministic)
+            build_seconds = trainer.build_seconds if not resume else resume["build_seconds"]
+            try:
+                for epoch, (x, y) in enumerate(io.epoch_stream(config, data, start=done), start=done):
+                    xw, yw = task.windows(x, y, config.batch_size, config.num_steps)
+                    stats = trainer.train_epoch(xw, yw, progress=bar.update)
+                    losses.append(stats.losses)
+                    seconds.append(stats.seconds)
+                    first_step = stats.first_step_seconds if first_step is None else first_step
+                    if stats.diverged_at is not None:
+                        k = stats.diverged_at
+                        diverged = {"epoch": epoch, "step": k, "global_step": epoch * config.epoch_size + k,
+                                    "loss": float(stats.losses[k])}
+                        break
+                    if checkpoint_dir is not None:
+                        checkpoint.save(checkpoint_dir, impl, record or {}, trainer.get_params(),
+                                        trainer.get_accumulators(), losses, seconds, build_seconds, first_step,
+                                        fingerprint, data_source)
+                final_params = trainer.get_params()
+            finally:
+                trainer.close()
+        else:  # the checkpoint already holds every epoch
+            final_params, build_seconds = resume["params"], resume["build_seconds"]
+    step_losses = np.stack(losses).reshape(-1)
+    if diverged is not None:
+        step_losses = step_losses[: diverged["global_step"] + 1]  # up to the diverged window (NaN after it)
     total = float(sum(seconds))
-    loss = final_loss(step_losses)
-    compile_seconds = trainer.build_seconds + (first_step or 0.0)
+    finite = step_losses[np.isfinite(step_losses)]
+    loss = final_loss(finite) if diverged is None else None
+    compile_seconds = build_seconds + (first_step or 0.0)
     result = {
-        "step_losses": [float(v) for v in step_losses.reshape(-1)],
-        "avg_losses": [float(v) for v in running_averages(step_losses)],
+        "step_losses": [float(v) for v in step_losses],
+        "avg_losses": [float(v) for v in running_averages(np.stack(losses))] if diverged is None else [],
         "final_loss": loss,
-        "level": task.level(loss),
+        "level": task.level(loss) if diverged is None else "diverged",
+        "diverged": diverged,
         "compile_seconds": compile_seconds,
-        "build_seconds": trainer.build_seconds,
+        "build_seconds": build_seconds,
         "first_step_seconds": first_step,
         "epoch_seconds": seconds,
-        "steps_per_second": steps / total,
-        "points_per_second": config.points_per_epoch * config.epochs / total,
+        "steps_per_second": len(step_losses) / total,
+        "points_per_second": len(step_losses) * config.batch_size * config.num_steps / total,
         "device": device,
-        "initial_params": io.fingerprint(params),
-        "data": "file" if data is not None else f"gen_data(seed={config.seed})",
+        "initial_params": fingerprint,
+        "data": data_source,
     }
+    if resume:
+        result["resumed_from"] = {"file": resume["file"], "epochs_done": resume["epochs_done"]}
     return result, final_params
 
 
@@ -84,10 +120,13 @@ def agreement(results: dict) -> dict:
     pairs = []
     for a, b in itertools.combinations(results, 2):
         ra, rb = results[a], results[b]
-        la, lb = np.asarray(ra["step_losses"]), np.asarray(rb["step_losses"])
+        la, lb = np.asarray(ra["step_losses"], np.float64), np.asarray(rb["step_losses"], np.float64)
         same_params = ra["initial_params"] == rb["initial_params"]
         same_data = ra["data"] == rb["data"]
-        diff = float(np.max(np.abs(la - lb))) if la.shape == lb.shape else float("nan")
+        # Diverged runs: the same divergence step, and the finite losses before it, count as agreeing.
+        both = np.isfinite(la) & np.isfinite(lb) if la.shape == lb.shape else np.zeros(0, bool)
+        same_nonfinite = la.shape == lb.shape and np.array_equal(np.isfinite(la), np.isfinite(lb))
+        diff = float(np.max(np.abs(la[both] - lb[both]), initial=0.0)) if same_nonfinite else float("nan")
         pairs.append({
             "a": a, "b": b, "max_abs_diff": diff, "same_params": same_params, "same_data": same_data,
             "same_level": ra["level"] == rb["level"],
@@ -100,21 +139,31 @@ def agreement(results: dict) -> dict:
 
 
 def run(config: Config, params: dict, devices, data=None, save_params: Optional[dict] = None,
-        quiet: bool = False) -> dict:
+        quiet: bool = False, checkpoint_dir=None, resume_dir=None, record: Optional[dict] = None,
+        deterministic: bool = False) -> dict:
     """Train every implementation of ``config.impls`` in turn and compare them.
 
     **Arguments:** ``params``: initial parameters (shared layout, numpy); ``devices``: an
     ``environment.Devices``; ``data``: ``(x, y)``, ``int32[epochs, data_size]``, or None for fresh
-    ``gen_data`` epochs from ``config.seed``; ``save_params``: impl -> path for the final parameters.
+    ``gen_data`` epochs from ``config.seed``; ``save_params``: impl -> path for the final parameters;
+    ``checkpoint_dir``/``resume_dir``: see `train_one` and `compare.checkpoint` (every checkpoint is
+    loaded and checked before anything trains); ``record``: the config record kept in checkpoints;
+    ``deterministic``: TensorFlow op determinism.
     **Returns:** the result dict (``config``, ``environment``, ``targets``, ``results``, ``agreement``).
     """
     from .environment import describe
 
+    record = record or checkpoint.config_record(config, None, None, deterministic)
+    fingerprint = io.fingerprint(params)
+    data_source = "file" if data is not None else f"gen_data(seed={config.seed})"
+    resumes = {impl: checkpoint.load(resume_dir, impl, record, fingerprint, data_source) if resume_dir else None
+               for impl in config.impls}
     results = {}
     for impl in tqdm(config.impls, desc="implementations", unit="impl", disable=quiet or len(config.impls) < 2,
                      leave=False):
         device = devices.jax if impl == "jax" else devices.tf
-        results[impl], final_params = train_one(impl, config, params, data, device, quiet)
+        results[impl], final_params = train_one(impl, config, params, data, device, quiet, checkpoint_dir,
+                                                resumes[impl], record, deterministic)
         if save_params and impl in save_params:
             io.save_params(save_params[impl], final_params)
             results[impl]["saved_params"] = str(save_params[impl])

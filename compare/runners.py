@@ -31,12 +31,14 @@ class EpochStats(NamedTuple):
     losses: np.ndarray                    # float32[epoch_size]: each window's loss before its update
     seconds: float                        # wall time of the epoch (see the module docstring)
     first_step_seconds: Optional[float]   # TF: the first step of the epoch; JAX: None (one call)
+    diverged_at: Optional[int] = None     # None, or the first window whose loss/update was not finite: the
+                                          # trainer then holds the last finite parameters (see train_epoch_guarded)
 
 
 class JaxTrainer:
     """``jax_rnn`` on one device, the epoch compiled ahead of time for the config's window shape."""
 
-    def __init__(self, config: Config, params: dict, device: str = "cpu"):
+    def __init__(self, config: Config, params: dict, device: str = "cpu", accumulators: Optional[dict] = None):
         import jax
         import jax_rnn
 
@@ -47,10 +49,15 @@ class JaxTrainer:
         self._optimizer = jax_rnn.adagrad(config.learning_rate)
         start = time.perf_counter()
         self._params = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), params), self._device)
-        self._opt_state = jax.device_put(self._optimizer.init(self._params), self._device)
+        opt_state = self._optimizer.init(self._params)
+        if accumulators is not None:  # optax adagrad: (ScaleByRssState(sum_of_squares=<params tree>), EmptyState())
+            acc = jax.tree.map(lambda a: np.asarray(a, np.float32), accumulators)
+            opt_state = (opt_state[0]._replace(sum_of_squares=acc), *opt_state[1:])
+        self._opt_state = jax.device_put(opt_state, self._device)
         shape = (config.epoch_size, config.batch_size, config.num_steps)
         spec = jax.ShapeDtypeStruct(shape, np.int32, sharding=jax.sharding.SingleDeviceSharding(self._device))
-        self._epoch = jax_rnn.train_epoch.lower(self._params, self._opt_state, spec, spec, self._optimizer).compile()
+        self._epoch = jax_rnn.train_epoch_guarded.lower(self._params, self._opt_state, spec, spec,
+                                                        self._optimizer).compile()
         self.build_seconds = time.perf_counter() - start
 
     def train_epoch(self, x_windows: np.ndarray, y_windows: np.ndarray,
@@ -58,15 +65,21 @@ class JaxTrainer:
         jax = self._jax
         start = time.perf_counter()
         xw, yw = jax.device_put((np.asarray(x_windows, np.int32), np.asarray(y_windows, np.int32)), self._device)
-        self._params, self._opt_state, _, losses = self._epoch(self._params, self._opt_state, xw, yw)
-        losses = np.asarray(jax.block_until_ready(losses), np.float32)
+        out = self._epoch(self._params, self._opt_state, xw, yw)
+        losses = np.asarray(jax.block_until_ready(out.losses), np.float32)
         seconds = time.perf_counter() - start
+        self._params, self._opt_state = out.params, out.opt_state
         if progress is not None:
             progress(len(losses))
-        return EpochStats(losses, seconds, None)
+        diverged = int(out.diverged_at)
+        return EpochStats(losses, seconds, None, diverged if diverged >= 0 else None)
 
     def get_params(self) -> dict:
         return self._jax.tree.map(lambda a: np.asarray(a, np.float32), self._params)
+
+    def get_accumulators(self) -> dict:
+        """Adagrad's accumulators in the shared layout (optax's ``sum_of_squares``), float32 numpy."""
+        return self._jax.tree.map(lambda a: np.asarray(a, np.float32), self._opt_state[0].sum_of_squares)
 
     def close(self) -> None:
         pass
@@ -75,30 +88,40 @@ class JaxTrainer:
 class TfTrainer:
     """One of ``tf_rnn``'s four versions (raw, static, dynamic, tf2) behind the same interface."""
 
-    def __init__(self, impl: str, config: Config, params: dict, device: str = "cpu"):
+    def __init__(self, impl: str, config: Config, params: dict, device: str = "cpu",
+                 accumulators: Optional[dict] = None, deterministic: bool = False):
         import tf_rnn
 
         self.impl, self.config = impl, config
         model_config = tf_rnn.ModelConfig(config.num_classes, config.state_size, config.batch_size,
                                           config.num_steps, config.learning_rate)
-        self._model = tf_rnn.build(tf_name(impl), model_config, params=params, seed=config.seed, device=device)
+        self._model = tf_rnn.build(tf_name(impl), model_config, params=params, seed=config.seed, device=device,
+                                   deterministic=deterministic)
+        if accumulators is not None:
+            self._model.set_accumulators(accumulators)
         self.build_seconds = self._model.build_seconds
 
     def train_epoch(self, x_windows: np.ndarray, y_windows: np.ndarray,
                     progress: Optional[Callable[[int], None]] = None) -> EpochStats:
         tick = None if progress is None else (lambda k: progress(1))
         r = self._model.train_epoch(x_windows, y_windows, state=None, progress=tick)
-        return EpochStats(np.asarray(r.losses, np.float32), r.seconds, r.first_step_seconds)
+        return EpochStats(np.asarray(r.losses, np.float32), r.seconds, r.first_step_seconds, r.diverged_at)
 
     def get_params(self) -> dict:
         return self._model.get_params()
+
+    def get_accumulators(self) -> dict:
+        return self._model.get_accumulators()
 
     def close(self) -> None:
         self._model.close()
 
 
-def make_trainer(impl: str, config: Config, params: dict, device: str = "cpu"):
-    """Build implementation ``impl`` (a CLI name) from ``params`` (shared layout) on ``device``."""
+def make_trainer(impl: str, config: Config, params: dict, device: str = "cpu", accumulators: Optional[dict] = None,
+                 deterministic: bool = False):
+    """Build implementation ``impl`` (a CLI name) from ``params`` (shared layout) on ``device``;
+    ``accumulators``: Adagrad state to start from (a resumed run; default 0.1 everywhere);
+    ``deterministic``: TensorFlow's op determinism (process-wide; JAX on CPU is deterministic anyway)."""
     if is_tf(impl):
-        return TfTrainer(impl, config, params, device)
-    return JaxTrainer(config, params, device)
+        return TfTrainer(impl, config, params, device, accumulators, deterministic)
+    return JaxTrainer(config, params, device, accumulators)

@@ -1,0 +1,96 @@
+"""``rnn-compare run --checkpoint DIR`` / ``--resume DIR``: one ``DIR/<impl>.npz`` per implementation.
+
+Written at the end of every epoch, atomically (`compare.io.write_bytes`: temporary file, fsync,
+``os.replace``), no pickle. Keys: ``format``, ``impl``, ``config`` (JSON of `Config.as_dict` plus the
+input files), ``epochs_done``, ``params/<scope>/<name>`` and ``accumulators/<scope>/<name>`` (Adagrad's
+state, the same layout for JAX and TensorFlow), ``step_losses: f32[epochs_done, epoch_size]``,
+``epoch_seconds``, ``build_seconds``, ``first_step_seconds``, ``initial_params`` (fingerprint), ``data``
+(the data source). The data stream needs no saved state: epochs come from one
+``default_rng(seed)`` stream (or the rows of ``--data``), so a resumed run regenerates and skips the
+epochs already done (`compare.io.epoch_stream` with ``start``).
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import io
+from .config import Config, UsageError
+
+FORMAT = "rnn-compare run checkpoint v1"
+MATCHED = ("num_steps", "state_size", "batch_size", "learning_rate", "data_size", "seed", "num_classes",
+           "init_params", "data", "deterministic")  # what a resumed run must share with the checkpoint
+
+
+def path(directory, impl: str) -> Path:
+    return Path(directory) / f"{impl}.npz"
+
+
+def save(directory, impl: str, config: dict, params: dict, accumulators: dict, step_losses, epoch_seconds,
+         build_seconds: float, first_step_seconds: Optional[float], initial_params: str, data: str) -> Path:
+    arrays = {"format": np.array(FORMAT), "impl": np.array(impl), "config": np.array(json.dumps(config)),
+              "epochs_done": np.array(len(step_losses)), "step_losses": np.asarray(step_losses, np.float32),
+              "epoch_seconds": np.asarray(epoch_seconds, np.float64), "build_seconds": np.array(build_seconds),
+              "first_step_seconds": np.array(np.nan if first_step_seconds is None else first_step_seconds),
+              "initial_params": np.array(initial_params), "data": np.array(data)}
+    arrays.update({f"params/{k}": v for k, v in io.flatten(params).items()})
+    arrays.update({f"accumulators/{k}": v for k, v in io.flatten(accumulators).items()})
+    buffer = _io.BytesIO()
+    np.savez(buffer, **arrays)
+    return io.write_bytes(path(directory, impl), buffer.getvalue())
+
+
+def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[dict]:
+    """The checkpoint of ``impl`` in ``directory`` (None if there is none yet), checked against this run:
+    UsageError naming what differs if it was written by another config, other starting parameters or
+    other data, or if it is unreadable."""
+    file = path(directory, impl)
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            a = {key: archive[key] for key in archive.files}
+    except Exception as err:  # noqa: BLE001  (a damaged file: zipfile, OSError, ValueError, EOFError...)
+        raise UsageError(f"--resume: cannot read {file} ({type(err).__name__}: {err})") from None
+    if str(a.get("format", "")) != FORMAT or str(a.get("impl", "")) != impl:
+        raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
+    saved = json.loads(str(a["config"]))
+    differ = [k for k in MATCHED if saved.get(k) != config.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}={saved.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
+        raise UsageError(f"--resume: {file} was written by another config ({detail}); refusing to resume from it")
+    if str(a["initial_params"]) != initial_params or str(a["data"]) != data:
+        raise UsageError(f"--resume: {file} started from other parameters or data than this run")
+    done = int(a["epochs_done"])
+    if done > config["epochs"]:
+        raise UsageError(f"--resume: {file} holds {done} epochs, more than --epochs {config['epochs']}")
+    first = float(a["first_step_seconds"])
+    params = io.nest({k[len("params/"):]: v for k, v in a.items() if k.startswith("params/")})
+    accumulators = io.nest({k[len("accumulators/"):]: v for k, v in a.items() if k.startswith("accumulators/")})
+    for name, tree in (("params", params), ("accumulators", accumulators)):
+        if set(io.flatten(tree)) != set(io.PARAM_KEYS) or not all(np.all(np.isfinite(v)) for v in io.flatten(tree).values()):
+            raise UsageError(f"--resume: {file}: {name} are incomplete or not finite")
+    return {"epochs_done": done, "params": params, "accumulators": accumulators,
+            "step_losses": list(a["step_losses"]), "epoch_seconds": [float(s) for s in a["epoch_seconds"]],
+            "build_seconds": float(a["build_seconds"]), "first_step_seconds": None if np.isnan(first) else first,
+            "file": str(file)}
+
+
+def check_dirs(checkpoint, resume) -> None:
+    """UsageError before any work if ``--checkpoint`` is not a usable directory or ``--resume`` is missing."""
+    if resume is not None and not Path(resume).is_dir():
+        raise UsageError(f"--resume: {resume} is not a directory of checkpoints")
+    if checkpoint is not None and Path(checkpoint).exists() and not Path(checkpoint).is_dir():
+        raise UsageError(f"--checkpoint: {checkpoint} exists and is not a directory")
+    if checkpoint is not None and resume is None and any(Path(checkpoint).glob("*.npz")):
+        raise UsageError(f"--checkpoint: {checkpoint} already holds checkpoints; resume with --resume {checkpoint}, "
+                         f"or choose an empty directory")
+
+
+def config_record(config: Config, init_params: Optional[str], data: Optional[str], deterministic: bool) -> dict:
+    return {**config.as_dict(), "init_params": init_params, "data": data, "deterministic": deterministic}

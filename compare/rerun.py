@@ -1,0 +1,77 @@
+"""``rnn-compare run --from FILE.json``: rerun a saved ``run`` result and say whether it reproduced.
+
+A result records what is needed to rerun it: ``config`` (implementations, sizes, learning rate, epochs,
+data size, seed, the ``--init-params`` / ``--data`` files, ``--deterministic``), ``environment``
+(versions, device, machine) and, per implementation, the fingerprint of the initial parameters and the
+data source. `apply` turns that back into command-line options; `compare` checks the new step losses
+against the old ones (bit for bit, and the largest difference) and lists what differs in the
+environment, since a different JAX/TensorFlow/CPU may legitimately change the last bits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .config import UsageError
+
+# --from FILE.json option -> the config key it comes from
+OPTIONS = {"impl": "impls", "num_steps": "num_steps", "state_size": "state_size", "batch_size": "batch_size",
+           "learning_rate": "learning_rate", "epochs": "epochs", "data_size": "data_size", "seed": "seed",
+           "init_params": "init_params", "data": "data", "deterministic": "deterministic"}
+
+
+def load(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UsageError(f"--from: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--from: cannot read {path} as JSON ({err})") from None
+    if not isinstance(result, dict) or result.get("command") != "run" or not isinstance(result.get("config"), dict):
+        raise UsageError(f"--from: {path} is not the JSON of an 'rnn-compare run' (no command 'run' / config)")
+    missing = [k for k in OPTIONS.values() if k not in result["config"] and k != "deterministic"]
+    if missing:
+        raise UsageError(f"--from: {path}: config lacks {', '.join(missing)}")
+    return result
+
+
+def apply(args) -> dict:
+    """Set ``args``' config options from the file; UsageError if one was also given on the command line."""
+    original = load(args.from_json)
+    given = [name for name in OPTIONS if getattr(args, name) != args.option_defaults.get(name)]
+    if given:
+        raise UsageError(f"--from fixes the config; do not also give {', '.join('--' + g.replace('_', '-') for g in given)}")
+    c = original["config"]
+    for name, key in OPTIONS.items():
+        value = c.get(key, False if key == "deterministic" else None)
+        setattr(args, name, ",".join(value) if key == "impls" else value)
+    return original
+
+
+def compare(path: str, original: dict, result: dict) -> dict:
+    """Per implementation: identical step losses?, the largest difference; and the environment changes."""
+    out = {"file": path, "identical": {}, "max_abs_diff": {}, "environment_changes": {}}
+    for impl, r in result["results"].items():
+        old = original.get("results", {}).get(impl)
+        if old is None:
+            continue
+        a, b = np.asarray(old["step_losses"], np.float64), np.asarray(r["step_losses"], np.float64)
+        same = a.shape == b.shape
+        out["identical"][impl] = bool(same and np.array_equal(a, b, equal_nan=True))
+        out["max_abs_diff"][impl] = float(np.nanmax(np.abs(a - b), initial=0.0)) if same else None
+    old_env, new_env = original.get("environment", {}), result["environment"]
+    for key in sorted(set(old_env) | set(new_env)):
+        if old_env.get(key) != new_env.get(key):
+            out["environment_changes"][key] = [old_env.get(key), new_env.get(key)]
+    return out
+
+
+def summary(info: dict) -> str:
+    parts = [f"{impl}: {'identical' if same else 'differs (max ' + format(info['max_abs_diff'][impl] or float('nan'), '.2e') + ')'}"
+             for impl, same in info["identical"].items()]
+    env = ", ".join(info["environment_changes"]) or "none"
+    return f"rerun of {info['file']}: step losses " + "; ".join(parts) + f" (environment changes: {env})"
