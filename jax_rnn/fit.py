@@ -236,5 +236,5 @@ def _check_data(data, c: FitConfig):
         if not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"fit: data {name} must be integers (class indices), got dtype {a.dtype}")
         if a.size and (a.min() < 0 or a.max() >= c.num_classes):
-            raise ValueError(f"data {name} values must lie in [0, {c.num_classes}), got [{a.min()}, {a.max()}]")
+            raise ValueError(f"fit: data {name} values must lie in [0, {c.num_classes}), got [{a.min()}, {a.max()}]")
     return x, y

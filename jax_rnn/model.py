@@ -90,7 +90,15 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     **Arguments:** ``x, y: int[batch, num_steps]``; ``state: f32[batch, d]`` (S_{-1});
     ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise blocks of steps in the backward pass (see `loss_batch_last`).
     **Returns:** ``(mean_loss: f32[], final_state: f32[batch, d])``.
+
+    Checks its arguments first (`jax_rnn.validate`; values only when concrete, so ``jax.grad(loss)``
+    and ``jit`` work as before): ValueError/TypeError naming the argument.
     """
+    from . import validate
+
+    n, d = validate.sizes("loss", params)
+    validate.check_classes("loss", {"x": x, "y": y}, 2, "[batch, num_steps]", n)
+    validate.check_state("loss", state, validate._arr(x).shape[0], d)
     mean_loss, final_state = loss_batch_last(params, x.T, y.T, state.T, unroll, remat)
     return mean_loss, final_state.T
 

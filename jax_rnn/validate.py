@@ -77,7 +77,8 @@ def check_finite_params(where: str, params, name: str = "params") -> None:
     """ValueError naming the leaf if a concrete parameter holds NaN or inf."""
     if not all(concrete(leaf) for leaf in jax.tree.leaves(params)):
         return
-    finite = jax.device_get(_all_finite(params))
+    with jax.ensure_compile_time_eval():  # eager even inside a caller's trace
+        finite = jax.device_get(_all_finite(params))
     for scope, group in finite.items():
         for key, ok in group.items():
             if not ok:
@@ -129,7 +130,8 @@ def _range(arrays: list, num_classes: int) -> tuple[int, int]:
         if max(int(a.view(np.dtype(f"u{a.dtype.itemsize}")).max()) for a in hosted) < num_classes:
             return 0, 0
         return min(int(a.min()) for a in hosted), max(int(a.max()) for a in hosted)
-    low, high = (int(v) for v in jax.device_get(_min_max(*arrays)))
+    with jax.ensure_compile_time_eval():
+        low, high = (int(v) for v in jax.device_get(_min_max(*arrays)))
     return low, high
 
 
@@ -143,7 +145,7 @@ def check_state(where: str, state, batch: int, state_size: int, leading: tuple =
         raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
     if not jnp.issubdtype(a.dtype, jnp.floating):
         raise TypeError(f"{where}: state must be floating point, got dtype {a.dtype}")
-    if concrete(state) and not bool(jnp.all(jnp.isfinite(state))):
+    if concrete(state) and not np.all(np.isfinite(np.asarray(state))):
         raise ValueError(f"{where}: state contains NaN or inf")
 
 

@@ -1,0 +1,198 @@
+"""Divergence stops training on both sides, runs reproduce, checkpoints resume bit for bit, writes are atomic."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_rnn
+from compare import task
+from compare.cli import main
+from conftest import numpy_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--data-size", "20000", "--batch-size", "20", "--quiet"]
+
+
+# --- divergence ------------------------------------------------------------------------------------
+
+def _finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("lr", [1e37, 3e38])
+def test_guarded_epoch_stops_at_the_first_non_finite_step_and_keeps_finite_params(lr):
+    xw, yw = task.windows(*task.gen_data(20_000, seed=0), 20, 5)
+    params = jax.tree.map(jnp.asarray, numpy_params(0, state_size=16))
+    opt = jax_rnn.adagrad(lr)
+    plain = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt)
+    out = jax_rnn.train_epoch_guarded(params, opt.init(params), xw, yw, opt)
+    k = int(out.diverged_at)
+    bad = np.flatnonzero(~np.isfinite(np.asarray(plain[3])))
+    assert k >= 0 and k <= bad[0]                     # no later than the first non-finite loss
+    np.testing.assert_array_equal(out.losses[:k], plain[3][:k])
+    assert np.all(np.isnan(out.losses[k + 1:])) and _finite((out.params, out.opt_state))
+    # The kept parameters are those before window k: k guarded steps reproduce them.
+    p, o, _, _ = jax_rnn.train_epoch(params, opt.init(params), xw[:k], yw[:k], opt) if k else (params, opt.init(params), 0, 0)
+    for a, b in zip(jax.tree.leaves((p, o)), jax.tree.leaves((out.params, out.opt_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_guard_changes_nothing_in_the_normal_case(small_windows):
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    plain = jax_rnn.train_epoch(params, opt.init(params), *small_windows, opt)
+    guarded = jax_rnn.train_epoch_guarded(params, opt.init(params), *small_windows, opt)
+    assert int(guarded.diverged_at) == -1
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuple(guarded)[:4])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_raises_training_diverged_with_epoch_step_and_last_finite_params():
+    config = jax_rnn.FitConfig(state_size=16, learning_rate=1e37, data_size=20_000, batch_size=20)
+    with pytest.raises(jax_rnn.TrainingDiverged, match=r"diverged at epoch 0, step 2 \(0-based\)") as err:
+        jax_rnn.fit(config)
+    e = err.value
+    assert (e.epoch, e.step) == (0, 2) and _finite(e.params) and e.result.diverged.step == 2
+    assert np.all(np.isnan(e.result.step_losses[0, 3:]))
+
+
+@pytest.mark.parametrize("impl", ["dynamic", "tf2"])
+def test_tf_stops_at_the_same_step_as_jax_with_the_same_params(impl):
+    import tf_rnn
+
+    xw, yw = task.windows(*task.gen_data(20_000, seed=0), 20, 5)
+    params = numpy_params(0, state_size=16)
+    opt = jax_rnn.adagrad(1e37)
+    jp = jax.tree.map(jnp.asarray, params)
+    ref = jax_rnn.train_epoch_guarded(jp, opt.init(jp), xw, yw, opt)
+    cfg = tf_rnn.ModelConfig(state_size=16, batch_size=20, learning_rate=1e37)
+    with tf_rnn.build(impl, cfg, params=params) as model:
+        r = model.train_epoch(xw, yw)
+        assert r.diverged_at == int(ref.diverged_at)
+        np.testing.assert_allclose(r.losses[: r.diverged_at], ref.losses[: r.diverged_at], rtol=1e-5)
+        assert np.all(np.isnan(r.losses[r.diverged_at + 1:]))
+        got = model.get_params()
+        assert _finite(got)
+        for scope in got:
+            for key in got[scope]:
+                np.testing.assert_allclose(got[scope][key], ref.params[scope][key], rtol=1e-3)  # values ~1e36
+
+
+def test_cli_reports_divergence_per_implementation(tmp_path):
+    status = main(["run", "--impl", "jax,tf-dynamic", "--state-size", "16", "--learning-rate", "1e37", *SMALL,
+                   "--out", str(tmp_path), "--name", "d"])
+    result = json.loads((tmp_path / "d.json").read_text())
+    for impl in ("jax", "tf-dynamic"):
+        r = result["results"][impl]
+        assert r["level"] == "diverged" and r["diverged"]["epoch"] == 0 and r["final_loss"] is None
+        assert len(r["step_losses"]) == r["diverged"]["step"] + 1
+    assert status == 0 and result["agreement"]["all_agree"] is True
+    assert "diverged at epoch 0, step" in (tmp_path / "d.md").read_text()
+
+
+# --- reproducibility -------------------------------------------------------------------------------
+
+def test_tensorflow_with_op_determinism_is_bit_identical_across_processes():
+    code = ("import numpy as np, sys, tf_rnn; from compare import task; "
+            "xw, yw = task.windows(*task.gen_data(20000, seed=0), 20, 5); cfg = tf_rnn.ModelConfig(batch_size=20); "
+            "m = tf_rnn.build('dynamic', cfg, params=tf_rnn.glorot_uniform_params(cfg, 0), deterministic=True); "
+            "sys.stdout.write(m.train_epoch(xw, yw).losses.tobytes().hex())")
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 200 * 8
+
+
+def test_run_from_json_reproduces_the_step_losses(tmp_path, capsys):
+    assert main(["run", "--impl", "jax", *SMALL, "--epochs", "2", "--seed", "3", "--out", str(tmp_path), "--name", "a"]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert {"config", "environment"} <= set(first) and first["config"]["seed"] == 3 and "deterministic" in first["config"]
+    assert main(["run", "--from", str(tmp_path / "a.json"), "--quiet", "--out", str(tmp_path), "--name", "b"]) == 0
+    again = json.loads((tmp_path / "b.json").read_text())
+    assert again["results"]["jax"]["step_losses"] == first["results"]["jax"]["step_losses"]
+    assert again["rerun_of"]["identical"] == {"jax": True} and "identical" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--from", str(tmp_path / "a.json"), "--seed", "4", "--out", str(tmp_path)])
+    assert "--from fixes the config; do not also give --seed" in capsys.readouterr().err
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    config = jax_rnn.FitConfig(data_size=20_000, batch_size=20, epochs=3, seed=2)
+    straight = jax_rnn.fit(config)
+    ckpt = tmp_path / "fit.npz"
+    jax_rnn.fit(dataclasses.replace(config, epochs=2), checkpoint=ckpt)      # "killed" after epoch 2
+    resumed = jax_rnn.fit(config, resume=ckpt, checkpoint=ckpt)
+    np.testing.assert_array_equal(resumed.step_losses, straight.step_losses)
+    for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)), jax.tree.leaves((straight.params, straight.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    assert jax_rnn.checkpoint.load(ckpt).epochs_done == 3
+    with pytest.raises(ValueError, match="written by another config .state_size=4 there vs 16 here"):
+        jax_rnn.fit(dataclasses.replace(config, state_size=16), resume=ckpt)
+
+
+def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
+    base = ["run", "--impl", "jax,tf-dynamic", *SMALL, "--out", str(tmp_path)]
+    assert main([*base, "--epochs", "3", "--name", "straight"]) in (0, 1)
+    assert main([*base, "--epochs", "2", "--name", "part", "--checkpoint", str(tmp_path / "ck")]) in (0, 1)
+    assert main([*base, "--epochs", "3", "--name", "resumed", "--resume", str(tmp_path / "ck")]) in (0, 1)
+    straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
+    assert resumed["results"]["jax"]["step_losses"] == straight["results"]["jax"]["step_losses"]
+    np.testing.assert_allclose(resumed["results"]["tf-dynamic"]["step_losses"],
+                               straight["results"]["tf-dynamic"]["step_losses"], atol=1e-6)
+    assert resumed["results"]["jax"]["resumed_from"]["epochs_done"] == 2
+    with pytest.raises(SystemExit):
+        main([*base, "--epochs", "3", "--state-size", "8", "--resume", str(tmp_path / "ck"), "--name", "x"])
+    assert "was written by another config (state_size=4 there vs 8 here)" in capsys.readouterr().err
+
+
+def test_an_interrupted_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    ckpt = tmp_path / "fit.npz"
+    config = jax_rnn.FitConfig(data_size=2_000, batch_size=20, epochs=1)
+    jax_rnn.fit(config, checkpoint=ckpt)
+    before = ckpt.read_bytes()
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("killed during the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        jax_rnn.fit(dataclasses.replace(config, epochs=2), resume=ckpt, checkpoint=ckpt)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before and jax_rnn.checkpoint.load(ckpt).epochs_done == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.npz"]  # the temporary file was removed
+
+
+def test_sigkill_during_large_writes_never_leaves_a_loadable_partial_file(tmp_path):
+    """A process rewriting a 40 MB checkpoint in a loop is SIGKILLed: the target still loads completely."""
+    target = tmp_path / "big.npz"
+    code = f"""
+import numpy as np, sys
+from jax_rnn import checkpoint as c
+big = np.zeros((1000, 10000), np.float32)
+params = {{"rnn_cell": {{"W": np.zeros((6, 4), np.float32), "b": np.zeros(4, np.float32)}},
+          "softmax": {{"W": np.zeros((4, 2), np.float32), "b": np.zeros(2, np.float32)}}}}
+for i in range(10**6):
+    c.save({str(target)!r}, c.Checkpoint({{"i": i}}, 1, params, [], big, [0.0], np.zeros(2, np.uint32), ["generated"]))
+    if i == 0:
+        print("ready", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    loaded = jax_rnn.checkpoint.load(target)
+    assert loaded.step_losses.shape == (1000, 10000) and loaded.config["i"] >= 0
+    leftovers = [p for p in tmp_path.iterdir() if p != target]
+    assert all(p.name.startswith(".big.npz.") and p.name.endswith(".tmp") for p in leftovers)
