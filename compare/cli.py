@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "num_steps (1..100) and batch_size (20..20,000) grow one at a time, on the same "
                             f"{scaling.DEFAULT_DATA_SIZE:,} points, with fitted log-log slopes; then JAX memory with "
                             "and without remat for num_steps 1,000 and 10,000 at state 256. Defaults to --impl "
-                            f"{','.join(scaling.DEFAULT_IMPLS)}; about 10 minutes on 2 cores. With --device auto "
+                            f"{','.join(scaling.DEFAULT_IMPLS)}; about 3 minutes on 2 cores. With --device auto "
                             "on a GPU machine: CPU and GPU side by side, and where the GPU overtakes")
     bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
     bench.set_defaults(impl=None, data_size=None)

@@ -7,7 +7,7 @@ Three one-parameter sweeps around the tutorial's defaults (state 4, num_steps 5,
 * ``batch_size`` 20, 200, 2,000, 20,000.
 
 Every point trains on the same data (``data_size`` points, 100,000 by default: a tenth of the
-tutorial's epoch, so the default study fits in about ten minutes on 2 cores; 20,000 x 5 is the
+tutorial's epoch, so the default study takes about 3 minutes on 2 cores; 20,000 x 5 is the
 largest window, hence the minimum). Each point is timed like ``bench`` (`compare.bench.time_one`):
 build, one warm-up epoch, then ``repeats`` timed epochs; the median is reported. The fitted slope of
 log(seconds) against log(parameter) says how time grows: 1 is linear, 0 flat (fixed costs dominate).
