@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -166,21 +165,11 @@ def check_writable(path: Path, overwrite: bool, option: str) -> Path:
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write atomically: a temporary file in the same directory, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write atomically: a temporary file in the same directory, fsync, then ``os.replace``
+    (``jax_rnn.checkpoint.atomic_write``, the one writer of the project)."""
+    from jax_rnn.checkpoint import atomic_write
+
+    return atomic_write(path, data)
 
 
 def write_text(path: Path, text: str) -> Path:

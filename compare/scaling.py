@@ -25,7 +25,6 @@ compiled and ran (sampled), compile seconds and the seconds of one epoch (one ti
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import numpy as np

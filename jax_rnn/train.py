@@ -12,10 +12,9 @@ with the parameters *before* that window's update (what the tutorial logs).
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Any, NamedTuple
-
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -6,7 +6,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jax_rnn
