@@ -143,9 +143,9 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
 
 def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     base = ["run", "--impl", "jax,tf-dynamic", *SMALL, "--out", str(tmp_path)]
-    assert main([*base, "--epochs", "3", "--name", "straight"]) in (0, 1)
-    assert main([*base, "--epochs", "2", "--name", "part", "--checkpoint", str(tmp_path / "ck")]) in (0, 1)
-    assert main([*base, "--epochs", "3", "--name", "resumed", "--resume", str(tmp_path / "ck")]) in (0, 1)
+    assert main([*base, "--epochs", "3", "--name", "straight"]) == 0
+    assert main([*base, "--epochs", "2", "--name", "part", "--checkpoint", str(tmp_path / "ck")]) == 0
+    assert main([*base, "--epochs", "3", "--name", "resumed", "--resume", str(tmp_path / "ck")]) == 0
     straight, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("straight", "resumed"))
     assert resumed["results"]["jax"]["step_losses"] == straight["results"]["jax"]["step_losses"]
     np.testing.assert_allclose(resumed["results"]["tf-dynamic"]["step_losses"],

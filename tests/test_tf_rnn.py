@@ -78,7 +78,7 @@ def models():
 
 @pytest.mark.parametrize("source", IMPLS)
 def test_params_exported_from_one_version_give_identical_losses_in_every_other(models, source):
-    x_windows, y_windows = _small_windows(seed=hash(source) % 1000)
+    x_windows, y_windows = _small_windows(seed=IMPLS.index(source))
     models[source].train_epoch(x_windows[:20], y_windows[:20])  # move away from the initial values
     params = models[source].get_params()
     state = np.random.default_rng(1).uniform(-1, 1, (SMALL.batch_size, SMALL.state_size)).astype(np.float32)
@@ -217,17 +217,25 @@ def test_keras3_already_loaded_in_a_fresh_process():
     assert "RuntimeError" in result.stderr and "Import tf_rnn before" in result.stderr
 
 
+# TensorFlow's start-up and deprecation noise; none of it may reach stderr unless asked for.
+TF_NOISE = ("oneDNN", "cuda", "cuInit", "TF-TRT", "This TensorFlow binary is optimized", "deprecat")
+
+
 def test_import_and_training_are_quiet_by_default_and_verbose_on_request():
     code = """
         import numpy as np, tf_rnn
-        with tf_rnn.build("dynamic", tf_rnn.ModelConfig(batch_size=4, num_steps=3)) as m:
-            m.train_epoch(np.zeros((2, 4, 3), np.int32), np.zeros((2, 4, 3), np.int32))
+        for name in tf_rnn.IMPLEMENTATIONS:
+            with tf_rnn.build(name, tf_rnn.ModelConfig(batch_size=4, num_steps=3)) as m:
+                m.train_epoch(np.zeros((2, 4, 3), np.int32), np.zeros((2, 4, 3), np.int32))
+        tf_rnn.set_verbose(False)  # a second call changes nothing
         import keras  # still Keras 3 for the caller
         print("keras", keras.__version__.split(".")[0])
     """
     quiet = _run_python(code, RNN_SCAN_TF_VERBOSE="0", TF_CPP_MIN_LOG_LEVEL=None, TF_USE_LEGACY_KERAS=None)
     assert quiet.returncode == 0, quiet.stderr
-    assert quiet.stderr.strip() == "" and "keras 3" in quiet.stdout
+    noise = [pattern for pattern in TF_NOISE if pattern.lower() in quiet.stderr.lower()]
+    assert not noise, f"TensorFlow noise on stderr ({noise}):\n{quiet.stderr}"
+    assert "keras 3" in quiet.stdout
     loud = _run_python(code, RNN_SCAN_TF_VERBOSE="1", TF_CPP_MIN_LOG_LEVEL=None, TF_USE_LEGACY_KERAS=None)
     assert loud.returncode == 0, loud.stderr
     assert "deprecated" in loud.stderr
@@ -270,3 +278,39 @@ def test_tf2_with_xla_trains_identically():
             runs.append((model.train_epoch(x_windows, y_windows).losses, model.get_params()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(runs[0][1]["rnn_cell"]["W"], runs[1][1]["rnn_cell"]["W"], rtol=0, atol=1e-5)
+
+
+def test_set_verbose_is_idempotent_and_scoped_to_tensorflow_modules():
+    import warnings
+
+    with warnings.catch_warnings():
+        tf_rnn.set_verbose(False)
+        before = list(warnings.filters)
+        for verbose in (True, False, True, False):
+            tf_rnn.set_verbose(verbose)
+        assert warnings.filters == before
+        assert all(f[3] is not None and f[3].pattern.startswith("(tensorflow") for f in before[:2])
+
+
+# --- divergence guard: a replay that does not reproduce ---------------------------------------------
+
+@pytest.mark.parametrize("where", ["loss", "update"])
+def test_a_non_finite_value_that_the_replay_does_not_reproduce_is_a_clear_error(monkeypatch, where):
+    """Non-deterministic TF: the first run saw a NaN (a loss at window 3, or the end-of-epoch
+    parameter check), the replay does not; this must not be reported as a divergence anywhere."""
+    x_windows, y_windows = _small_windows(n=6, seed=7)
+    with tf_rnn.build("raw", SMALL, seed=3) as model:
+        if where == "loss":
+            real, calls = model._step, []
+
+            def flaky(x, y, state):
+                loss, state = real(x, y, state)
+                calls.append(1)
+                return (np.float32(np.nan) if len(calls) == 4 else loss), state
+
+            monkeypatch.setattr(model, "_step", flaky)
+        else:
+            checks = []
+            monkeypatch.setattr(model, "_finite", lambda: bool(checks.append(1)) or len(checks) > 1)
+        with pytest.raises(RuntimeError, match="did not reproduce.*deterministic=True"):
+            model.train_epoch(x_windows, y_windows)

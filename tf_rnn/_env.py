@@ -36,7 +36,6 @@ from typing import Callable, Iterator, MutableMapping
 
 LEGACY_KERAS_VAR = "TF_USE_LEGACY_KERAS"
 VERBOSE_VAR = "RNN_SCAN_TF_VERBOSE"
-_VERBOSE = [False]  # current setting of set_verbose
 CAPTURED_STDERR: list[str] = []  # C++ log lines swallowed while importing TensorFlow / listing devices
 
 MISSING_TF_KERAS = (
@@ -128,12 +127,26 @@ def capture_fd2(enabled: bool = True) -> Iterator[None]:
                     sys.stderr.write(text)
 
 
+# Python warnings raised from TensorFlow's and Keras' own modules (deprecations, Keras UserWarnings).
+_TF_MODULES = r"(tensorflow|tf_keras|keras)(\.|$)"
+_FILTERS = {action: [(action, category, _TF_MODULES) for category in (DeprecationWarning, UserWarning)]
+            for action in ("default", "ignore")}
+
+
+class _Settings:
+    """The current `set_verbose` setting."""
+
+    verbose = False
+
+
 def set_verbose(verbose: bool) -> None:
     """Turn TensorFlow's Python-side logging and deprecation warnings on (True) or off (False).
 
-    C++ messages printed at import time cannot be recalled; see ``RNN_SCAN_TF_VERBOSE``.
+    Idempotent: the warning filters it installs (scoped to TensorFlow's and Keras' modules) replace the
+    ones of an earlier call instead of piling up. C++ messages printed at import time cannot be
+    recalled; see ``RNN_SCAN_TF_VERBOSE``.
     """
-    _VERBOSE[0] = bool(verbose)
+    _Settings.verbose = bool(verbose)
     level = logging.INFO if verbose else logging.ERROR
     for name in ("tensorflow", "absl", "tf_keras"):
         logging.getLogger(name).setLevel(level)
@@ -145,19 +158,18 @@ def set_verbose(verbose: bool) -> None:
             deprecation._PRINT_DEPRECATION_WARNINGS = verbose
         except ImportError:  # private module moved: the logger level still applies
             pass
-    action = "default" if verbose else "ignore"
-    for module in ("tensorflow", "tf_keras", "keras"):
-        warnings.filterwarnings(action, category=DeprecationWarning, module=module)
-        warnings.filterwarnings(action, category=UserWarning, module=module)
-    # The "BasicRNNCell is deprecated" warning is attributed to the caller's module, so match its text.
-    warnings.filterwarnings(action, message=r".*is deprecated and will be removed in a future version.*")
+    ours = {f for group in _FILTERS.values() for f in group}
+    warnings.filters[:] = [f for f in warnings.filters
+                           if (f[0], f[2], getattr(f[3], "pattern", f[3])) not in ours]
+    for action, category, module in _FILTERS["default" if verbose else "ignore"]:
+        warnings.filterwarnings(action, category=category, module=module)
 
 
 @contextlib.contextmanager
 def quiet_warnings() -> Iterator[None]:
     """Ignore Python warnings inside the block unless verbose (the deprecated-cell warnings of graph
     building are raised each time and otherwise survive test runners that reset warning filters)."""
-    if _VERBOSE[0]:
+    if _Settings.verbose:
         yield
         return
     with warnings.catch_warnings():

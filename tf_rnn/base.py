@@ -18,6 +18,12 @@ import numpy as np
 from .config import ModelConfig, Params
 
 
+NOT_REPRODUCED = (
+    "the replay after a non-finite value did not reproduce the first run (TensorFlow ran "
+    "non-deterministically), so the window where training diverged is unknown; build the model with "
+    "tf_rnn.build(..., deterministic=True) (rnn-compare run --deterministic) and train again")
+
+
 class EpochResult(NamedTuple):
     """What `Model.train_epoch` returns.
 
@@ -135,8 +141,11 @@ class Model(abc.ABC):
         the host anyway (a float check each), the parameters and accumulators are copied once at the
         start of the epoch and checked once at its end. Only when something is not finite, the epoch is
         rolled back to that copy and replayed up to the failing window, checking the parameters after
-        every replayed step (the steps are deterministic on the CPU), so the normal case costs two
-        reads of 8 small arrays per epoch.
+        every replayed step, so the normal case costs two reads of 8 small arrays per epoch. The replay
+        relies on the steps being deterministic (they are on the CPU; elsewhere pass
+        ``deterministic=True`` to `tf_rnn.build`): a replayed loss that differs from the first run's, or
+        a replay that never reaches a non-finite value, raises RuntimeError rather than report a
+        divergence at a window that may not have diverged.
 
         **Returns:** `EpochResult`.
         """
@@ -166,8 +175,7 @@ class Model(abc.ABC):
             bad = n  # every loss finite, but the last update was not
         if bad is None:
             return EpochResult(losses, final_state, first, time.perf_counter() - start)
-        k, final_state, replayed = self._roll_back(snapshot, x_windows, y_windows, initial, bad)
-        losses[:k] = replayed
+        k, final_state = self._roll_back(snapshot, x_windows, y_windows, initial, losses[:bad + 1])
         losses[k + 1:] = np.nan
         return EpochResult(losses, final_state, first, time.perf_counter() - start, k)
 
@@ -175,24 +183,25 @@ class Model(abc.ABC):
         return all(np.all(np.isfinite(v)) for tree in (self.get_params(), self.get_accumulators())
                    for group in tree.values() for v in group.values())
 
-    def _roll_back(self, snapshot, x_windows, y_windows, initial, bad: int):
-        """Restore the epoch-start copy and replay the windows before ``bad``, stopping before the first
-        update that makes a parameter or accumulator non-finite. Returns ``(k, state entering k, losses[:k])``."""
+    def _roll_back(self, snapshot, x_windows, y_windows, initial, seen: np.ndarray):
+        """Restore the epoch-start copy and replay the epoch up to the first window whose loss or update
+        is not finite; restore the parameters and accumulators from before it. ``seen``: the losses of
+        the first run up to the one that was not finite (all of them if only the end-of-epoch check
+        failed); every replayed loss must reproduce it exactly. Returns ``(k, state entering k)``;
+        RuntimeError if the replay does not reproduce the first run."""
         self.set_params(snapshot[0])
         self.set_accumulators(snapshot[1])
         current = self._prepare_state(initial)
-        losses = []
-        for k in range(min(bad, len(x_windows))):
+        for k in range(len(seen)):
             kept = (self.get_params(), self.get_accumulators(), current)
             loss, current = self._step(x_windows[k], y_windows[k], current)
+            if float(loss) != float(seen[k]) and not (math.isnan(float(loss)) and math.isnan(float(seen[k]))):
+                raise RuntimeError(NOT_REPRODUCED + f" (window {k}: loss {float(seen[k])!r}, replayed {float(loss)!r})")
             if not math.isfinite(float(loss)) or not self._finite():
                 self.set_params(kept[0])
                 self.set_accumulators(kept[1])
-                return k, np.array(kept[2], dtype=np.float32), np.asarray(losses, np.float32)
-            losses.append(float(loss))
-        if bad >= len(x_windows):  # cannot happen: the end-of-epoch check failed, so some update failed
-            bad = len(x_windows) - 1
-        return bad, np.array(current, dtype=np.float32), np.asarray(losses, np.float32)
+                return k, np.array(kept[2], dtype=np.float32)
+        raise RuntimeError(NOT_REPRODUCED + " (every replayed loss and update was finite)")
 
     def _prepare_state(self, state: np.ndarray):
         """Convert the initial state to what `_step` carries (numpy for TF1, a tensor for tf2)."""

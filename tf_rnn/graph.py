@@ -169,12 +169,15 @@ class GraphModel(Model):
     def _forward(self, x, y, state):
         return self._loss_callable(x, y, state)
 
-    def get_params(self) -> Params:
-        values = self.session.run(self._vars)
+    def _fetch(self, tensors: dict) -> Params:
+        """Run ``{(scope, key): tensor}`` and return it in the shared layout, float32 numpy copies."""
         out: Params = {"rnn_cell": {}, "softmax": {}}
-        for (scope, key), value in values.items():
+        for (scope, key), value in self.session.run(tensors).items():
             out[scope][key] = np.array(value, np.float32)
         return out
+
+    def get_params(self) -> Params:
+        return self._fetch(self._vars)
 
     def set_params(self, params: Params) -> None:
         checked = check_params(params, self.config)
@@ -182,11 +185,7 @@ class GraphModel(Model):
         self.session.run(self._assign, feed)
 
     def get_accumulators(self) -> Params:
-        values = self.session.run(self._accs)
-        out: Params = {"rnn_cell": {}, "softmax": {}}
-        for (scope, key), value in values.items():
-            out[scope][key] = np.array(value, np.float32)
-        return out
+        return self._fetch(self._accs)
 
     def set_accumulators(self, accumulators: Params) -> None:
         checked = check_accumulators(accumulators, self.config)

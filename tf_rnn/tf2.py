@@ -9,12 +9,17 @@ Adagrad: applied with ``tf.raw_ops.ResourceApplyAdagrad``, the kernel that TF1's
 runs, on accumulators created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon. (Keras 3's
 ``Adagrad`` adds ``epsilon=1e-7`` and is deliberately not used.)
 
-``jit_compile``: off (`JIT_COMPILE` = False), because it was slower here. ``python -m tf_rnn.bench
---tf2-jit both`` on the default config (batch 200, num_steps 5, state 4, 1000 steps per epoch), 2 shared
-CPU cores, TF 2.21, two runs: seconds per epoch, median of 3 / 5 epochs, ``jit_compile=False`` 0.59 /
-0.73, ``jit_compile=True`` 0.64 / 1.05, and XLA adds 0.8-1.4 s of compilation to the first step (0.06 s
+``jit_compile``: off (`JIT_COMPILE` = False), because it was slower here. Measured during development
+on the default config (batch 200, num_steps 5, state 4, 1000 steps per epoch), 2 shared CPU cores,
+TF 2.21, two runs: seconds per epoch, median of 3 / 5 epochs, ``jit_compile=False`` 0.59 / 0.73,
+``jit_compile=True`` 0.64 / 1.05, and XLA adds 0.8-1.4 s of compilation to the first step (0.06 s
 without). The model is so small that each step is dominated by per-call overhead, which XLA does not
-remove. Pass ``jit_compile=True`` to `EagerModel` to try it (e.g. on a GPU).
+remove. Pass ``jit_compile=True`` to `EagerModel` to try it (e.g. on a GPU); ``rnn-compare bench --impl
+tf2`` times the default.
+
+Device: the variables are created on the chosen device and the train and loss functions are traced
+inside ``tf.device`` of it, so the placement is part of the traced graph and no step enters a device
+scope.
 
 Timing: ``build_seconds`` = variable creation + tracing the train and loss functions
 (``get_concrete_function``). The first call (function instantiation and, with XLA, compilation) is
@@ -35,8 +40,11 @@ from .graph import device_spec
 
 tf = import_tensorflow()
 
-# Measured with tf_rnn.bench on the default config; figures in the module docstring.
+# Measured during development on the default config; figures in the module docstring.
 JIT_COMPILE = False
+
+# The shared layout's (scope, key) pairs, in the order of the flat variable and accumulator lists.
+LAYOUT = (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))
 
 
 def forward(params: dict, x, y, state, config: ModelConfig):
@@ -66,7 +74,7 @@ class EagerModel(Model):
             initial = checked if checked is not None else self._initial_params(seed)
             self._params = {scope: {key: tf.Variable(value, name=f"{scope}/{key}", dtype=tf.float32)
                                     for key, value in group.items()} for scope, group in initial.items()}
-            self._flat = [self._params[s][k] for s in ("rnn_cell", "softmax") for k in ("W", "b")]
+            self._flat = [self._params[scope][key] for scope, key in LAYOUT]
             self._accumulators = [tf.Variable(tf.fill(v.shape, 0.1), name=v.name.split(":")[0] + "/Adagrad")
                                   for v in self._flat]
             self._lr = tf.constant(config.learning_rate, tf.float32)
@@ -87,28 +95,28 @@ class EagerModel(Model):
         return out
 
     def _train_step(self, x, y, state):
-        with tf.GradientTape() as tape:
-            loss, final_state = forward(self._params, x, y, state, self.config)
-        grads = tape.gradient(loss, self._flat)
-        for var, acc, grad in zip(self._flat, self._accumulators, grads):
-            tf.raw_ops.ResourceApplyAdagrad(var=var.handle, accum=acc.handle, lr=self._lr, grad=grad)
-        return loss, final_state
+        with tf.device(self._device):  # at trace time: the placement is baked into the function
+            with tf.GradientTape() as tape:
+                loss, final_state = forward(self._params, x, y, state, self.config)
+            grads = tape.gradient(loss, self._flat)
+            for var, acc, grad in zip(self._flat, self._accumulators, grads):
+                tf.raw_ops.ResourceApplyAdagrad(var=var.handle, accum=acc.handle, lr=self._lr, grad=grad)
+            return loss, final_state
 
     def _loss_step(self, x, y, state):
-        return forward(self._params, x, y, state, self.config)
+        with tf.device(self._device):
+            return forward(self._params, x, y, state, self.config)
 
     def _prepare_state(self, state):
         with tf.device(self._device):
             return tf.constant(state)
 
     def _step(self, x, y, state):
-        with tf.device(self._device):
-            loss, final_state = self._train(x, y, state)
+        loss, final_state = self._train(x, y, state)
         return loss.numpy(), final_state
 
     def _forward(self, x, y, state):
-        with tf.device(self._device):
-            loss, final_state = self._loss(x, y, state)
+        loss, final_state = self._loss(x, y, state)
         return loss.numpy(), final_state.numpy()
 
     def get_params(self) -> Params:
@@ -116,14 +124,14 @@ class EagerModel(Model):
                 for scope, group in self._params.items()}
 
     def get_accumulators(self) -> Params:
-        flat = dict(zip([(s, k) for s in ("rnn_cell", "softmax") for k in ("W", "b")], self._accumulators))
-        return {scope: {key: flat[scope, key].numpy().astype(np.float32) for key in ("W", "b")}
-                for scope in ("rnn_cell", "softmax")}
+        out: Params = {"rnn_cell": {}, "softmax": {}}
+        for (scope, key), acc in zip(LAYOUT, self._accumulators):
+            out[scope][key] = acc.numpy().astype(np.float32)
+        return out
 
     def set_accumulators(self, accumulators: Params) -> None:
         checked = check_accumulators(accumulators, self.config)
-        keys = [(s, k) for s in ("rnn_cell", "softmax") for k in ("W", "b")]
-        for (scope, key), acc in zip(keys, self._accumulators):
+        for (scope, key), acc in zip(LAYOUT, self._accumulators):
             acc.assign(checked[scope][key])
 
     def set_params(self, params: Params) -> None:
