@@ -52,11 +52,12 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     file = path(directory, impl)
     if not file.is_file():
         return None
+    from jax_rnn.checkpoint import read_npz
+
     try:
-        with np.load(file, allow_pickle=False) as archive:
-            a = {key: archive[key] for key in archive.files}
-    except Exception as err:  # noqa: BLE001  (a damaged file: zipfile, OSError, ValueError, EOFError...)
-        raise UsageError(f"--resume: cannot read {file} ({type(err).__name__}: {err})") from None
+        a = read_npz(file)
+    except ValueError as err:
+        raise UsageError(f"--resume: cannot read {file} ({err})") from None
     if str(a.get("format", "")) != FORMAT or str(a.get("impl", "")) != impl:
         raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
     saved = json.loads(str(a["config"]))

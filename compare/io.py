@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +81,11 @@ def fingerprint(params: dict) -> str:
 def _load_npz(path: str, option: str) -> dict:
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
+    from jax_rnn.checkpoint import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        return read_npz(path)
+    except ValueError as err:
         raise UsageError(f"{option}: cannot read {path} as an .npz file ({err})") from None
 
 

@@ -47,6 +47,7 @@ def atomic_write(path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -57,6 +58,27 @@ def atomic_write(path, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_npz(path) -> dict:
+    """Every array of an ``.npz`` file, read without pickle; ValueError (with the cause) for anything else:
+    a damaged or truncated archive, a plain ``.npy`` file, a pickle, text."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            what = "a single .npy array" if magic == b"\x93NUM" else "not a zip archive"
+            raise ValueError(f"not an .npz archive ({what})")
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{type(err).__name__}: {err}") from None
 
 
 def data_hash(x: np.ndarray, y: np.ndarray) -> str:
@@ -88,10 +110,9 @@ def load(path) -> Checkpoint:
     if not path.is_file():
         raise FileNotFoundError(f"resume: no checkpoint file at {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"resume: cannot read {path} as a jax_rnn checkpoint ({type(err).__name__}: {err})") from None
+        arrays = read_npz(path)
+    except ValueError as err:
+        raise ValueError(f"resume: cannot read {path} as a jax_rnn checkpoint ({err})") from None
     fmt = str(arrays.get("format", ""))
     if fmt != FORMAT:
         raise ValueError(f"resume: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r})")

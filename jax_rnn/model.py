@@ -117,8 +117,8 @@ def _contract(a: jax.Array, s: jax.Array) -> jax.Array:
 
 
 def remat_block_size(num_steps: int) -> int:
-    """Steps per rematerialised block: the largest divisor of ``num_steps`` not above its square root."""
-    return max(k for k in range(1, math.isqrt(num_steps) + 1) if num_steps % k == 0)
+    """Steps per rematerialised block: ``ceil(sqrt(num_steps))`` (the last block takes the remainder)."""
+    return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
@@ -131,7 +131,8 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
     scanned step computes the new state and its logits.
 
     ``remat=True`` is for long windows (num_steps in the thousands): the window is cut into blocks of
-    about ``sqrt(num_steps)`` steps (`remat_block_size`), each wrapped in ``jax.checkpoint``. The
+    ``ceil(sqrt(num_steps))`` steps (`remat_block_size`; the last one shorter), each wrapped in
+    ``jax.checkpoint``. The
     backward pass keeps only the state at each block boundary and recomputes one block at a time, so
     memory grows like ``sqrt(num_steps)`` instead of ``num_steps``, for about one more forward pass.
 
@@ -153,9 +154,13 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
 
     if remat:
         num_steps, k = x_t.shape[0], remat_block_size(x_t.shape[0])
-        blocks = x_t.reshape(num_steps // k, k, x_t.shape[1])
-        final_state_t, logits_t = jax.lax.scan(jax.checkpoint(steps), state_t, blocks)
-        logits_t = logits_t.reshape((num_steps,) + logits_t.shape[2:])
+        full = num_steps // k * k                                    # whole blocks, then the remainder
+        block = jax.checkpoint(steps)
+        final_state_t, logits_t = jax.lax.scan(block, state_t, x_t[:full].reshape(full // k, k, x_t.shape[1]))
+        logits_t = logits_t.reshape((full,) + logits_t.shape[2:])
+        if full < num_steps:
+            final_state_t, rest = block(final_state_t, x_t[full:])
+            logits_t = jnp.concatenate([logits_t, rest])
     else:
         final_state_t, logits_t = steps(state_t, x_t)                # logits [num_steps, n, batch]
     log_p = jax.nn.log_softmax(logits_t + params["softmax"]["b"][:, None], axis=1)

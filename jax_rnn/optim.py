@@ -17,19 +17,22 @@ import math
 import optax
 
 
-@functools.cache
 def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = 0.1) -> optax.GradientTransformation:
     """TF1-compatible Adagrad: ``optax.adagrad(learning_rate, initial_accumulator_value, eps=0.0)``.
 
-    Cached, so that ``adagrad(0.1)`` is the same object every time: the training functions take the
-    optimizer as a static argument, and an equal object means no recompilation.
+    The same values give the same object, however they are passed (``adagrad(0.1)``,
+    ``adagrad(learning_rate=0.1)``, ``adagrad(0.1, 0.1)``): the training functions take the optimizer as
+    a static argument, and the same object means no recompilation.
 
     **Example:** ``opt = adagrad(0.1); opt_state = opt.init(params)``.
     """
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-            or not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    if not math.isfinite(initial_accumulator_value) or initial_accumulator_value <= 0:
-        raise ValueError(f"initial_accumulator_value must be a finite number > 0 (TF1 uses 0.1), "
-                         f"got {initial_accumulator_value!r}")
-    return optax.adagrad(float(learning_rate), initial_accumulator_value=float(initial_accumulator_value), eps=0.0)
+    for name, value in (("learning_rate", learning_rate), ("initial_accumulator_value", initial_accumulator_value)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            hint = " (TF1 uses 0.1)" if name == "initial_accumulator_value" else ""
+            raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
+    return _adagrad(float(learning_rate), float(initial_accumulator_value))
+
+
+@functools.cache
+def _adagrad(learning_rate: float, initial_accumulator_value: float) -> optax.GradientTransformation:
+    return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=0.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -50,11 +51,21 @@ def train_runs_sharded(params, opt_state, x_windows, y_windows, optimizer: optax
                        state=None, mesh: Mesh | None = None, remat: bool = False):
     """`train_runs` with the run axis split over ``mesh`` (default: all devices). Same shapes and results.
 
-    **Arguments:** as `train_runs` (leading run axis R on every array, R divisible by the device count).
-    **Returns:** as `train_runs`; the outputs stay sharded over the run axis.
+    If the number of runs R is not a multiple of the number of devices, the last run is repeated to fill
+    the mesh (the copies are computed and dropped), so that every device is used.
+
+    **Arguments:** as `train_runs` (leading run axis R on every array).
+    **Returns:** as `train_runs`, R runs; the outputs stay laid out over the devices.
     """
     mesh = mesh if mesh is not None else run_mesh()
-    params, opt_state, x_windows, y_windows = shard_runs((params, opt_state, x_windows, y_windows), mesh)
-    if state is not None:
-        state = shard_runs(state, mesh)
-    return train_runs(params, opt_state, x_windows, y_windows, optimizer, state, remat)
+    inputs = (params, opt_state, x_windows, y_windows) + (() if state is None else (state,))
+    runs = {np.shape(leaf)[0] for leaf in jax.tree.leaves(inputs)}
+    if len(runs) != 1:
+        raise ValueError(f"train_runs_sharded: every array needs the same leading run axis, got sizes {sorted(runs)}")
+    (num_runs,) = runs
+    pad = -num_runs % mesh.devices.size
+    if pad:
+        inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
+    params, opt_state, x_windows, y_windows, *rest = shard_runs(inputs, mesh)
+    out = train_runs(params, opt_state, x_windows, y_windows, optimizer, rest[0] if rest else None, remat)
+    return jax.tree.map(lambda a: a[:num_runs], out) if pad else out

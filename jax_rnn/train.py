@@ -44,7 +44,7 @@ def _step_batch_last(params: Params, opt_state, state_t: jax.Array, x_t: jax.Arr
 
 
 @partial(jax.jit, static_argnames=("optimizer", "remat"))
-def _train_step_jit(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
+def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
                optimizer: optax.GradientTransformation, remat: bool = False):
     """One truncated-BPTT step on one window.
 
@@ -52,7 +52,12 @@ def _train_step_jit(params: Params, opt_state, state: jax.Array, x: jax.Array, y
     ``x, y: int[batch, num_steps]``; ``optimizer``: static (e.g. ``adagrad(0.1)``); ``remat``: static,
     rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_batch_last`): less memory.
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``.
+
+    Checks keys, shapes and dtypes of every argument while tracing, i.e. once per new argument
+    signature and never on a cached call (not the values: class ids outside ``[0, num_classes)`` are
+    checked by `train_epoch`, `fit` and the CLI).
     """
+    _check_step(params, opt_state, state, x, y, optimizer, remat)
     params, opt_state, final_state_t, mean_loss = _step_batch_last(params, opt_state, state.T, x.T, y.T, optimizer, remat)
     return params, opt_state, final_state_t.T, mean_loss
 
@@ -154,10 +159,11 @@ def _train_runs_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: 
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 
-# --- the public functions: the jitted ones above behind argument checks ---------------------------
+# --- the public epoch functions: the jitted ones above behind argument checks ------------------------
 # The checks (`jax_rnn.validate`) run in plain Python before the call, never inside the traced body;
 # on tracers (a caller's own jit/vmap) and ShapeDtypeStructs (``.lower``) only shapes and dtypes are
 # checked. ``.lower`` is forwarded (after the same checks), and ``.jitted`` is the unchecked function.
+# (`train_step` checks while tracing instead: a Python loop of steps pays nothing per call.)
 
 
 class _Checked:
@@ -211,11 +217,6 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
         raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
 
 
-train_step = _Checked(_train_step_jit, _check_step)
-train_step.__doc__ = _train_step_jit.__doc__ + """
-    Checks keys, shapes and dtypes of every argument (not the values: no device round trip per step;
-    class ids outside ``[0, num_classes)`` are checked by `train_epoch`, `fit` and the CLI).
-    """
 train_epoch = _Checked(_train_epoch_jit, partial(_check_epoch, "train_epoch"))
 train_epoch_guarded = _Checked(_train_epoch_guarded_jit, partial(_check_epoch, "train_epoch_guarded"))
 train_runs = _Checked(_train_runs_jit, partial(_check_epoch, "train_runs", runs=True))

@@ -32,6 +32,14 @@ def _arr(a: Any):
         raise TypeError(f"expected an array, got {type(a).__name__} ({err})") from None
 
 
+def _require_array(where: str, name: str, a) -> None:
+    """TypeError unless ``a`` is an array (numpy, JAX, a tracer or a ShapeDtypeStruct): a list would pass
+    the checks as numpy but fail inside the jitted function."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{where}: {name} must be an array (numpy or JAX; e.g. np.asarray({name})), "
+                        f"got {type(a).__name__}")
+
+
 def concrete(a) -> bool:
     """True if ``a`` holds values we can look at (not a tracer, not a ShapeDtypeStruct)."""
     return isinstance(a, (np.ndarray, np.generic)) or (isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer))
@@ -92,6 +100,7 @@ def check_classes(where: str, arrays: dict, rank: int, layout: str, num_classes:
     and concrete, values in ``[0, num_classes)``."""
     shapes = {}
     for name, a in arrays.items():
+        _require_array(where, name, a)
         a = _arr(a)
         shape = tuple(a.shape)
         if len(shape) != rank:
@@ -139,6 +148,7 @@ def check_state(where: str, state, batch: int, state_size: int, leading: tuple =
     """``state`` must be float ``[*leading, batch, state_size]`` and, when concrete, finite."""
     if state is None:
         return
+    _require_array(where, "state", state)
     a = _arr(state)
     want = (*leading, batch, state_size)
     if tuple(a.shape) != want:

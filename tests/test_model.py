@@ -91,27 +91,37 @@ def test_gradient_equals_the_reference_loop_and_finite_differences():
 
 
 def test_truncation_earlier_windows_reach_the_gradient_only_through_the_state_value():
-    """Window k's gradient depends on earlier windows only through the value of the state fed in."""
+    """Window 1's update inside an epoch depends on window 0 only through the state value handed over,
+    and that is a real truncation: full BPTT through both windows would give another gradient."""
     params = jax.tree.map(jnp.asarray, numpy_params(3))
-    (x0, y0), (x0b, _), (x1, y1) = window(10), window(11), window(12)
-    grad = jax.grad(lambda p, s: jax_rnn.loss(p, x1, y1, s)[0])
-    state_a = jax_rnn.loss(params, x0, y0, jax_rnn.zero_state(6, 4))[1]
-    state_b = jax_rnn.loss(params, x0b, y0, jax_rnn.zero_state(6, 4))[1]
-    assert not np.allclose(state_a, state_b)  # the earlier window changed the state...
-    # ...so the gradient changes, but only as the state value does: feeding the same value gives
-    # the same gradient whichever earlier inputs produced it.
-    g_a = grad(params, state_a)
-    g_a_again = grad(params, jnp.asarray(np.asarray(state_a)))
-    for a, b in zip(jax.tree.leaves(g_a), jax.tree.leaves(g_a_again)):
-        np.testing.assert_array_equal(a, b)
-    # And train_step cuts the graph: no gradient flows into the incoming state.
     opt = jax_rnn.adagrad(0.1)
+    (x0, y0), (x1, y1) = window(10), window(12)
+    zero = jax_rnn.zero_state(6, 4)
+    # The epoch, two windows, state carried.
+    p_epoch, o_epoch, _, _ = jax_rnn.train_epoch(params, opt.init(params), jnp.stack([x0, x1]), jnp.stack([y0, y1]), opt)
+    # The same by hand: window 0, then window 1 from the handed-over state as a plain numpy constant
+    # (no history at all): the epoch's second update must be exactly this one.
+    p1, o1, state1, _ = jax_rnn.train_step(params, opt.init(params), zero, x0, y0, opt)
+    p2, o2, _, _ = jax_rnn.train_step(p1, o1, np.asarray(state1), x1, y1, opt)
+    for a, b in zip(jax.tree.leaves((p_epoch, o_epoch)), jax.tree.leaves((p2, o2))):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)
+    # What was cut off: at p1, the gradient of window 1's loss with the state recomputed from window 0
+    # (full BPTT across the window boundary) differs from the gradient with the state held constant.
+    state_of = lambda p: jax_rnn.loss(p, x0, y0, zero)[1]
+    full = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p))[0])(p1)
+    truncated = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, jax.lax.stop_gradient(state_of(p)))[0])(p1)
+    constant = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p1))[0])(p1)
+    for t, c in zip(jax.tree.leaves(truncated), jax.tree.leaves(constant)):
+        np.testing.assert_array_equal(t, c)
+    gap = max(float(jnp.max(jnp.abs(f - t))) for f, t in zip(jax.tree.leaves(full), jax.tree.leaves(truncated)))
+    assert gap > 1e-4, gap
+    # And train_step passes no gradient back into the state it is given.
 
     def loss_after_step(state):
         p, _, _, _ = jax_rnn.train_step(params, opt.init(params), state, x1, y1, opt)
-        return jax_rnn.loss(p, x1, y1, jax_rnn.zero_state(6, 4))[0]
+        return jax_rnn.loss(p, x1, y1, zero)[0]
 
-    assert not jnp.any(jax.grad(loss_after_step)(state_a))
+    assert not jnp.any(jax.grad(loss_after_step)(state1))
 
 
 def test_check_params_names_the_bad_leaf(key):

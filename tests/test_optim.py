@@ -51,7 +51,9 @@ def test_optax_default_epsilon_would_differ_for_small_gradients():
 
 
 def test_adagrad_is_cached_so_jit_does_not_recompile():
-    assert jax_rnn.adagrad(0.1) is jax_rnn.adagrad(0.1)
+    opt = jax_rnn.adagrad(0.1)
+    assert opt is jax_rnn.adagrad(0.1) is jax_rnn.adagrad(learning_rate=0.1) is jax_rnn.adagrad(0.1, 0.1)
+    assert jax_rnn.adagrad(0.2) is not opt
 
 
 @pytest.mark.parametrize("lr", [0, -0.1, float("nan"), float("inf"), "0.1"])

@@ -26,12 +26,16 @@ SCRIPT = textwrap.dedent("""
     assert len(sharded[3].sharding.device_set) == 4, sharded[3].sharding
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    six = jax.tree.map(lambda a: a[:6], (params, opt_state, xw, yw))  # 6 runs on 4 devices: padded to 8
+    for a, b in zip(jax.tree.leaves(jax_rnn.train_runs(*six, opt)), jax.tree.leaves(jax_rnn.train_runs_sharded(*six, opt))):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     try:
-        jax_rnn.train_runs_sharded(*jax.tree.map(lambda a: a[:6], (params, opt_state, xw, yw)), opt)
+        jax_rnn.shard_runs(six, jax_rnn.run_mesh())
     except ValueError as e:
         assert "divisible by the number of devices" in str(e), e
     else:
-        raise AssertionError("6 runs on 4 devices should be refused")
+        raise AssertionError("shard_runs: 6 runs on 4 devices should be refused")
     print("OK sharded equals single")
 """)
 
@@ -62,3 +66,19 @@ def test_remat_gives_the_same_training_as_without():
     np.testing.assert_allclose(plain[3], remat[3], rtol=0, atol=1e-6)
     for a, b in zip(jax.tree.leaves(plain[0]), jax.tree.leaves(remat[0])):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_remat_blocks_handle_a_prime_number_of_steps_and_save_memory():
+    """num_steps 997 (prime): blocks of 32 steps plus a remainder of 5; same loss and gradient as without."""
+    assert jax_rnn.model.remat_block_size(997) == 32 and jax_rnn.model.remat_block_size(1) == 1
+    params = jax_rnn.init_params(jax.random.key(1), state_size=8)
+    x, y = (np.asarray(a[0]) for a in task.windows(*task.gen_data(4 * 997, 0), batch_size=4, num_steps=997))
+    state = jax_rnn.zero_state(4, 8)
+    value_and_grad = lambda remat: jax.jit(jax.value_and_grad(
+        lambda p: jax_rnn.loss(p, x, y, state, unroll=16, remat=remat)[0]))
+    (plain, g_plain), (remat, g_remat) = value_and_grad(False)(params), value_and_grad(True)(params)
+    np.testing.assert_allclose(remat, plain, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    temp = lambda remat: value_and_grad(remat).lower(params).compile().memory_analysis().temp_size_in_bytes
+    assert temp(True) < temp(False) / 5
