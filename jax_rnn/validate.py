@@ -6,7 +6,7 @@ tracers (a caller's own ``jit``/``vmap``) and ``jax.ShapeDtypeStruct`` (``.lower
 the values (class ids in ``[0, num_classes)``, finite parameters and state) run only on concrete arrays.
 Cost of the value checks: one fused min/max reduction over the windows and one ``isfinite`` over the
 parameters, i.e. one device round trip per call (about 1 ms per 1M-point epoch on CPU). `train_step`
-checks shapes and dtypes only, so that a Python loop of steps pays no device round trip.
+checks shapes and dtypes only, and only while it is traced, so that a Python loop of steps pays nothing.
 """
 
 from __future__ import annotations
