@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench sweep clean
+.PHONY: demo test test-all bench sweep clean clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,5 +28,9 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	$(PY) -m compare sweep
 
+# clean leaves results/ (your outputs) alone; clean-results deletes them.
 clean:
-	rm -rf $(VENV) results build *.egg-info
+	rm -rf $(VENV) build *.egg-info
+
+clean-results:
+	rm -rf results

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import io, task
 from .config import BASELINE, Config
-from .run import targets
+from .run import json_safe, targets
 from .runners import make_trainer
 
 NOTES = ("build s: JAX ahead-of-time compile, TF graph build + variable init (tf2: + tracing); 1st epoch: the "
@@ -95,7 +95,9 @@ def bench(config: Config, devices, quiet: bool = False) -> dict:
     """Time every implementation of ``config.impls``: one warm-up epoch, then ``config.epochs - 1`` timed.
 
     **Returns:** ``command``, ``config`` (with ``repeats``), ``environment``, ``targets``, ``baseline``,
-    ``results.<impl>`` (see `time_one`, plus ``speedup_vs_baseline``) and ``notes``.
+    ``results.<impl>`` (see `time_one`, plus ``speedup_vs_baseline``) and ``notes``; non-finite floats as
+    None. TF's first step (graph optimisation / function instantiation) falls in the warm-up epoch,
+    never in the timed ones, so steady-state figures do not include it.
     """
     from .environment import describe
 
@@ -110,7 +112,7 @@ def bench(config: Config, devices, quiet: bool = False) -> dict:
     base = results.get(BASELINE)
     for r in results.values():
         r["speedup_vs_baseline"] = base["median_epoch_seconds"] / r["median_epoch_seconds"] if base else None
-    return {"command": "bench", "config": {**config.as_dict(), "repeats": config.epochs - 1},
-            "environment": describe(devices), "targets": targets(), "baseline": BASELINE, "results": results,
-            "notes": NOTES.format(baseline=BASELINE) + ("" if base else f" ({BASELINE} was not run: no speed-ups.)"),
-            "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return json_safe({"command": "bench", "config": {**config.as_dict(), "repeats": config.epochs - 1},
+                      "environment": describe(devices), "targets": targets(), "baseline": BASELINE,
+                      "results": results, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "notes": NOTES.format(baseline=BASELINE) + ("" if base else f" ({BASELINE} was not run: no speed-ups.)")})

@@ -22,17 +22,22 @@ OUTPUT_POLICY = (
     "to a temporary file first and renamed into place, so none is ever half-written.")
 
 
-def _common(p: argparse.ArgumentParser, impl_default: str, epochs_default: Optional[int] | str,
-            data_size_default: Optional[int]) -> None:
+def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_default: Optional[int],
+            data_size_default: Optional[int], with_epochs: bool = True, impl_help: Optional[str] = None,
+            data_size_help: Optional[str] = None) -> None:
+    """The options every command shares. ``with_epochs=False``: no ``--epochs`` (bench has ``--repeats``);
+    ``impl_help`` / ``data_size_help``: what the help says the default is, where the default is worked out
+    later (None on the parser)."""
     p.add_argument("--impl", default=impl_default,
-                   help=f"comma-separated implementations, from: {', '.join(IMPLS)} (default: {impl_default})")
+                   help=f"comma-separated implementations, from: {', '.join(IMPLS)} "
+                        f"(default: {impl_help or impl_default})")
     p.add_argument("--batch-size", type=int, default=200, help="sequences per batch (default: 200)")
     p.add_argument("--learning-rate", type=float, default=0.1, help="Adagrad learning rate (default: 0.1)")
-    if epochs_default != "none":  # bench has --repeats instead
+    if with_epochs:
         p.add_argument("--epochs", type=int, default=epochs_default,
                        help=f"epochs, fresh data each (default: {epochs_default or '1, or the rows of --data'})")
     p.add_argument("--data-size", type=int, default=data_size_default,
-                   help=f"points per epoch (default: {data_size_default or '1000000, or the columns of --data'})")
+                   help=f"points per epoch (default: {data_size_help or data_size_default or '1000000, or the columns of --data'})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data stream and initial weights (default: 0)")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cpu; gpu (an error if JAX or TensorFlow sees none); auto: the GPU wherever a "
@@ -99,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"the first epoch, then --repeats epochs (median, min-max), steps/s, "
                                        f"points/s, peak resident memory, and the speed-up against {BASELINE} "
                                        f"measured in the same run.", epilog=OUTPUT_POLICY)
-    _common(bench, ",".join(IMPLS), "none", 1_000_000)
+    _common(bench, None, None, None, with_epochs=False,
+            impl_help=f"all five, {','.join(IMPLS)}; with --scaling {','.join(scaling.DEFAULT_IMPLS)}",
+            data_size_help=f"1,000,000; with --scaling {scaling.DEFAULT_DATA_SIZE:,}")
     bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
     bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
     bench.add_argument("--repeats", type=int, default=None,
@@ -112,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{','.join(scaling.DEFAULT_IMPLS)}; about 3 minutes on 2 cores. With --device auto "
                             "on a GPU machine: CPU and GPU side by side, and where the GPU overtakes")
     bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
-    bench.set_defaults(impl=None, data_size=None)
     for sub_parser in (run, sweep, bench):
         sub_parser.set_defaults(error=sub_parser.error)  # reports a UsageError under that command's usage
     return parser
@@ -176,7 +182,8 @@ def _run(args) -> int:
     result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet,
                      checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume, record=record,
                      deterministic=args.deterministic)
-    result["config"].update(init_params=args.init_params, data=args.data, deterministic=args.deterministic)
+    result["config"].update(init_params=args.init_params, data=args.data, deterministic=args.deterministic,
+                            device=args.device)
     if original is not None:
         result["rerun_of"] = rerun.compare(args.from_json, original, result)
     _write(result, paths, report.run_markdown(result), plots.run_plot(result))
@@ -215,7 +222,7 @@ def _bench(args) -> int:
     if args.scaling:
         result = scaling.study(config, devices, repeats, memory_steps=() if args.no_memory else scaling.MEMORY_NUM_STEPS,
                                quiet=args.quiet)
-        _write(result, paths, scaling.markdown(result), plots.scaling_plot(result))
+        _write(result, paths, report.scaling_markdown(result), plots.scaling_plot(result))
         return 0
     result = bench.bench(config, devices, quiet=args.quiet)
     _write(result, paths, report.bench_markdown(result), plots.bench_plot(result))

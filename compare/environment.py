@@ -79,7 +79,9 @@ def _version(dist: str) -> str | None:
 
 
 def describe(devices: Devices) -> dict:
-    """The ``environment`` block of a result: versions, devices, machine. TensorFlow only if imported."""
+    """The ``environment`` block of a result: versions, devices, machine. The TensorFlow and tf-keras
+    versions are always recorded, read from the installed packages' metadata without importing them
+    (None if not installed); the TensorFlow device only if TensorFlow was used."""
     import jax
     import numpy as np
 
@@ -90,6 +92,8 @@ def describe(devices: Devices) -> dict:
         "jax": jax.__version__,
         "jaxlib": _version("jaxlib"),
         "optax": _version("optax"),
+        "tensorflow": _version("tensorflow") or _version("tensorflow-cpu") or _version("tensorflow-macos"),
+        "tf_keras": _version("tf-keras"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -97,16 +101,13 @@ def describe(devices: Devices) -> dict:
                    "jax": {"kind": devices.jax, "name": getattr(jd, "device_kind", str(jd)), "id": str(jd)}},
     }
     tf = sys.modules.get("tensorflow")
-    if tf is not None:
-        env["tensorflow"] = tf.__version__
-        env["tf_keras"] = _version("tf-keras")
-        if devices.tf is not None:
-            name = "cpu"
-            if devices.tf == "gpu":
-                gpus = tf.config.list_physical_devices("GPU")
-                try:
-                    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
-                except (ValueError, IndexError):
-                    name = gpus[0].name if gpus else "gpu"
-            env["device"]["tf"] = {"kind": devices.tf, "name": name}
+    if tf is not None and devices.tf is not None:
+        name = "cpu"
+        if devices.tf == "gpu":
+            gpus = tf.config.list_physical_devices("GPU")
+            try:
+                name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+            except (ValueError, IndexError):
+                name = gpus[0].name if gpus else "gpu"
+        env["device"]["tf"] = {"kind": devices.tf, "name": name}
     return env

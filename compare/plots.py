@@ -12,6 +12,7 @@ import io
 import numpy as np
 
 from . import task
+from .run import LOG_EVERY
 
 TARGET_LABELS = (("none", "nothing learned"), ("first", "3-step dependency"), ("both", "both dependencies"))
 
@@ -42,18 +43,27 @@ def _targets(ax, labels: bool = True) -> None:
                         color="dimgrey")
 
 
+def block_ends(epochs: int, epoch_size: int, every: int = LOG_EVERY) -> np.ndarray:
+    """The training step at which each running average of `compare.run.running_averages` ends: block
+    ``b`` of epoch ``e`` ends at step ``e * epoch_size + (b + 1) * every`` (``every`` capped at
+    ``epoch_size``; the remainder of an epoch that fills no block has no point). ``int[epochs * blocks]``."""
+    every = min(every, epoch_size)
+    blocks = np.arange(1, epoch_size // every + 1) * every
+    return (np.arange(epochs)[:, None] * epoch_size + blocks[None, :]).reshape(-1)
+
+
 def run_plot(result: dict) -> bytes:
     """Loss every 100 steps (x: training step) for each implementation, with the target lines."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     # Identical runs overlap exactly: distinct markers, shrinking, keep every curve visible.
+    c = result["config"]
+    x = block_ends(c["epochs"], c["epoch_size"])
     for k, (impl, r) in enumerate(result["results"].items()):
-        avg = np.asarray(r["avg_losses"])
-        every = max(1, len(r["step_losses"]) // max(1, len(avg)))
-        ax.plot(every * np.arange(1, len(avg) + 1), avg, marker="osD^x"[k % 5], markersize=max(2, 7 - 1.2 * k),
+        avg = np.asarray(r["avg_losses"], np.float64)  # None (not a number) reads as NaN
+        ax.plot(x[: len(avg)], avg, marker="osD^x"[k % 5], markersize=max(2, 7 - 1.2 * k),
                 fillstyle="none", linewidth=1.2, label=impl)
     _targets(ax)
-    c = result["config"]
     ax.set(xlabel="training step", ylabel="mean loss of the last 100 steps",
            title=f"num_steps {c['num_steps']}, state_size {c['state_size']}, batch {c['batch_size']}, "
                  f"lr {c['learning_rate']}")
@@ -71,7 +81,7 @@ def sweep_plot(result: dict) -> bytes:
                              squeeze=False, constrained_layout=True)
     for cell in result["cells"]:
         ax = axes[rows.index(cell["num_steps"])][cols.index(cell["state_size"])]
-        curve = np.asarray(cell["avg_losses_mean"])
+        curve = np.asarray(cell["avg_losses_mean"], np.float64)
         # One point per 100 steps (or one per epoch if an epoch is shorter): x in epochs.
         ax.plot(c["epochs"] * np.arange(1, len(curve) + 1) / len(curve), curve, linewidth=1.2, label=cell["impl"])
         ax.set_title(f"num_steps {cell['num_steps']}, state {cell['state_size']}: {cell['level']}", fontsize=9)
@@ -93,7 +103,7 @@ def bench_plot(result: dict) -> bytes:
     plt = _pyplot()
     names = list(result["results"])
     r = [result["results"][n] for n in names]
-    median = np.array([x["median_epoch_seconds"] for x in r])
+    median = np.array([x["median_epoch_seconds"] for x in r], np.float64)
     err = np.array([[m - x["min_epoch_seconds"], x["max_epoch_seconds"] - m] for m, x in zip(median, r)]).T
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
     bars = ax.bar(names, median, yerr=err, capsize=4, color="tab:blue")
@@ -121,7 +131,7 @@ def scaling_plot(result: dict) -> bytes:
             label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
             if fit["slope"] is not None:
                 label += f", slope {fit['slope']:.2f}"
-            ax.loglog(fit["values"], fit["seconds"], marker="o", linestyle="--" if fit["device"] == "gpu" else "-",
+            ax.loglog(fit["values"], np.asarray(fit["seconds"], np.float64), marker="o", linestyle="--" if fit["device"] == "gpu" else "-",
                       label=label)
         ax.set(xlabel=param, ylabel="seconds per epoch (median)", title=f"cost as {param} grows")
         ax.grid(True, which="both", alpha=0.3)

@@ -1,4 +1,6 @@
-"""Markdown tables of a result dict (``run``, ``sweep`` or ``bench``): printed and saved as ``.md``."""
+"""Markdown tables of a result dict (``run``, ``sweep``, ``bench`` or ``bench --scaling``): printed and
+saved as ``.md``. A None where a number is expected (a non-finite value, see `compare.run.json_safe`)
+prints as ``-``."""
 
 from __future__ import annotations
 
@@ -40,13 +42,15 @@ def run_markdown(result: dict) -> str:
     for impl, r in result["results"].items():
         level = r["level"]
         if r.get("diverged"):
-            level = f"diverged at epoch {r['diverged']['epoch']}, step {r['diverged']['step']} (loss {r['diverged']['loss']:g})"
+            level = f"diverged at epoch {r['diverged']['epoch']}, step {r['diverged']['step']} (loss {_f(r['diverged']['loss'], 'g')})"
         rows.append([impl, _f(r["final_loss"]), level, _f(r["compile_seconds"], ".2f"),
                      _f(sum(r["epoch_seconds"]), ".2f"), _f(r["steps_per_second"], ",.0f"),
                      _f(r["points_per_second"], ",.0f")])
     table = _table(["impl", "final loss", "level", "compile s", "train s", "steps/s", "points/s"], rows)
     lines = [f"## rnn-compare run: {_setting(result['config'])}", "", _machine(result["environment"]), "",
              table, "", targets_line()]
+    if result.get("notes"):
+        lines += ["", result["notes"]]
     if any(r.get("diverged") for r in result["results"].values()):
         lines += ["", "diverged: a loss, parameter or Adagrad accumulator became NaN/inf at that window (0-based); "
                       "training stopped there and the final parameters are the last finite ones. Lower "
@@ -54,7 +58,7 @@ def run_markdown(result: dict) -> str:
     a = result["agreement"]
     if a["pairs"]:
         lines += ["", f"Agreement (same params and data: per-step losses within {a['tolerance']:g}):", ""]
-        pair_rows = [[f"{p['a']} vs {p['b']}", f"{p['max_abs_diff']:.2e}", "yes" if p["same_params"] else "no",
+        pair_rows = [[f"{p['a']} vs {p['b']}", _f(p["max_abs_diff"], ".2e"), "yes" if p["same_params"] else "no",
                       {True: "PASS", False: "FAIL", None: "n/a"}[p["agree"]]] for p in a["pairs"]]
         lines.append(_table(["pair", "max step-loss diff", "same params", "agree"], pair_rows))
     return "\n".join(lines) + "\n"
@@ -66,19 +70,20 @@ def sweep_markdown(result: dict) -> str:
     for cell in result["cells"]:
         rows.append([cell["num_steps"], cell["state_size"], cell["impl"], _f(cell["mean"]), _f(cell["std"]),
                      f"{_f(cell['min'])}-{_f(cell['max'])}", cell["level"],
-                     "/".join(f"{cell['levels'].count(k)}" for k in ("none", "first", "both")),
+                     "/".join(f"{cell['levels'].count(k)}" for k in ("none", "first", "both", "diverged")),
                      cell["tutorial_level"], _f(cell["seconds"], ".1f")])
     c = result["config"]
-    header = ["num_steps", "state", "impl", "final loss", "std", "min-max", "level", "none/first/both",
+    header = ["num_steps", "state", "impl", "final loss", "std", "min-max", "level", "none/first/both/diverged",
               "tutorial", "seconds"]
     lines = [f"## rnn-compare sweep: {len(c['seeds'])} seed(s) x {c['epochs']} epoch(s) of {c['data_size']:,} "
              f"points, batch {c['batch_size']}, lr {c['learning_rate']}", "", _machine(result["environment"]), "",
              _table(header, rows), "", targets_line(),
-             "level: of the mean final loss; none/first/both: how many seeds reached each level; tutorial: the "
-             "level the tutorial reports for that num_steps."]
+             "level: of the mean final loss (\"diverged\" if any seed did); none/first/both/diverged: how many "
+             "seeds reached each level or diverged (a NaN/inf loss; final loss, std and min-max are over the "
+             "other seeds); tutorial: the level the tutorial reports for that num_steps."]
     if result.get("agreement"):
         a = result["agreement"]
-        lines.append(f"Implementations on the same seed: largest per-step loss difference {a['max_abs_diff']:.2e}; "
+        lines.append(f"Implementations on the same seed: largest per-step loss difference {_f(a['max_abs_diff'], '.2e')}; "
                      f"same level on every seed: {'yes' if a['same_level'] else 'no'}.")
     return "\n".join(lines) + "\n"
 
@@ -98,3 +103,29 @@ def bench_markdown(result: dict) -> str:
     lines = [f"## rnn-compare bench: {_setting(c)}, {c['repeats']} timed epoch(s) after one warm-up", "",
              _machine(result["environment"]), "", _table(header, rows), "", result["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def scaling_markdown(result: dict) -> str:
+    """The ``bench --scaling`` tables: seconds per point, fitted slopes (and GPU crossovers), memory."""
+    c = result["config"]
+    parts = [f"Scaling ({c['data_size']:,} points per epoch, median of {c['repeats']} epochs) on "
+             f"{_machine(result['environment'])}"]
+    for param, values in c["sweeps"].items():
+        rows = []
+        for fit in (f for f in result["fits"] if f["parameter"] == param):
+            label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
+            cross = fit.get("gpu_faster_from")
+            rows.append([label] + [_f(s) for s in fit["seconds"]] +
+                        [_f(fit["slope"], ".2f"),
+                         "-" if "gpu_faster_from" not in fit else (str(cross) if cross is not None else "never")])
+        header = [f"{param} ->"] + [f"{v:,}" for v in values] + ["slope", "GPU faster from"]
+        parts.append(f"\nSeconds per epoch as {param} grows:\n\n" + _table(header, rows))
+    if result["memory"]:
+        rows = [[f"{m['num_steps']:,}", str(m["state_size"]), "yes" if m["remat"] else "no",
+                 _f(m["xla_temp_mib"], ",.1f"), _f(m["peak_rss_mib"], ",.1f"),
+                 _f(m["compile_seconds"], ".2f"), _f(m["epoch_seconds"], ".2f")] for m in result["memory"]]
+        parts.append("\nMemory, JAX, one window of [200, num_steps] (remat: jax.checkpoint of sqrt-sized blocks):\n\n" +
+                     _table(["num_steps", "state", "remat", "XLA temp MiB", "RSS growth MiB", "compile s", "epoch s"],
+                            rows))
+    parts.append("\n" + result["notes"])
+    return "\n".join(parts)

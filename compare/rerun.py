@@ -1,7 +1,7 @@
 """``rnn-compare run --from FILE.json``: rerun a saved ``run`` result and say whether it reproduced.
 
 A result records what is needed to rerun it: ``config`` (implementations, sizes, learning rate, epochs,
-data size, seed, the ``--init-params`` / ``--data`` files, ``--deterministic``), ``environment``
+data size, seed, the ``--init-params`` / ``--data`` files, ``--deterministic``, ``--device``), ``environment``
 (versions, device, machine) and, per implementation, the fingerprint of the initial parameters and the
 data source. `apply` turns that back into command-line options; `compare` checks the new step losses
 against the old ones (bit for bit, and the largest difference) and lists what differs in the
@@ -16,11 +16,15 @@ import os
 import numpy as np
 
 from .config import UsageError
+from .run import json_safe
 
 # --from FILE.json option -> the config key it comes from
 OPTIONS = {"impl": "impls", "num_steps": "num_steps", "state_size": "state_size", "batch_size": "batch_size",
            "learning_rate": "learning_rate", "epochs": "epochs", "data_size": "data_size", "seed": "seed",
-           "init_params": "init_params", "data": "data", "deterministic": "deterministic"}
+           "init_params": "init_params", "data": "data", "deterministic": "deterministic", "device": "device"}
+# Keys that results written before they were recorded lack, and where else to find them.
+OPTIONAL = {"deterministic": lambda result: False,
+            "device": lambda result: result.get("environment", {}).get("device", {}).get("requested", "cpu")}
 
 
 def load(path: str) -> dict:
@@ -33,7 +37,7 @@ def load(path: str) -> dict:
         raise UsageError(f"--from: cannot read {path} as JSON ({err})") from None
     if not isinstance(result, dict) or result.get("command") != "run" or not isinstance(result.get("config"), dict):
         raise UsageError(f"--from: {path} is not the JSON of an 'rnn-compare run' (no command 'run' / config)")
-    missing = [k for k in OPTIONS.values() if k not in result["config"] and k != "deterministic"]
+    missing = [k for k in OPTIONS.values() if k not in result["config"] and k not in OPTIONAL]
     if missing:
         raise UsageError(f"--from: {path}: config lacks {', '.join(missing)}")
     return result
@@ -47,13 +51,14 @@ def apply(args) -> dict:
         raise UsageError(f"--from fixes the config; do not also give {', '.join('--' + g.replace('_', '-') for g in given)}")
     c = original["config"]
     for name, key in OPTIONS.items():
-        value = c.get(key, False if key == "deterministic" else None)
+        value = c[key] if key in c else OPTIONAL[key](original)
         setattr(args, name, ",".join(value) if key == "impls" else value)
     return original
 
 
 def compare(path: str, original: dict, result: dict) -> dict:
-    """Per implementation: identical step losses?, the largest difference; and the environment changes."""
+    """Per implementation: identical step losses?, the largest difference; and the environment changes.
+    A None among the step losses (a non-finite value, `compare.run.json_safe`) reads as NaN."""
     out = {"file": path, "identical": {}, "max_abs_diff": {}, "environment_changes": {}}
     for impl, r in result["results"].items():
         old = original.get("results", {}).get(impl)
@@ -67,7 +72,7 @@ def compare(path: str, original: dict, result: dict) -> dict:
     for key in sorted(set(old_env) | set(new_env)):
         if old_env.get(key) != new_env.get(key):
             out["environment_changes"][key] = [old_env.get(key), new_env.get(key)]
-    return out
+    return json_safe(out)
 
 
 def summary(info: dict) -> str:

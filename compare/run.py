@@ -2,12 +2,20 @@
 
 Each implementation starts from the same initial parameters and trains ``epochs`` epochs on the same
 epochs of data (state reset to zeros at the start of each epoch, optimizer state carried). The result
-is a JSON-ready dict: ``config``, ``environment``, ``targets``, ``results.<impl>`` and ``agreement``.
+is a JSON-ready dict: ``config``, ``environment``, ``targets``, ``results.<impl>`` and ``agreement``;
+every non-finite float in it is None (`json_safe`), so the JSON is strict (no NaN / Infinity tokens).
+
+Timing, the same split for JAX and TensorFlow: ``compile_seconds`` = ``build_seconds`` (JAX: ahead-of-
+time compile; TF: graph build / tracing) + ``first_step_seconds`` (TF only: the first step, where TF1
+optimises the graph and tf2 instantiates its function; None for JAX). ``epoch_seconds`` are training
+only: the first epoch's excludes that first step, and ``steps_per_second`` / ``points_per_second``
+count the steps actually timed (TF: one fewer than trained).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Optional
 
 import numpy as np
@@ -18,6 +26,24 @@ from .config import AGREEMENT_TOLERANCE, Config
 from .runners import make_trainer
 
 LOG_EVERY = 100  # the tutorial's logging interval: avg_losses are means of 100 consecutive steps
+TIMING_NOTE = ("compile s = build (JAX: ahead-of-time compile; TF: graph build, tf2: tracing) + TF's first step; "
+               "train s and steps/s exclude that first step, so nothing is counted twice.")
+
+
+def json_safe(tree):
+    """``tree`` (dicts, lists, tuples, numbers) with every NaN / inf float replaced by None, numpy scalars
+    as Python numbers: what a strict JSON parser accepts. Readers treat None as "not a number"."""
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    if isinstance(tree, np.ndarray):
+        return json_safe(tree.tolist())
+    if isinstance(tree, np.generic):
+        tree = tree.item()
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
 
 
 def targets() -> dict:
@@ -70,8 +96,11 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
                     xw, yw = task.windows(x, y, config.batch_size, config.num_steps)
                     stats = trainer.train_epoch(xw, yw, progress=bar.update)
                     losses.append(stats.losses)
-                    seconds.append(stats.seconds)
-                    first_step = stats.first_step_seconds if first_step is None else first_step
+                    if first_step is None and stats.first_step_seconds is not None:
+                        first_step = stats.first_step_seconds  # counted in compile_seconds, not here
+                        seconds.append(stats.seconds - first_step)
+                    else:
+                        seconds.append(stats.seconds)
                     if stats.diverged_at is not None:
                         k = stats.diverged_at
                         diverged = {"epoch": epoch, "step": k, "global_step": epoch * config.epoch_size + k,
@@ -93,6 +122,7 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
     finite = step_losses[np.isfinite(step_losses)]
     loss = final_loss(finite) if diverged is None else None
     compile_seconds = build_seconds + (first_step or 0.0)
+    timed = len(step_losses) - (1 if first_step is not None else 0)  # TF's first step is in compile_seconds
     result = {
         "step_losses": [float(v) for v in step_losses],
         "avg_losses": [float(v) for v in running_averages(np.stack(losses))] if diverged is None else [],
@@ -103,8 +133,9 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
         "build_seconds": build_seconds,
         "first_step_seconds": first_step,
         "epoch_seconds": seconds,
-        "steps_per_second": len(step_losses) / total,
-        "points_per_second": len(step_losses) * config.batch_size * config.num_steps / total,
+        "timed_steps": timed,
+        "steps_per_second": timed / total if timed > 0 and total > 0 else None,
+        "points_per_second": timed * config.batch_size * config.num_steps / total if timed > 0 and total > 0 else None,
         "device": device,
         "initial_params": fingerprint,
         "data": data_source,
@@ -149,7 +180,8 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
     ``checkpoint_dir``/``resume_dir``: see `train_one` and `compare.checkpoint` (every checkpoint is
     loaded and checked before anything trains); ``record``: the config record kept in checkpoints;
     ``deterministic``: TensorFlow op determinism.
-    **Returns:** the result dict (``config``, ``environment``, ``targets``, ``results``, ``agreement``).
+    **Returns:** the result dict (``config``, ``environment``, ``targets``, ``results``, ``agreement``,
+    ``notes``), non-finite floats as None (`json_safe`).
     """
     from .environment import describe
 
@@ -167,5 +199,6 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
         if save_params and impl in save_params:
             io.save_params(save_params[impl], final_params)
             results[impl]["saved_params"] = str(save_params[impl])
-    return {"command": "run", "config": config.as_dict(), "environment": describe(devices), "targets": targets(),
-            "results": results, "agreement": agreement(results)}
+    return json_safe({"command": "run", "config": config.as_dict(), "environment": describe(devices),
+                      "targets": targets(), "results": results, "agreement": agreement(results),
+                      "notes": TIMING_NOTE})

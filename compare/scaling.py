@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import io, task
 from .bench import PeakRss, time_one
 from .config import Config
-from .run import targets
+from .run import json_safe, targets
 
 SWEEPS = {
     "state_size": (4, 16, 64, 256, 1024),
@@ -75,7 +75,8 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
 
     **Returns:** ``command`` ("bench --scaling"), ``config``, ``environment``, ``targets``, ``points``
     (one per parameter x value x implementation x device: the `time_one` figures), ``fits`` (slope
-    per parameter, implementation and device; GPU crossover where measured), ``memory`` and ``notes``.
+    per parameter, implementation and device; GPU crossover where measured), ``memory`` and ``notes``;
+    non-finite floats as None. `compare.report.scaling_markdown` makes its tables.
     """
     from .environment import describe
 
@@ -114,10 +115,10 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
              f"median of {repeats} timed epochs after a warm-up one. Slope: d log(seconds) / d log(value). "
              + ("GPU crossover: the first value from which the GPU stays faster." if gpu_seen else
                 "No GPU was measured (none seen, or --device cpu): no CPU/GPU crossover."))
-    return {"command": "bench --scaling", "config": {**base.as_dict(), "repeats": repeats,
-                                                      "sweeps": {k: list(v) for k, v in sweeps.items()}},
-            "environment": describe(devices), "targets": targets(), "points": points, "fits": fits,
-            "memory": memory, "notes": notes, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return json_safe({"command": "bench --scaling", "config": {**base.as_dict(), "repeats": repeats,
+                                                                "sweeps": {k: list(v) for k, v in sweeps.items()}},
+                      "environment": describe(devices), "targets": targets(), "points": points, "fits": fits,
+                      "memory": memory, "notes": notes, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool = False) -> list[dict]:
@@ -155,29 +156,3 @@ def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool 
             del compiled
     return rows
 
-
-def markdown(result: dict) -> str:
-    """The scaling tables: seconds per point, fitted slopes (and GPU crossovers), memory."""
-    from .report import _machine, _table
-
-    c = result["config"]
-    parts = [f"Scaling ({c['data_size']:,} points per epoch, median of {c['repeats']} epochs) on {_machine(result['environment'])}"]
-    for param, values in c["sweeps"].items():
-        rows = []
-        for fit in (f for f in result["fits"] if f["parameter"] == param):
-            label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
-            cross = fit.get("gpu_faster_from")
-            rows.append([label] + [f"{s:.4f}" for s in fit["seconds"]] +
-                        [f"{fit['slope']:.2f}" if fit["slope"] is not None else "-",
-                         "-" if "gpu_faster_from" not in fit else (str(cross) if cross is not None else "never")])
-        header = [f"{param} ->"] + [f"{v:,}" for v in values] + ["slope", "GPU faster from"]
-        parts.append(f"\nSeconds per epoch as {param} grows:\n\n" + _table(header, rows))
-    if result["memory"]:
-        rows = [[f"{m['num_steps']:,}", str(m["state_size"]), "yes" if m["remat"] else "no",
-                 f"{m['xla_temp_mib']:,.1f}" if m["xla_temp_mib"] is not None else "-",
-                 f"{m['peak_rss_mib']:,.1f}" if m["peak_rss_mib"] is not None else "-",
-                 f"{m['compile_seconds']:.2f}", f"{m['epoch_seconds']:.2f}"] for m in result["memory"]]
-        parts.append("\nMemory, JAX, one window of [200, num_steps] (remat: jax.checkpoint of sqrt-sized blocks):\n\n" +
-                     _table(["num_steps", "state", "remat", "XLA temp MiB", "RSS growth MiB", "compile s", "epoch s"], rows))
-    parts.append("\n" + result["notes"])
-    return "\n".join(parts)

@@ -7,6 +7,12 @@ TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs,
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the seeds are split over them with a
 ``Mesh`` on the run axis; the losses are bit-identical to the single-device ones.
 
+Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
+``diverged`` (per seed: ``{"epoch", "step"}`` of the first such window, 0-based, or None) and counts
+as level ``"diverged"``; the TensorFlow versions stop training that seed there (``tf_rnn``'s guard),
+JAX's vmapped runs carry on in NaN. A cell's final-loss statistics are over the seeds that did not
+diverge, and its level is ``"diverged"`` if any seed did. Non-finite floats are None in the result.
+
 The tutorial's reasoning, recorded per cell as ``tutorial_level``: the gradient is truncated after
 ``num_steps`` steps, so the 3-step dependency can be learned only if ``num_steps > 3`` and the 8-step
 one only if ``num_steps > 8`` (its runs: 1 -> nothing, 5 -> the 3-step one, 10 -> both).
@@ -23,7 +29,7 @@ from tqdm import tqdm
 
 from . import io, task
 from .config import Config
-from .run import final_loss, running_averages, targets
+from .run import final_loss, json_safe, running_averages, targets
 from .runners import make_trainer
 
 
@@ -48,9 +54,19 @@ def run_devices(kind: str, num_runs: int) -> list:
     return devices[: math.gcd(num_runs, len(devices))]
 
 
-def _train_jax(config: Config, seeds: list[int], device: str, bar) -> np.ndarray:
+def first_non_finite(losses: np.ndarray) -> dict | None:
+    """``float[epochs, epoch_size]`` -> ``{"epoch", "step"}`` of the first NaN/inf loss, or None."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
+    if not bad.size:
+        return None
+    epoch, step = divmod(int(bad[0]), np.shape(losses)[1])
+    return {"epoch": epoch, "step": step}
+
+
+def _train_jax(config: Config, seeds: list[int], device: str, bar):
     """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
-    (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). Returns ``float32[seeds, epochs, epoch_size]``."""
+    (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). Returns ``(float32[seeds, epochs,
+    epoch_size], diverged)``, ``diverged`` per seed as in `first_non_finite`."""
     import jax
     import jax_rnn
 
@@ -64,35 +80,50 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar) -> np.ndarray
         params, opt_state, _, epoch_losses = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh)
         losses.append(np.asarray(epoch_losses, np.float32))
         bar.update(len(seeds))
-    return np.stack(losses, axis=1)
+    out = np.stack(losses, axis=1)
+    return out, [first_non_finite(s) for s in out]
 
 
-def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar) -> np.ndarray:
-    """Seed after seed; returns ``float32[seeds, epochs, epoch_size]``."""
-    out = []
+def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar):
+    """Seed after seed, each stopped at its first non-finite loss or update (the rest of its losses
+    NaN); returns ``(float32[seeds, epochs, epoch_size], diverged)`` as `_train_jax`."""
+    out, diverged = [], []
     for s in seeds:
         trainer = make_trainer(impl, config, io.glorot_params(config.num_classes, config.state_size, s), device)
+        losses = np.full((config.epochs, config.epoch_size), np.nan, np.float32)
+        where = None
         try:
-            losses = []
-            for x, y in io.epoch_stream(config, seed=s):
-                losses.append(trainer.train_epoch(*task.windows(x, y, config.batch_size, config.num_steps)).losses)
+            for epoch, (x, y) in enumerate(io.epoch_stream(config, seed=s)):
+                stats = trainer.train_epoch(*task.windows(x, y, config.batch_size, config.num_steps))
+                losses[epoch] = stats.losses
                 bar.update(1)
-            out.append(np.stack(losses))
+                if stats.diverged_at is not None:
+                    where = {"epoch": epoch, "step": stats.diverged_at}
+                    bar.update(config.epochs - epoch - 1)
+                    break
         finally:
             trainer.close()
-    return np.stack(out)
+        out.append(losses)
+        diverged.append(where)
+    return np.stack(out), diverged
 
 
-def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, seconds: float) -> dict:
-    finals = [final_loss(s) for s in step_losses]
+def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, diverged: list,
+          seconds: float) -> dict:
+    finals = [None if d else final_loss(s) for s, d in zip(step_losses, diverged)]
+    kept = [f for f in finals if f is not None]
     curves = np.stack([running_averages(s) for s in step_losses])
-    mean = float(np.mean(finals))
+    finite_curves = curves[[d is None for d in diverged]]
+    mean = float(np.mean(kept)) if kept else None
     return {
         "num_steps": config.num_steps, "state_size": config.state_size, "impl": impl, "seeds": seeds,
-        "final_losses": finals, "mean": mean, "std": float(np.std(finals)), "min": float(min(finals)),
-        "max": float(max(finals)), "levels": [task.level(f) for f in finals], "level": task.level(mean),
+        "final_losses": finals, "mean": mean, "std": float(np.std(kept)) if kept else None,
+        "min": min(kept, default=None), "max": max(kept, default=None),
+        "levels": ["diverged" if d else task.level(f) for f, d in zip(finals, diverged)],
+        "level": "diverged" if any(diverged) else task.level(mean), "diverged": diverged,
         "tutorial_level": tutorial_level(config.num_steps), "seconds": seconds,
-        "avg_losses": curves.tolist(), "avg_losses_mean": curves.mean(axis=0).tolist(),
+        "avg_losses": curves.tolist(),
+        "avg_losses_mean": finite_curves.mean(axis=0).tolist() if len(finite_curves) else [None] * curves.shape[1],
     }
 
 
@@ -100,7 +131,8 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -
     """Train every config (grid cell) for seeds ``seed .. seed + num_seeds - 1`` with every implementation.
 
     **Returns:** ``command``, ``config`` (the grid), ``environment``, ``targets``, ``cells`` (one per
-    num_steps x state_size x impl) and ``agreement`` (implementations compared seed by seed).
+    num_steps x state_size x impl, with ``diverged`` per seed) and ``agreement`` (implementations compared
+    seed by seed, on the steps where both losses are finite); non-finite floats as None.
     """
     from .environment import describe
 
@@ -110,22 +142,23 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -
     cells, max_diff, same_level = [], 0.0, True
     with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as bar:
         for config in configs:
-            by_impl = {}
+            by_impl, levels = {}, {}
             for impl in config.impls:
                 bar.set_postfix_str(f"num_steps {config.num_steps}, state {config.state_size}, {impl}")
                 start = time.perf_counter()
                 device = devices.jax if impl == "jax" else devices.tf
                 train = _train_jax if impl == "jax" else (lambda *a, impl=impl: _train_tf(impl, *a))
-                by_impl[impl] = train(config, seeds, device, bar)
-                cells.append(_cell(config, impl, seeds, by_impl[impl], time.perf_counter() - start))
+                by_impl[impl], diverged = train(config, seeds, device, bar)
+                cells.append(_cell(config, impl, seeds, by_impl[impl], diverged, time.perf_counter() - start))
+                levels[impl] = tuple(cells[-1]["levels"])
             for a, b in itertools.combinations(by_impl, 2):
-                max_diff = max(max_diff, float(np.max(np.abs(by_impl[a] - by_impl[b]))))
-            levels = {impl: [task.level(final_loss(s)) for s in losses] for impl, losses in by_impl.items()}
-            same_level &= len({tuple(v) for v in levels.values()}) <= 1
+                both = np.isfinite(by_impl[a]) & np.isfinite(by_impl[b])
+                max_diff = max(max_diff, float(np.max(np.abs(by_impl[a][both] - by_impl[b][both]), initial=0.0)))
+            same_level &= len(set(levels.values())) <= 1
     grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
             "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
             "jax_devices": len(run_devices(devices.jax, num_seeds)) if "jax" in first.impls else None}
     agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
-    return {"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),
-            "cells": cells, "agreement": agreement}
+    return json_safe({"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),
+                      "cells": cells, "agreement": agreement})

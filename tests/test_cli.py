@@ -54,8 +54,15 @@ def test_run_writes_json_table_plot_and_params(demo):
         assert len(r["step_losses"]) == 2 * 200 and len(r["avg_losses"]) == 2 * 2 and len(r["epoch_seconds"]) == 2
         assert r["final_loss"] == pytest.approx(np.mean(r["step_losses"][-100:]))
         assert r["level"] in ("none", "first", "both")
+        assert r["steps_per_second"] == pytest.approx(r["timed_steps"] / sum(r["epoch_seconds"]))
         saved = io.load_params(str(out / f"final-{impl}.npz"), 2, 4)
         assert not np.allclose(saved["rnn_cell"]["W"], io.glorot_params(2, 4, 0)["rnn_cell"]["W"])  # trained
+    jax, tf = result["results"]["jax"], result["results"]["tf-dynamic"]
+    # compile apart from training on both sides: TF's first step is in compile_seconds, not in epoch 1
+    assert jax["first_step_seconds"] is None and jax["compile_seconds"] == jax["build_seconds"]
+    assert jax["timed_steps"] == 400 and tf["timed_steps"] == 399
+    assert tf["compile_seconds"] == pytest.approx(tf["build_seconds"] + tf["first_step_seconds"])
+    assert result["environment"]["tf_keras"] and result["config"]["device"] == "cpu"
     assert (out / "r.md").read_text().startswith("## rnn-compare run")
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
@@ -165,6 +172,30 @@ def test_bench(tmp_path):
         assert r["build_seconds"] > 0 and r["peak_rss_mib"] is not None
     assert result["results"]["tf-dynamic"]["speedup_vs_baseline"] == 1.0
     assert (tmp_path / "r.png").exists()
+
+
+def test_running_average_positions_follow_epochs_and_blocks():
+    from compare.plots import block_ends
+    from compare.run import running_averages
+
+    assert block_ends(2, 250).tolist() == [100, 200, 350, 450]
+    assert len(block_ends(2, 250)) == len(running_averages(np.zeros((2, 250))))
+    assert block_ends(3, 40).tolist() == [40, 80, 120]  # epochs shorter than 100: one point per epoch
+
+
+def test_environment_records_tensorflow_versions_without_importing_it(tmp_path):
+    code = ("import sys; from compare import environment as e; env = e.describe(e.resolve('cpu', False)); "
+            "assert 'tensorflow' not in sys.modules; print(env['tensorflow'], env['tf_keras'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "None" not in out and len(out.split()) == 2
+
+
+def test_bench_help_states_the_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps after hyphens
+    assert "(default: all five, jax,tf-raw,tf-static,tf-dynamic,tf2; with --scaling jax,tf-dynamic,tf2)" in text
+    assert "(default: 1,000,000; with --scaling 100,000)" in text and "--epochs" not in text
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -100,6 +100,29 @@ def test_cli_reports_divergence_per_implementation(tmp_path):
     assert "diverged at epoch 0, step" in (tmp_path / "d.md").read_text()
 
 
+def _reject(token):
+    raise ValueError(f"non-standard JSON token {token}")
+
+
+def test_a_diverged_run_writes_strict_json(tmp_path):
+    main(["run", "--impl", "jax,tf-raw", "--state-size", "16", "--learning-rate", "1e37", *SMALL,
+          "--out", str(tmp_path), "--name", "d"])
+    result = json.loads((tmp_path / "d.json").read_text(), parse_constant=_reject)
+    assert any(v is None for r in result["results"].values() for v in r["step_losses"] + [r["diverged"]["loss"]])
+
+
+def test_sweep_reports_divergence_per_seed_and_stops_tf_there(tmp_path):
+    assert main(["sweep", "--impl", "jax,tf-raw", "--num-steps", "5", "--state-size", "16", "--seeds", "2",
+                 "--epochs", "2", "--learning-rate", "1e37", *SMALL, "--out", str(tmp_path), "--name", "s"]) == 0
+    result = json.loads((tmp_path / "s.json").read_text(), parse_constant=_reject)
+    for cell in result["cells"]:
+        assert cell["level"] == "diverged" and cell["levels"] == ["diverged", "diverged"]
+        assert all(d is not None and d["epoch"] == 0 for d in cell["diverged"]) and cell["mean"] is None
+    tf = result["cells"][1]
+    assert tf["impl"] == "tf-raw" and all(v is None for v in tf["avg_losses"][0][-5:])  # epoch 2 never ran
+    assert "diverged" in (tmp_path / "s.md").read_text()
+
+
 # --- reproducibility -------------------------------------------------------------------------------
 
 def test_tensorflow_with_op_determinism_is_bit_identical_across_processes():
@@ -123,6 +146,28 @@ def test_run_from_json_reproduces_the_step_losses(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--from", str(tmp_path / "a.json"), "--seed", "4", "--out", str(tmp_path)])
     assert "--from fixes the config; do not also give --seed" in capsys.readouterr().err
+
+
+def test_run_from_json_restores_the_device(tmp_path, monkeypatch):
+    from compare import environment, rerun
+
+    assert main(["run", "--impl", "jax", *SMALL, "--out", str(tmp_path), "--name", "a"]) == 0
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["config"]["device"] == "cpu"
+    saved["config"]["device"] = "auto"  # as if recorded with --device auto
+    (tmp_path / "auto.json").write_text(json.dumps(saved))
+    asked = []
+    real = environment.resolve
+    monkeypatch.setattr(environment, "resolve", lambda requested, need_tf: asked.append(requested) or real("cpu", need_tf))
+    assert main(["run", "--from", str(tmp_path / "auto.json"), "--out", str(tmp_path), "--name", "b"]) == 0
+    assert asked == ["auto"]
+    del saved["config"]["device"]  # written before the key existed: environment.device.requested
+    saved["environment"]["device"]["requested"] = "gpu"
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    args = type("Args", (), {"from_json": str(tmp_path / "old.json"), "option_defaults": {},
+                             **{name: None for name in rerun.OPTIONS}})()
+    rerun.apply(args)
+    assert args.device == "gpu"
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
