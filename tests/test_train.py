@@ -1,5 +1,7 @@
 """jax_rnn.train: the scanned epoch against a loop of steps, vmap against one-by-one, determinism, convergence."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -142,3 +144,18 @@ def test_num_steps_10_state_16_learns_both_dependencies():
     result = jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=10, seed=0))
     assert result.final_loss < task.TARGETS.first - 0.03, result.avg_losses[-10:]
     assert task.level(result.final_loss) == "both"
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
+def test_the_c_reference_loop_of_the_benchmark_computes_the_same_losses(small_windows):
+    """bench/reference_loop.c (the speed reference of `python -m jax_rnn.bench --c-reference`) is the same
+    training: per-step losses equal train_epoch's to 1e-5 over 300 steps."""
+    from jax_rnn.bench import c_reference
+
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    _, _, _, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
+    _, seconds, c_losses = c_reference(params, x_windows, y_windows, 0.1, repeats=1)
+    assert len(seconds) == 1 and c_losses.shape == (300,)
+    np.testing.assert_allclose(c_losses, losses, rtol=0, atol=1e-5)
