@@ -11,7 +11,8 @@ Timing, the same for both (seconds, ``time.perf_counter``):
   TF1: graph construction, session creation, variable initialisation; tf2: variable creation + tracing.
 * `EpochStats`: ``seconds``: the epoch, inputs given as numpy up to the losses back as numpy (JAX: the
   transfer to the device, the compiled call and ``block_until_ready``; TF: the Python loop of steps);
-  ``first_step_seconds``: TF only, the first step (TF1's first ``session.run`` optimises the graph).
+  ``first_step_seconds``: TF only, the first step (TF1's first ``session.run`` optimises the graph);
+  ``seconds`` includes it. `compare.run` moves the first epoch's first step into ``compile_seconds``.
 
 ``train_epoch(x_windows, y_windows, progress)``: ``progress(n)``, if given, is called with the number
 of steps just completed (TF: 1 after every step; JAX: ``epoch_size`` once, at the end of the call).

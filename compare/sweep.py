@@ -5,7 +5,9 @@ Seed ``s`` fixes both the initial parameters (numpy Glorot, `io.glorot_params`) 
 train together: one ``jax_rnn.train_runs`` call (``vmap`` over a leading seed axis) per epoch. The
 TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs, or CPU devices made
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the seeds are split over them with a
-``Mesh`` on the run axis; the losses are bit-identical to the single-device ones.
+``Mesh`` on the run axis, every device used (with fewer seeds than a multiple of the devices, the
+last seed is repeated to fill them and its copies dropped); the losses are bit-identical to the
+single-device ones.
 
 Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
 ``diverged`` (per seed: ``{"epoch", "step"}`` of the first such window, 0-based, or None) and counts
@@ -21,7 +23,6 @@ one only if ``num_steps > 8`` (its runs: 1 -> nothing, 5 -> the 3-step one, 10 -
 from __future__ import annotations
 
 import itertools
-import math
 import time
 
 import numpy as np
@@ -46,12 +47,12 @@ def _epoch_windows(config: Config, seeds: list[int]):
         yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def run_devices(kind: str, num_runs: int) -> list:
-    """The devices of ``kind`` that the runs are split over: as many as divide ``num_runs`` evenly."""
+def run_devices(kind: str) -> list:
+    """The devices of ``kind`` that the runs are split over: all of them (`jax_rnn.train_runs_sharded`
+    repeats the last run to fill the devices when their number does not divide the runs)."""
     import jax
 
-    devices = jax.devices(kind)
-    return devices[: math.gcd(num_runs, len(devices))]
+    return jax.devices(kind)
 
 
 def first_non_finite(losses: np.ndarray) -> dict | None:
@@ -70,11 +71,11 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar):
     import jax
     import jax_rnn
 
-    mesh = jax_rnn.run_mesh(run_devices(device, len(seeds)))
+    mesh = jax_rnn.run_mesh(run_devices(device))
     runs = [io.glorot_params(config.num_classes, config.state_size, s) for s in seeds]
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
     optimizer = jax_rnn.adagrad(config.learning_rate)
-    params, opt_state = jax_rnn.shard_runs((params, jax.vmap(optimizer.init)(params)), mesh)
+    opt_state = jax.vmap(optimizer.init)(params)
     losses = []
     for xw, yw in _epoch_windows(config, seeds):
         params, opt_state, _, epoch_losses = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh)
@@ -158,7 +159,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -
     grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
             "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
-            "jax_devices": len(run_devices(devices.jax, num_seeds)) if "jax" in first.impls else None}
+            "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None}
     agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
     return json_safe({"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),
                       "cells": cells, "agreement": agreement})
