@@ -177,7 +177,7 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
+    return write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 def save_params(path: Path, params: dict) -> Path:
