@@ -23,7 +23,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m ''
 
 bench: $(STAMP)
-	$(PY) -m jax_rnn.bench
+	$(PY) -m jax_rnn.bench --c-reference
+	$(PY) -m compare bench
 
 sweep: $(STAMP)
 	$(PY) -m compare sweep
