@@ -21,6 +21,8 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from jax_rnn.fit import running_averages  # noqa: F401  (re-exported: compare's one averaging rule)
+
 from . import checkpoint, io, task
 from .config import AGREEMENT_TOLERANCE, Config
 from .runners import make_trainer
@@ -49,15 +51,6 @@ def json_safe(tree):
 def targets() -> dict:
     """The analytic losses (``compare.task.TARGETS``) as a dict."""
     return dict(task.TARGETS._asdict())
-
-
-def running_averages(step_losses: np.ndarray, every: int = LOG_EVERY) -> np.ndarray:
-    """``float[epochs, epoch_size]`` -> means of each block of ``every`` steps within each epoch
-    (``float[epochs * (epoch_size // every)]``); one mean per epoch if an epoch is shorter than ``every``."""
-    step_losses = np.atleast_2d(np.asarray(step_losses, np.float64))
-    every = min(every, step_losses.shape[1])
-    blocks = step_losses.shape[1] // every
-    return step_losses[:, : blocks * every].reshape(step_losses.shape[0], blocks, every).mean(axis=2).reshape(-1)
 
 
 def final_loss(step_losses: np.ndarray, last: int = LOG_EVERY) -> float:

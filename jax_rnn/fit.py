@@ -71,7 +71,7 @@ class FitResult(NamedTuple):
     params: Params            # the trained parameters
     opt_state: object         # Adagrad's accumulators
     step_losses: np.ndarray   # f32[epochs, epoch_size]: the loss of every window
-    avg_losses: np.ndarray    # f32[epochs * (epoch_size // log_every)]: the tutorial's log lines
+    avg_losses: np.ndarray    # f64[epochs * (epoch_size // log_every)]: the tutorial's log lines
     epoch_seconds: list       # wall time of each epoch (the first includes compilation)
     diverged: Optional["Divergence"] = None   # set on the result carried by `TrainingDiverged`
 
@@ -110,8 +110,10 @@ class TrainingDiverged(RuntimeError):
 
 def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
     """Mean of each consecutive block of ``every`` steps within each epoch: ``[epochs, epoch_size]`` ->
-    ``[epochs * (epoch_size // every)]``. (The tutorial summed 101 losses for its first line; not here.)"""
-    step_losses = np.atleast_2d(np.asarray(step_losses))
+    ``[epochs * (epoch_size // every)]``; one mean per epoch if an epoch is shorter than ``every``.
+    (The tutorial summed 101 losses for its first line; not here.)"""
+    step_losses = np.atleast_2d(np.asarray(step_losses, np.float64))
+    every = min(every, step_losses.shape[1])
     blocks = step_losses.shape[1] // every
     return step_losses[:, : blocks * every].reshape(step_losses.shape[0], blocks, every).mean(axis=2).reshape(-1)
 
