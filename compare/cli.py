@@ -1,15 +1,20 @@
-"""The command line: ``rnn-compare run|sweep|bench`` (also ``python -m compare``).
+"""The command line: ``rnn-compare run|sweep|bench|cache`` (also ``python -m compare``).
 
 Every option is checked, and input files are read and validated, before any training starts; a bad
-one is reported argparse-style with exit status 2. Output files follow `OUTPUT_POLICY`.
+one is reported argparse-style with exit status 2. Output files follow `OUTPUT_POLICY`. JAX's
+persistent compilation cache (`jax_rnn.compile_cache`) is on unless ``--no-compile-cache`` or
+``RNN_SCAN_COMPILE_CACHE=0``; ``rnn-compare cache [--clear]`` shows (or empties) it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Optional, Sequence
+
+from jax_rnn import compile_cache
 
 from . import io, scaling
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
@@ -47,6 +52,9 @@ def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_defa
     p.add_argument("--json", help="write the JSON here instead of OUT/NAME.json")
     p.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="compile JAX afresh: neither read nor write the persistent compilation cache (see "
+                        "'rnn-compare cache'; RNN_SCAN_COMPILE_CACHE=0 turns it off for good)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Do JAX and TensorFlow learn the same thing, and how fast is each? Trains r2rt's vanilla "
                     "RNN (truncated BPTT on the binary toy task) with jax_rnn and tf_rnn and compares them.",
         epilog=OUTPUT_POLICY)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
     run = sub.add_parser("run", help="train implementations on the same data and weights; compare losses",
                          description="Train each implementation in turn, from the same initial parameters "
@@ -119,7 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{','.join(scaling.DEFAULT_IMPLS)}; about 3 minutes on 2 cores. With --device auto "
                             "on a GPU machine: CPU and GPU side by side, and where the GPU overtakes")
     bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
-    for sub_parser in (run, sweep, bench):
+    cache = sub.add_parser("cache", help="where JAX's compilation cache is, and its size; --clear empties it",
+                           description=f"JAX's persistent compilation cache: every command (unless "
+                                       f"--no-compile-cache) saves each compiled executable there, so the next "
+                                       f"run with the same shapes loads it instead of compiling. Directory: "
+                                       f"${compile_cache.DIR_ENV}, else $XDG_CACHE_HOME/rnn-scan/jax "
+                                       f"(~/.cache/rnn-scan/jax); {compile_cache.SWITCH_ENV}=0 turns it off.")
+    cache.add_argument("--clear", action="store_true", help="delete the cached executables (then the directory, "
+                                                            "once empty)")
+    for sub_parser in (run, sweep, bench, cache):
         sub_parser.set_defaults(error=sub_parser.error)  # reports a UsageError under that command's usage
     return parser
 
@@ -229,7 +245,18 @@ def _bench(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sweep": _sweep, "bench": _bench}
+def _cache(args) -> int:
+    directory = compile_cache.default_dir()
+    entries, size = (compile_cache.clear_compile_cache if args.clear else compile_cache.cache_size)(directory)
+    state = "on"
+    if compile_cache.disabled_by_env():
+        state = f"off: {compile_cache.SWITCH_ENV}={os.environ[compile_cache.SWITCH_ENV]}"
+    print(f"JAX compilation cache: {directory} ({state}): {'cleared ' if args.clear else ''}{entries} entries, "
+          f"{size / 1e6:.1f} MB")
+    return 0
+
+
+COMMANDS = {"run": _run, "sweep": _sweep, "bench": _bench, "cache": _cache}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -239,6 +266,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "cache" and not args.no_compile_cache:
+        try:
+            compile_cache.enable_compile_cache()  # before anything compiles
+        except OSError as err:  # an unwritable cache directory costs only the cache
+            print(f"note: JAX compilation cache off: {err}", file=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except UsageError as err:

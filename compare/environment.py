@@ -79,11 +79,13 @@ def _version(dist: str) -> str | None:
 
 
 def describe(devices: Devices) -> dict:
-    """The ``environment`` block of a result: versions, devices, machine. The TensorFlow and tf-keras
-    versions are always recorded, read from the installed packages' metadata without importing them
-    (None if not installed); the TensorFlow device only if TensorFlow was used."""
+    """The ``environment`` block of a result: versions, devices, machine, JAX's compilation cache
+    directory (None when off). The TensorFlow and tf-keras versions are always recorded, read from the
+    installed packages' metadata without importing them (None if not installed); the TensorFlow device
+    only if TensorFlow was used."""
     import jax
     import numpy as np
+    from jax_rnn.compile_cache import active_dir
 
     jd = jax_device(devices.jax)
     env = {
@@ -97,6 +99,7 @@ def describe(devices: Devices) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "jax_compile_cache": active_dir(),  # None: compile_seconds is a real compile, else maybe a cache load
         "device": {"requested": devices.requested,
                    "jax": {"kind": devices.jax, "name": getattr(jd, "device_kind", str(jd)), "id": str(jd)}},
     }

@@ -25,8 +25,9 @@ def _setting(c: dict) -> str:
 def _machine(env: dict) -> str:
     dev = env["device"]
     tf = f", TensorFlow {env['tensorflow']} on {dev['tf']['kind']}" if "tf" in dev else ""
+    cache = "; JAX compilation cache on (its compile s may be a load from it)" if env.get("jax_compile_cache") else ""
     return (f"JAX {env['jax']} on {dev['jax']['kind']} ({dev['jax']['name']}){tf}; {env['cpu_count']} CPUs, "
-            f"{env['processor']}, Python {env['python']}")
+            f"{env['processor']}, Python {env['python']}{cache}")
 
 
 def targets_line() -> str:

@@ -8,11 +8,13 @@ every function is pure. Quick use::
     opt = jax_rnn.adagrad(0.1)                          # TF1 Adagrad semantics
     params, opt_state, state, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
 
-or simply ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``.
+or simply ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``. Importing
+changes no JAX setting; ``jax_rnn.enable_compile_cache()`` turns on JAX's persistent compilation cache.
 """
 
 from . import data
 from . import checkpoint
+from .compile_cache import clear_compile_cache, enable_compile_cache
 from .fit import Divergence, FitConfig, FitResult, TrainingDiverged, fit, running_averages
 from .model import (Params, check_params, init_params, logits, loss, loss_batch_last, param_shapes, rnn, rnn_cell,
                     zero_state)
@@ -21,7 +23,7 @@ from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .train import GuardedEpoch, train_epoch, train_epoch_guarded, train_runs, train_step
 
 __all__ = [
-    "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "TrainingDiverged", "checkpoint", "train_epoch_guarded", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
+    "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "TrainingDiverged", "checkpoint", "clear_compile_cache", "enable_compile_cache", "train_epoch_guarded", "Params", "adagrad", "check_params", "data", "fit", "init_params", "logits", "loss",
     "loss_batch_last", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages", "shard_runs", "train_epoch", "train_runs",
     "train_runs_sharded", "train_step", "zero_state",
 ]

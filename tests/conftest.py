@@ -1,9 +1,13 @@
-"""Shared fixtures. Strict dtype promotion (as in Equinox's tests): silent float64/int mixing fails loudly."""
+"""Shared fixtures. Strict dtype promotion (as in Equinox's tests): silent float64/int mixing fails loudly.
+JAX's persistent compilation cache is off (tests/test_compile_cache.py turns it on in subprocesses)."""
+
+import os
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+os.environ["RNN_SCAN_COMPILE_CACHE"] = "0"  # hermetic: no test reads or fills the user's compilation cache
 
 
 @pytest.fixture
