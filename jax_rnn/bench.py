@@ -1,22 +1,31 @@
-"""Benchmark of jax_rnn's training on the tutorial's default config: ``python -m jax_rnn.bench``.
+"""Benchmark of jax_rnn's training: ``python -m jax_rnn.bench``.
 
-For each way of running one epoch (1M points: 1000 windows of [200, 5] by default) it reports the
-compile time apart from the steady state, then the steady state over ``--repeats`` timed epochs
-(after one warm-up): median, min and max seconds per epoch, steps/s and points/s:
+Default mode, on the tutorial's config (1M points: 1000 windows of [200, 5]): for each way of running one
+epoch, the compile time, then median, min and max seconds of ``--repeats`` timed epochs after a warm-up:
 
 - ``train_epoch``: the whole epoch as one compiled ``lax.scan``;
 - ``step loop``: a Python loop of the jitted ``train_step`` (one dispatch per window);
 - ``vmap xR``: ``train_runs`` training R independent runs at once (per-run cost shown too);
-- ``--c-reference``: ``bench/reference_loop.c``, a hand-fused single-thread C loop of the same
-  arithmetic (compiled here with ``cc -O3 -march=native -ffast-math``), on the same windows and weights; its
-  per-step losses are checked against ``train_epoch``'s and its time is the speed reference.
+- ``--c-reference``: ``jax_rnn/reference_loop.c`` (package data), a hand-fused single-thread C loop of the
+  same arithmetic (built once per process with ``cc -O3 -march=native -ffast-math``), on the same windows
+  and weights; its per-step losses are checked against ``train_epoch``'s: the speed reference.
 
-Every timed call ends with ``jax.block_until_ready``. Speed ratios are measured in this one run.
+``--grid``: ``train_epoch`` against the C loop on every state_size x num_steps cell (``--states``,
+``--steps``; default {4, 16, 64} x {1, 5, 10}), one Markdown row per cell. ``--json FILE`` writes the rows.
+
+JAX calls are timed up to ``jax.block_until_ready``; the C loop times its own training (not its start or
+input). JAX and C are interleaved, one epoch of each per round, so their ratio is measured side by side.
+The persistent compilation cache is on (`jax_rnn.compile_cache`): on a hit, "compile s" is the time to
+load the executable; ``RNN_SCAN_COMPILE_CACHE=0`` measures real compiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import importlib.resources
+import json
 import shutil
 import statistics
 import subprocess
@@ -28,92 +37,138 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .compile_cache import enable_compile_cache
 from .data import gen_data, windows
 from .model import init_params
 from .optim import adagrad
 from .train import train_epoch, train_runs, train_step
 
+C_FLAGS = ["-O3", "-march=native", "-ffast-math"]  # see the header of reference_loop.c
+LEARNING_RATE = 0.1
 
-def _timed(fn, repeats: int) -> list[float]:
-    jax.block_until_ready(fn())  # warm-up (caches, allocator)
-    seconds = []
-    for _ in range(repeats):
+
+def _wall(fn):
+    """``fn`` as a timer: a callable that runs it, synchronises, and returns the seconds it took."""
+    def timer() -> float:
         start = time.perf_counter()
         jax.block_until_ready(fn())
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        return time.perf_counter() - start
+    return timer
 
 
-def _stack(tree, runs: int):
-    return jax.tree.map(lambda a: jnp.broadcast_to(a, (runs,) + a.shape), tree)
+def _interleaved(timers: dict, repeats: int) -> dict[str, dict]:
+    """One warm-up round, then ``repeats`` rounds calling every timer once, back to back.
+    **Returns:** per name, ``{"median", "min", "max"}`` seconds of the timed rounds."""
+    rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
+    seconds = {name: [r[name] for r in rounds] for name in timers}
+    return {name: dict(median=statistics.median(s), min=min(s), max=max(s)) for name, s in seconds.items()}
 
 
-C_SOURCE = Path(__file__).resolve().parents[1] / "bench" / "reference_loop.c"
-C_FLAGS = ["-O3", "-march=native", "-ffast-math"]  # see the header of reference_loop.c
+def _timed(fn, repeats: int) -> dict:
+    """One function alone: `_interleaved` of ``fn`` timed by the wall clock."""
+    return _interleaved({"": _wall(fn)}, repeats)[""]
 
 
-def c_reference(params, x_windows, y_windows, learning_rate: float, repeats: int):
-    """Build and run ``bench/reference_loop.c`` on these windows: ``(compile s, [epoch s], losses)``."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None or not C_SOURCE.is_file():
-        raise RuntimeError(f"--c-reference needs a C compiler (cc) and {C_SOURCE} (a source checkout)")
+def _compiled(fn, *args):
+    """``(fn compiled for these arguments, compile seconds)``."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+@functools.cache
+def c_program() -> tuple[Path, float]:
+    """Build ``reference_loop.c`` once per process: ``(executable, compile seconds)``.
+
+    It reads every size (state_size, num_steps, batch, ...) from its input at run time, so one build serves
+    every cell. Raises `RuntimeError` naming what is missing: the source (package data) or a C compiler.
+    """
+    source = importlib.resources.files(__package__) / "reference_loop.c"
+    if not source.is_file():
+        raise RuntimeError(f"the C reference loop's source {source} is missing (package data of jax_rnn: "
+                           "reinstall rnn-scan)")
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeError("the C reference loop needs a C compiler: none of cc, gcc, clang is on PATH")
+    tmp = Path(tempfile.mkdtemp(prefix="jax_rnn_reference_loop_"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    src, exe = tmp / "reference_loop.c", tmp / "reference_loop"
+    src.write_text(source.read_text())
+    start = time.perf_counter()
+    built = subprocess.run([cc, *C_FLAGS, "-o", str(exe), str(src), "-lm"], capture_output=True, text=True)
+    if built.returncode:
+        raise RuntimeError(f"compiling the C reference loop failed ({cc} {' '.join(C_FLAGS)}):\n{built.stderr}")
+    return exe, time.perf_counter() - start
+
+
+def c_epoch(params, x_windows, y_windows, learning_rate: float = LEARNING_RATE):
+    """The C loop on these windows and weights, as a timer: each call trains one epoch from ``params`` and
+    returns the seconds the C program measured; ``timer.losses`` holds the last call's ``f32[epoch_size]``."""
+    exe, _ = c_program()
     xw, yw = np.asarray(x_windows, np.int32), np.asarray(y_windows, np.int32)
     n, d = params["softmax"]["b"].shape[0], params["rnn_cell"]["b"].shape[0]
     flat = np.concatenate([np.asarray(params[s][k], np.float32).ravel()
                            for s, k in (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))])
-    with tempfile.TemporaryDirectory() as tmp:
-        exe, inp, out = Path(tmp) / "reference_loop", Path(tmp) / "in.bin", Path(tmp) / "out.bin"
-        start = time.perf_counter()
-        subprocess.run([cc, *C_FLAGS, "-o", str(exe), str(C_SOURCE), "-lm"], check=True)
-        compile_seconds = time.perf_counter() - start
-        with open(inp, "wb") as f:
-            f.write(np.array([*xw.shape, n, d], np.int32).tobytes() + np.float32(learning_rate).tobytes())
-            f.write(flat.tobytes() + xw.tobytes() + yw.tobytes())
-        subprocess.run([str(exe), str(inp), str(out), str(repeats + 1)], check=True)
+    workdir = tempfile.TemporaryDirectory(prefix="jax_rnn_reference_loop_")  # removed with the timer
+    inp, out = Path(workdir.name) / "in.bin", Path(workdir.name) / "out.bin"
+    inp.write_bytes(np.array([*xw.shape, n, d], np.int32).tobytes() + np.float32(learning_rate).tobytes()
+                    + flat.tobytes() + xw.tobytes() + yw.tobytes())
+
+    def timer() -> float:
+        subprocess.run([str(exe), str(inp), str(out), "1"], check=True)
         raw = out.read_bytes()
-    losses = np.frombuffer(raw[: 4 * xw.shape[0]], np.float32)
-    seconds = np.frombuffer(raw[4 * xw.shape[0]:], np.float64).tolist()
-    return compile_seconds, seconds[1:], losses  # the first repeat is the warm-up
+        timer.losses = np.frombuffer(raw[: 4 * xw.shape[0]], np.float32)
+        return float(np.frombuffer(raw[4 * xw.shape[0]:], np.float64)[0])
+    timer.workdir = workdir
+    return timer
+
+
+def _setup(state_size: int, num_steps: int, batch_size: int, data):
+    params = init_params(jax.random.key(0), 2, state_size)
+    opt = adagrad(LEARNING_RATE)
+    return params, opt, opt.init(params), windows(*data, batch_size, num_steps)
+
+
+def _jax_and_c(params, opt, opt_state, x_windows, y_windows, repeats: int, c_loop: bool) -> dict:
+    """``train_epoch`` (and the C loop, interleaved) on one cell: compile time, timings, loss difference."""
+    compiled, compile_seconds = _compiled(train_epoch, params, opt_state, x_windows, y_windows, opt)
+    timers = {"jax": _wall(lambda: compiled(params, opt_state, x_windows, y_windows))}
+    if c_loop:
+        timers["c"] = c_epoch(params, x_windows, y_windows)
+    cell = dict(jax_compile_seconds=compile_seconds, **_interleaved(timers, repeats))
+    if c_loop:
+        losses = np.asarray(compiled(params, opt_state, x_windows, y_windows)[3])
+        cell.update(c_compile_seconds=c_program()[1], max_loss_diff=float(np.max(np.abs(timers["c"].losses - losses))))
+    return cell
 
 
 def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeats=5, runs=(8, 32), loop=True,
           c_loop=False):
-    """Run the benchmark; returns a list of result dicts (one per method) and prints a table."""
-    opt = adagrad(0.1)
-    params = init_params(jax.random.key(0), 2, state_size)
-    opt_state = opt.init(params)
-    x_windows, y_windows = windows(*gen_data(jax.random.key(1), data_size), batch_size, num_steps)
+    """The default mode: one result dict per method (compile s, epoch s median/min/max, rates)."""
+    params, opt, opt_state, (x_windows, y_windows) = _setup(state_size, num_steps, batch_size,
+                                                            gen_data(jax.random.key(1), data_size))
     epoch_size = x_windows.shape[0]
     points = epoch_size * batch_size * num_steps
     rows = []
 
-    def record(name, compile_seconds, seconds, runs_in_call=1):
-        median = statistics.median(seconds)
-        rows.append(dict(method=name, compile_seconds=compile_seconds, epoch_seconds_median=median,
-                         epoch_seconds_min=min(seconds), epoch_seconds_max=max(seconds),
-                         per_run_seconds=median / runs_in_call,
-                         steps_per_second=runs_in_call * epoch_size / median,
-                         points_per_second=runs_in_call * points / median))
+    def record(name, compile_seconds, t, runs_in_call=1, **extra):
+        rows.append(dict(method=name, compile_seconds=compile_seconds, epoch_seconds=t,
+                         per_run_seconds=t["median"] / runs_in_call,
+                         steps_per_second=runs_in_call * epoch_size / t["median"],
+                         points_per_second=runs_in_call * points / t["median"], **extra))
 
-    start = time.perf_counter()
-    compiled = train_epoch.lower(params, opt_state, x_windows, y_windows, opt).compile()
-    record("train_epoch (scan)", time.perf_counter() - start,
-           _timed(lambda: compiled(params, opt_state, x_windows, y_windows), repeats))
-
+    cell = _jax_and_c(params, opt, opt_state, x_windows, y_windows, repeats, c_loop)
+    record("train_epoch (scan)", cell["jax_compile_seconds"], cell["jax"])
     if c_loop:
-        _, _, _, scan_losses = compiled(params, opt_state, x_windows, y_windows)
-        compile_seconds, seconds, c_losses = c_reference(params, x_windows, y_windows, 0.1, repeats)
-        record("C reference loop (1 thread)", compile_seconds, seconds)
-        rows[-1]["max_loss_diff_vs_scan"] = float(np.max(np.abs(c_losses - np.asarray(scan_losses))))
+        record("C reference loop (1 thread)", cell["c_compile_seconds"], cell["c"],
+               max_loss_diff_vs_scan=cell["max_loss_diff"])
 
     if loop:
         state0 = jnp.zeros((batch_size, state_size), jnp.float32)
-        start = time.perf_counter()
-        train_step.lower(params, opt_state, state0, x_windows[0], y_windows[0], opt).compile()
-        compile_seconds = time.perf_counter() - start
+        _, compile_seconds = _compiled(train_step, params, opt_state, state0, x_windows[0], y_windows[0], opt)
         window_list = list(zip(x_windows, y_windows))  # slicing the device array outside the timed loop
 
-        def step_loop():  # the jitted function itself (its C++ dispatch path), warmed up by _timed
+        def step_loop():  # the jitted function itself (its C++ dispatch path), warmed up by _interleaved
             p, o, s = params, opt_state, state0
             for x, y in window_list:
                 p, o, s, loss = train_step(p, o, s, x, y, opt)
@@ -122,25 +177,53 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
         record("train_step loop", compile_seconds, _timed(step_loop, repeats))
 
     for r in runs:
-        p_r, o_r = _stack(params, r), _stack(opt_state, r)
-        xw_r, yw_r = _stack(x_windows, r), _stack(y_windows, r)
-        start = time.perf_counter()
-        compiled_r = train_runs.lower(p_r, o_r, xw_r, yw_r, opt).compile()
-        record(f"train_runs vmap x{r}", time.perf_counter() - start,
-               _timed(lambda: compiled_r(p_r, o_r, xw_r, yw_r), repeats), runs_in_call=r)
+        p_r, o_r, xw_r, yw_r = jax.tree.map(lambda a: jnp.broadcast_to(a, (r,) + a.shape),
+                                            (params, opt_state, x_windows, y_windows))
+        compiled_r, compile_seconds = _compiled(train_runs, p_r, o_r, xw_r, yw_r, opt)
+        record(f"train_runs vmap x{r}", compile_seconds, _timed(lambda: compiled_r(p_r, o_r, xw_r, yw_r), repeats),
+               runs_in_call=r)
     return rows
+
+
+def grid(states=(4, 16, 64), steps=(1, 5, 10), batch_size=200, data_size=1_000_000, repeats=5) -> list[dict]:
+    """``--grid``: ``train_epoch`` against the C loop (interleaved) on every state_size x num_steps cell,
+    on the same data (one `gen_data` sequence) and weights; one row per cell."""
+    data = gen_data(jax.random.key(1), data_size)
+    rows = []
+    for state_size in states:
+        for num_steps in steps:
+            params, opt, opt_state, (xw, yw) = _setup(state_size, num_steps, batch_size, data)
+            cell = _jax_and_c(params, opt, opt_state, xw, yw, repeats, c_loop=True)
+            rows.append(dict(state_size=state_size, num_steps=num_steps, epoch_size=int(xw.shape[0]), **cell,
+                             ratio_jax_over_c=cell["jax"]["median"] / cell["c"]["median"]))
+            print(format_grid(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+def _spread(t: dict) -> str:
+    return f"{t['median']:.4f} [{t['min']:.4f}, {t['max']:.4f}]"
+
+
+def format_grid(rows, header: bool = True) -> str:
+    lines = ["| state | num_steps | JAX compile s | JAX epoch s median [min, max] | C epoch s median [min, max] "
+             "| JAX/C | max loss diff |", "|---:|---:|---:|---:|---:|---:|---:|"] if header else []
+    lines += [f"| {r['state_size']} | {r['num_steps']} | {r['jax_compile_seconds']:.2f} | {_spread(r['jax'])} | "
+              f"{_spread(r['c'])} | {r['ratio_jax_over_c']:.2f}x | {r['max_loss_diff']:.1e} |" for r in rows]
+    return "\n".join(lines)
 
 
 def format_table(rows, reference: str = "train_epoch (scan)") -> str:
     ref = next(r for r in rows if r["method"] == reference)["per_run_seconds"]
     lines = ["| method | compile s | epoch s median [min, max] | per run s | steps/s | points/s | vs scan |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['compile_seconds']:.2f} | {r['epoch_seconds_median']:.4f} "
-            f"[{r['epoch_seconds_min']:.4f}, {r['epoch_seconds_max']:.4f}] | {r['per_run_seconds']:.4f} | "
-            f"{r['steps_per_second']:,.0f} | {r['points_per_second']:,.0f} | {ref / r['per_run_seconds']:.2f}x |")
+    lines += [f"| {r['method']} | {r['compile_seconds']:.2f} | {_spread(r['epoch_seconds'])} | "
+              f"{r['per_run_seconds']:.4f} | {r['steps_per_second']:,.0f} | {r['points_per_second']:,.0f} | "
+              f"{ref / r['per_run_seconds']:.2f}x |" for r in rows]
     return "\n".join(lines)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v)
 
 
 def main(argv=None) -> None:
@@ -153,22 +236,34 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", default="8,32", help="vmapped run counts, comma list (default 8,32)")
     parser.add_argument("--no-loop", action="store_true", help="skip the Python loop of train_step")
     parser.add_argument("--c-reference", action="store_true",
-                        help="also time bench/reference_loop.c, a hand-fused C loop of the same arithmetic")
+                        help="also time jax_rnn/reference_loop.c, a hand-fused C loop of the same arithmetic")
+    parser.add_argument("--grid", action="store_true",
+                        help="train_epoch against the C loop on every --states x --steps cell")
+    parser.add_argument("--states", default="4,16,64", help="with --grid: state sizes, comma list (default 4,16,64)")
+    parser.add_argument("--steps", default="1,5,10", help="with --grid: num_steps values, comma list (default 1,5,10)")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    runs = tuple(int(r) for r in args.runs.split(",") if r)
+    cache = enable_compile_cache()  # a cache hit makes "compile s" the time to load the executable
     device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind}); batch {args.batch_size}, num_steps {args.num_steps}, "
-          f"state {args.state_size}, {args.data_size:,} points per epoch; {args.repeats} timed epochs after a warm-up")
-    rows = bench(args.batch_size, args.num_steps, args.state_size, args.data_size, args.repeats, runs, not args.no_loop,
-                 args.c_reference)
-    print(format_table(rows))
-    for r in rows:
-        if "max_loss_diff_vs_scan" in r:
-            scan = next(q for q in rows if q["method"].startswith("train_epoch"))
-            print(f"C loop vs train_epoch: largest per-step loss difference {r['max_loss_diff_vs_scan']:.2e}; "
-                  f"train_epoch takes {scan['epoch_seconds_median'] / r['epoch_seconds_median']:.2f}x the C loop's time")
+    print(f"device: {device.platform} ({device.device_kind}); batch {args.batch_size}, "
+          + ("" if args.grid else f"num_steps {args.num_steps}, state {args.state_size}, ")
+          + f"{args.data_size:,} points per epoch; {args.repeats} timed epochs after a warm-up; "
+          + f"compile cache: {cache or 'off'}")
+    if args.grid:
+        rows = grid(_ints(args.states), _ints(args.steps), args.batch_size, args.data_size, args.repeats)
+    else:
+        rows = bench(args.batch_size, args.num_steps, args.state_size, args.data_size, args.repeats,
+                     _ints(args.runs), not args.no_loop, args.c_reference)
+        print(format_table(rows))
+        if args.c_reference:
+            scan, c = rows[0], rows[1]
+            print(f"C loop vs train_epoch: largest per-step loss difference {c['max_loss_diff_vs_scan']:.2e}; "
+                  f"train_epoch takes {scan['per_run_seconds'] / c['per_run_seconds']:.2f}x the C loop's time")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(device=f"{device.platform} ({device.device_kind})",
+                                                   settings=vars(args), rows=rows), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """jax_rnn.train: the scanned epoch against a loop of steps, vmap against one-by-one, determinism, convergence."""
 
+import json
 import shutil
 
 import jax
@@ -146,16 +147,43 @@ def test_num_steps_10_state_16_learns_both_dependencies():
     assert task.level(result.final_loss) == "both"
 
 
-@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="needs a C compiler")
-def test_the_c_reference_loop_of_the_benchmark_computes_the_same_losses(small_windows):
-    """bench/reference_loop.c (the speed reference of `python -m jax_rnn.bench --c-reference`) is the same
-    training: per-step losses equal train_epoch's to 1e-5 over 300 steps."""
-    from jax_rnn.bench import c_reference
+needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")),
+                              reason="needs a C compiler")
 
-    x_windows, y_windows = small_windows
-    params = jax.tree.map(jnp.asarray, numpy_params(0))
+
+@needs_cc
+@pytest.mark.parametrize("state_size, num_steps", [(4, 5), (3, 7), (16, 1), (64, 10)])
+def test_the_c_reference_loop_of_the_benchmark_computes_the_same_losses(state_size, num_steps):
+    """jax_rnn/reference_loop.c (the speed reference of `python -m jax_rnn.bench`) is the same training for
+    any state size and window length (it reads them at run time): per-step losses equal train_epoch's."""
+    from jax_rnn.bench import c_epoch
+
+    x_windows, y_windows = task.windows(*task.gen_data(10_000, seed=0), batch_size=20, num_steps=num_steps)
+    params = jax.tree.map(jnp.asarray, numpy_params(0, 2, state_size))
     opt = jax_rnn.adagrad(0.1)
     _, _, _, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
-    _, seconds, c_losses = c_reference(params, x_windows, y_windows, 0.1, repeats=1)
-    assert len(seconds) == 1 and c_losses.shape == (300,)
-    np.testing.assert_allclose(c_losses, losses, rtol=0, atol=1e-5)
+    c_loop = c_epoch(params, x_windows, y_windows, 0.1)
+    assert c_loop() > 0 and c_loop.losses.shape == losses.shape
+    np.testing.assert_allclose(c_loop.losses, losses, rtol=0, atol=1e-5)
+
+
+@needs_cc
+def test_bench_grid_writes_one_row_per_cell(tmp_path, capsys):
+    from jax_rnn import bench
+
+    out = tmp_path / "grid.json"
+    bench.main(["--grid", "--states", "3", "--steps", "2,4", "--data-size", "4000", "--batch-size", "20",
+                "--repeats", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["state_size"], r["num_steps"]) for r in rows] == [(3, 2), (3, 4)]
+    assert all(r["max_loss_diff"] < 1e-5 and r["c"]["median"] > 0 for r in rows)
+    assert capsys.readouterr().out.count("\n| 3 | ") == 2
+
+
+def test_the_c_reference_loop_says_what_is_missing(monkeypatch):
+    from jax_rnn import bench
+
+    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
+    bench.c_program.cache_clear()  # a failed build is not cached
+    with pytest.raises(RuntimeError, match="needs a C compiler"):
+        bench.c_program()

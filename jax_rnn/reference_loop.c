@@ -38,6 +38,11 @@ int main(int argc, char **argv) {
     read_all(in, hdr, sizeof(int), 5);
     read_all(in, &lr, sizeof(float), 1);
     const int E = hdr[0], B = hdr[1], T = hdr[2], n = hdr[3], d = hdr[4], R = n + d;
+    int repeats = atoi(argv[3]);
+    if (E < 1 || B < 1 || T < 1 || n < 1 || d < 1 || repeats < 1) {
+        fprintf(stderr, "reference_loop: bad sizes E=%d B=%d T=%d n=%d d=%d or REPEATS=%d\n", E, B, T, n, d, repeats);
+        return 2;
+    }
     const int np_ = R * d + d + d * n + n;               /* all parameters, one flat vector */
     float *init = malloc(sizeof(float) * np_);
     read_all(in, init, sizeof(float), np_);
@@ -53,7 +58,6 @@ int main(int argc, char **argv) {
     float *dh = malloc(sizeof(float) * d * B), *dz = malloc(sizeof(float) * d * B), *tmp = malloc(sizeof(float) * B);
     float *lossv = malloc(sizeof(float) * B), *losses = malloc(sizeof(float) * E);
     int *xt = malloc(sizeof(int) * B * T), *yt = malloc(sizeof(int) * B * T);
-    int repeats = atoi(argv[3]);
     double *seconds = malloc(sizeof(double) * repeats);
 
     for (int rep = 0; rep < repeats; rep++) {
