@@ -17,7 +17,7 @@ on the GPU, and the crossover (the first swept value at which the GPU is faster)
 
 Memory (JAX only): long windows, num_steps 1,000 and 10,000 at state 256, batch 200 (one window per
 epoch), trained with and without ``remat`` (``jax.checkpoint`` of blocks of the scan, see
-``jax_rnn.loss_batch_last``). For each: XLA's own count of the temporary buffers of the compiled
+``jax_rnn.loss_window``). For each: XLA's own count of the temporary buffers of the compiled
 epoch (``compiled.memory_analysis()``, exact), the growth of the process's resident memory while it
 compiled and ran (sampled), compile seconds and the seconds of one epoch (one timed call).
 """

@@ -88,32 +88,52 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     """Mean sparse softmax cross-entropy over batch and time of one window.
 
     **Arguments:** ``x, y: int[batch, num_steps]``; ``state: f32[batch, d]`` (S_{-1});
-    ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise blocks of steps in the backward pass (see `loss_batch_last`).
+    ``unroll``: passed to ``lax.scan``; ``remat``: rematerialise blocks of steps in the backward pass (see `loss_window`).
     **Returns:** ``(mean_loss: f32[], final_state: f32[batch, d])``.
 
     Checks its arguments first (`jax_rnn.validate`; values only when concrete, so ``jax.grad(loss)``
-    and ``jit`` work as before): ValueError/TypeError naming the argument.
+    and ``jit`` work as before): ValueError/TypeError naming the argument. Runs in the layout the
+    training loop uses for this state size (`batch_last_for`).
     """
     from . import validate
 
     n, d = validate.sizes("loss", params)
     validate.check_classes("loss", {"x": x, "y": y}, 2, "[batch, num_steps]", n)
     validate.check_state("loss", state, validate._arr(x).shape[0], d)
-    mean_loss, final_state = loss_batch_last(params, x.T, y.T, state.T, unroll, remat)
-    return mean_loss, final_state.T
+    batch_last = batch_last_for(d)
+    mean_loss, final_state = loss_window(params, x.T, y.T, state.T if batch_last else state, unroll, remat, batch_last)
+    return mean_loss, final_state.T if batch_last else final_state
 
 
-# Below this many weights, a contraction is written as broadcast-multiply-sum instead of a dot: on CPU,
-# XLA fuses it with the tanh around it into one loop, where a [4, 4] @ [4, 200] dot is a separate
-# library call per step (measured: 1.7x faster epochs at state_size 4). Larger matrices use the dot.
-SMALL_CONTRACTION = 256
+# How the training loop lays out a window, chosen by measurement on CPU (`python -m jax_rnn.bench --grid`
+# and ``--states``; figures in the README). Two choices, both about the [d, d] state product per step:
+# - Layout. Below BATCH_FIRST_FROM the batch is the last, contiguous axis (state ``[d, batch]``): with a
+#   few numbers of state per sequence, every step becomes short vector loops over the batch that XLA fuses.
+#   From BATCH_FIRST_FROM on, the batch comes first (state ``[batch, d]``, TensorFlow's layout): the step
+#   is one ``[batch, d] @ [d, d]`` matrix product, and so is each step's weight gradient, which XLA's CPU
+#   dot runs about 2x faster than the transposed products of the batch-last layout (state 512: 0.7 s
+#   against 1.3 s per 100k points; state 64: 55 ms against 43 ms, so batch-last stays below 128).
+# - Contraction. In the batch-last layout, a matrix of at most SMALL_CONTRACTION weights (the [4, 4]
+#   state matrix of the tutorial, the [d, 2] softmax) is applied as broadcast-multiply-sum, which XLA
+#   fuses with the tanh around it into one loop; larger ones use a dot (state 16: 0.11 s against 0.53 s
+#   per epoch; state 8: 72 ms against 87-110 ms).
+BATCH_FIRST_FROM = 128
+SMALL_CONTRACTION = 16
 
 
-def _contract(a: jax.Array, s: jax.Array) -> jax.Array:
-    """``a: [m, k] @ s: [k, batch] -> [m, batch]``, elementwise when ``a`` is tiny (see above)."""
-    if a.size <= SMALL_CONTRACTION:
-        return jnp.sum(a[:, :, None] * s[None, :, :], axis=1)
-    return a @ s
+def batch_last_for(state_size: int) -> bool:
+    """Whether the training loop runs a state of this size batch-last (see BATCH_FIRST_FROM)."""
+    return state_size < BATCH_FIRST_FROM
+
+
+def _apply(s: jax.Array, w: jax.Array, batch_last: bool) -> jax.Array:
+    """``s @ w`` on the feature axis: ``w: [k, m]``; ``s: [..., k, batch]`` -> ``[..., m, batch]`` when
+    ``batch_last``, else ``s: [..., batch, k]`` -> ``[..., batch, m]``."""
+    if not batch_last:
+        return s @ w
+    if w.size <= SMALL_CONTRACTION:
+        return jnp.sum(w.T[:, :, None] * s[..., None, :, :], axis=-2)
+    return jnp.einsum("km,...kb->...mb", w, s)
 
 
 def remat_block_size(num_steps: int) -> int:
@@ -121,52 +141,57 @@ def remat_block_size(num_steps: int) -> int:
     return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
-def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
-                    unroll: int | bool = 1, remat: bool = False) -> tuple[jax.Array, jax.Array]:
-    """`loss` with the batch as the last, contiguous axis: the layout the training loop runs in.
+def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array, unroll: int | bool = 1,
+                remat: bool = False, batch_last: bool = True) -> tuple[jax.Array, jax.Array]:
+    """`loss` time-major, in the layout the training loop runs in (`batch_last_for`).
 
-    On CPU, with a state of 4 numbers per sequence, keeping the 200 sequences of a batch contiguous
-    turns every step into a few short vector loops that XLA fuses, where ``[batch, 4]`` tiles would
-    not vectorise. The input projection ``W[x]`` of the steps is gathered before the recurrence; the
-    scanned step computes the new state and its logits.
+    The input projection ``W[x]`` of the steps is gathered before the recurrence; the scanned step
+    computes the new state and its logits.
 
     ``remat=True`` is for long windows (num_steps in the thousands): the window is cut into blocks of
     ``ceil(sqrt(num_steps))`` steps (`remat_block_size`; the last one shorter), each wrapped in
-    ``jax.checkpoint``. The
-    backward pass keeps only the state at each block boundary and recomputes one block at a time, so
-    memory grows like ``sqrt(num_steps)`` instead of ``num_steps``, for about one more forward pass.
+    ``jax.checkpoint``. The backward pass keeps only the state at each block boundary and recomputes one
+    block at a time, so memory grows like ``sqrt(num_steps)`` instead of ``num_steps``, for about one
+    more forward pass.
 
-    **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state_t: f32[d, batch]``.
-    **Returns:** ``(mean_loss: f32[], final_state_t: f32[d, batch])``.
+    **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state: f32[d, batch]`` if ``batch_last``, else
+    ``f32[batch, d]``. **Returns:** ``(mean_loss: f32[], final_state)``, the state in the same layout.
     """
-    d = state_t.shape[0]
+    d = params["rnn_cell"]["b"].shape[0]
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
-    w_input_t, w_state_t = w[:-d].T, w[-d:].T                        # [d, n], [d, d]
-    w_softmax_t = params["softmax"]["W"].T                            # [n, d]
+    w_input, w_state, w_softmax = w[:-d], w[-d:], params["softmax"]["W"]      # [n, d], [d, d], [d, n]
+    feature_axis = -2 if batch_last else -1
 
     def step(s, input_t):
-        s = jnp.tanh(input_t + _contract(w_state_t, s))
-        return s, _contract(w_softmax_t, s)
+        s = jnp.tanh(input_t + _apply(s, w_state, batch_last))
+        return s, _apply(s, w_softmax, batch_last)
 
     def steps(s, x_block):                                            # x_block: int[k, batch]
-        inputs = jnp.moveaxis(w_input_t[:, x_block], 0, 1) + b[:, None]   # [k, d, batch]
+        inputs = jnp.moveaxis(w_input.T[:, x_block], 0, 1) + b[:, None] if batch_last else w_input[x_block] + b
         return jax.lax.scan(step, s, inputs, unroll=unroll)
 
     if remat:
         num_steps, k = x_t.shape[0], remat_block_size(x_t.shape[0])
         full = num_steps // k * k                                    # whole blocks, then the remainder
         block = jax.checkpoint(steps)
-        final_state_t, logits_t = jax.lax.scan(block, state_t, x_t[:full].reshape(full // k, k, x_t.shape[1]))
+        final_state, logits_t = jax.lax.scan(block, state, x_t[:full].reshape(full // k, k, x_t.shape[1]))
         logits_t = logits_t.reshape((full,) + logits_t.shape[2:])
         if full < num_steps:
-            final_state_t, rest = block(final_state_t, x_t[full:])
+            final_state, rest = block(final_state, x_t[full:])
             logits_t = jnp.concatenate([logits_t, rest])
     else:
-        final_state_t, logits_t = steps(state_t, x_t)                # logits [num_steps, n, batch]
-    log_p = jax.nn.log_softmax(logits_t + params["softmax"]["b"][:, None], axis=1)
-    classes = jnp.arange(log_p.shape[1], dtype=y_t.dtype)[None, :, None]
-    nll = -jnp.sum(jnp.where(classes == y_t[:, None, :], log_p, 0.0), axis=1)
-    return jnp.mean(nll), final_state_t
+        final_state, logits_t = steps(state, x_t)                     # logits: [num_steps, (n, batch | batch, n)]
+    b_softmax = params["softmax"]["b"]
+    log_p = jax.nn.log_softmax(logits_t + (b_softmax[:, None] if batch_last else b_softmax), axis=feature_axis)
+    target = jax.nn.one_hot(y_t, log_p.shape[feature_axis], dtype=jnp.bool_, axis=feature_axis)
+    nll = -jnp.sum(jnp.where(target, log_p, 0.0), axis=feature_axis)
+    return jnp.mean(nll), final_state
+
+
+def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,
+                    unroll: int | bool = 1, remat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """`loss_window` with ``batch_last=True`` (``state_t: f32[d, batch]``): kept for existing callers."""
+    return loss_window(params, x_t, y_t, state_t, unroll, remat, batch_last=True)
 
 
 def param_shapes(num_classes: int, state_size: int) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from . import validate
-from .model import Params, loss_batch_last
+from .model import Params, batch_last_for, loss_window
 
 # Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
 # windows are unrolled by this factor, which keeps compile time bounded for num_steps in the thousands.
@@ -33,14 +33,20 @@ def _unroll(num_steps: int) -> int | bool:
     return True if num_steps <= MAX_UNROLL else MAX_UNROLL
 
 
-def _step_batch_last(params: Params, opt_state, state_t: jax.Array, x_t: jax.Array, y_t: jax.Array, optimizer,
-                     remat: bool = False):
-    """One window in the batch-last layout (``state_t: [d, batch]``, ``x_t, y_t: [num_steps, batch]``)."""
-    state_t = jax.lax.stop_gradient(state_t)  # truncation: nothing flows into earlier windows
-    grad_fn = jax.value_and_grad(loss_batch_last, has_aux=True)
-    (mean_loss, final_state_t), grads = grad_fn(params, x_t, y_t, state_t, _unroll(x_t.shape[0]), remat)
+def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, optimizer, remat: bool = False):
+    """One window, time-major (``x_t, y_t: [num_steps, batch]``), the state in the layout of `batch_last_for`
+    (``[d, batch]`` or ``[batch, d]``)."""
+    state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
+    batch_last = batch_last_for(params["rnn_cell"]["b"].shape[0])
+    grad_fn = jax.value_and_grad(loss_window, has_aux=True)
+    (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, final_state_t, mean_loss
+    return optax.apply_updates(params, updates), opt_state, final_state, mean_loss
+
+
+def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
+    """``f32[batch, d]`` (the API's layout) <-> the training loop's layout (its own inverse)."""
+    return state.T if batch_last else state
 
 
 @partial(jax.jit, static_argnames=("optimizer", "remat"))
@@ -50,7 +56,7 @@ def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax
 
     **Arguments:** ``state: f32[batch, d]`` (a constant: no gradient flows into it);
     ``x, y: int[batch, num_steps]``; ``optimizer``: static (e.g. ``adagrad(0.1)``); ``remat``: static,
-    rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_batch_last`): less memory.
+    rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_window`): less memory.
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``.
 
     Checks keys, shapes and dtypes of every argument while tracing, i.e. once per new argument
@@ -58,18 +64,21 @@ def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax
     checked by `train_epoch`, `fit` and the CLI).
     """
     _check_step(params, opt_state, state, x, y, optimizer, remat)
-    params, opt_state, final_state_t, mean_loss = _step_batch_last(params, opt_state, state.T, x.T, y.T, optimizer, remat)
-    return params, opt_state, final_state_t.T, mean_loss
+    batch_last = batch_last_for(state.shape[1])
+    params, opt_state, final_state, mean_loss = _step(params, opt_state, _to_layout(state, batch_last), x.T, y.T,
+                                                      optimizer, remat)
+    return params, opt_state, _to_layout(final_state, batch_last), mean_loss
 
 
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
            guard=False):
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
-    state_t = jnp.zeros((state_size, batch_size), jnp.float32) if state is None else state.T
+    batch_last = batch_last_for(state_size)
+    state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
 
     def body(carry, window):
         params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = _step_batch_last(params, opt_state, state_t, *window, optimizer, remat)
+        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window, optimizer, remat)
         return (params, opt_state, state_t), mean_loss
 
     def guarded_body(carry, inputs):
@@ -78,7 +87,7 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
         old, diverged_at = carry[:3], carry[3]
         window, k = inputs
-        new = _step_batch_last(*old, *window, optimizer, remat)
+        new = _step(*old, *window, optimizer, remat)
         finite = jnp.isfinite(new[3])
         for leaf in jax.tree.leaves(new[:2]):
             finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -91,11 +100,11 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
     windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, num_steps, batch]
     if not guard:
         (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), windows_t)
-        return params, opt_state, state_t.T, losses
+        return params, opt_state, _to_layout(state_t, batch_last), losses
     steps = jnp.arange(x_windows.shape[0], dtype=jnp.int32)
     carry = (params, opt_state, state_t, jnp.int32(-1))
     (params, opt_state, state_t, diverged_at), losses = jax.lax.scan(guarded_body, carry, (windows_t, steps))
-    return GuardedEpoch(params, opt_state, state_t.T, losses, diverged_at)
+    return GuardedEpoch(params, opt_state, _to_layout(state_t, batch_last), losses, diverged_at)
 
 
 class GuardedEpoch(NamedTuple):
