@@ -29,6 +29,15 @@ from .model import Params, batch_last_for, loss_window
 MAX_UNROLL = 16
 
 
+# XLA's CPU compiler hands some reductions to YNNPACK ("reduce" fusions). Under vmap, the batch sums of
+# the small-matrix path (`model._product`) become such fusions and each run costs 2.4x a lone run (state
+# 4, num_steps 5, 3 runs: 155 ms against 65 ms per epoch). Keeping YNNPACK for the dots only gives the
+# fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise). Scoped to
+# these functions: a compile option of XLA's, not a process-wide XLA_FLAGS.
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_jit = partial(jax.jit, static_argnames=("optimizer", "remat"), compiler_options=COMPILER_OPTIONS)
+
+
 def _unroll(num_steps: int) -> int | bool:
     return True if num_steps <= MAX_UNROLL else MAX_UNROLL
 
@@ -49,7 +58,7 @@ def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
     return state.T if batch_last else state
 
 
-@partial(jax.jit, static_argnames=("optimizer", "remat"))
+@_jit
 def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
                optimizer: optax.GradientTransformation, remat: bool = False):
     """One truncated-BPTT step on one window.
@@ -125,7 +134,7 @@ class GuardedEpoch(NamedTuple):
     diverged_at: jax.Array
 
 
-@partial(jax.jit, static_argnames=("optimizer", "remat"))
+@_jit
 def _train_epoch_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                 optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """A whole epoch of truncated BPTT as one compiled call (``lax.scan`` over the windows).
@@ -138,7 +147,7 @@ def _train_epoch_jit(params: Params, opt_state, x_windows: jax.Array, y_windows:
     return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat)
 
 
-@partial(jax.jit, static_argnames=("optimizer", "remat"))
+@_jit
 def _train_epoch_guarded_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                              optimizer: optax.GradientTransformation, state: jax.Array | None = None,
                              remat: bool = False) -> GuardedEpoch:
@@ -155,7 +164,7 @@ def _train_epoch_guarded_jit(params: Params, opt_state, x_windows: jax.Array, y_
     return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, guard=True)
 
 
-@partial(jax.jit, static_argnames=("optimizer", "remat"))
+@_jit
 def _train_runs_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
