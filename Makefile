@@ -23,6 +23,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m ''
 
 bench: $(STAMP)
+	$(PY) -m jax_rnn.bench --grid
 	$(PY) -m jax_rnn.bench --c-reference
 	$(PY) -m compare bench
 

@@ -86,6 +86,11 @@ def sweep_markdown(result: dict) -> str:
         a = result["agreement"]
         lines.append(f"Implementations on the same seed: largest per-step loss difference {_f(a['max_abs_diff'], '.2e')}; "
                      f"same level on every seed: {'yes' if a['same_level'] else 'no'}.")
+    if result.get("time"):
+        t = result["time"]
+        lines.append(f"Time: {_f(t['total'], '.1f')} s in all: data {_f(t['data'], '.1f')} s (every seed's epochs made "
+                     f"once, cut per cell), JAX compile {_f(t['compile'], '.1f')} s (or loads from the compilation "
+                     f"cache), training {_f(t['train'], '.1f')} s; {c.get('jax_devices') or 1} JAX device(s).")
     return "\n".join(lines) + "\n"
 
 

@@ -39,12 +39,63 @@ def tutorial_level(num_steps: int) -> str:
     return "none" if num_steps <= 3 else "first" if num_steps <= 8 else "both"
 
 
-def _epoch_windows(config: Config, seeds: list[int]):
-    """Per epoch, the windows of every seed: ``int32[seeds, epoch_size, batch, num_steps]`` x2."""
-    streams = [io.epoch_stream(config, seed=s) for s in seeds]
-    for epoch in zip(*streams):
-        pairs = [task.windows(x, y, config.batch_size, config.num_steps) for x, y in epoch]
-        yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+class Timings:
+    """Where a sweep's time goes, in seconds: ``data`` (generating the epochs and cutting windows),
+    ``compile`` (JAX tracing, lowering and XLA compiling, from JAX's own monitoring events; loads from
+    the persistent compilation cache count here too) and ``train`` (the rest of each cell's time)."""
+
+    _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                       "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self):
+        self.data = self.compile = self.train = 0.0
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event in self._COMPILE_EVENTS:
+            self.compile += duration
+
+    def __enter__(self) -> "Timings":
+        import jax.monitoring
+
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from jax._src import monitoring  # the public module has no unregister yet (jax 0.10)
+
+        monitoring.unregister_event_duration_listener(self._on_event)
+
+    def as_dict(self) -> dict:
+        return {"data": self.data, "compile": self.compile, "train": self.train}
+
+
+class SharedData:
+    """Every seed's epochs, generated once for the whole sweep: a cell differs from another only in how
+    it cuts them into windows. Kept as int8 (the values are 0 and 1): seeds x epochs x data_size x 2 bytes."""
+
+    def __init__(self, config: Config, seeds: list[int], timings: Timings):
+        start = time.perf_counter()
+        self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in io.epoch_stream(config, seed=s)]
+                       for s in seeds}
+        self.timings = timings
+        timings.data += time.perf_counter() - start
+
+    def windows(self, config: Config, seed: int):
+        """Seed ``seed``'s epochs cut for ``config``: ``(x_windows, y_windows)`` per epoch, ``int32[epoch_size,
+        batch, num_steps]`` each."""
+        for x, y in self.epochs[seed]:
+            start = time.perf_counter()
+            cut = task.windows(x, y, config.batch_size, config.num_steps)
+            self.timings.data += time.perf_counter() - start
+            yield cut
+
+    def stacked_windows(self, config: Config, seeds: list[int]):
+        """Per epoch, the windows of every seed: ``int32[seeds, epoch_size, batch, num_steps]`` x2."""
+        for epoch in zip(*(self.windows(config, s) for s in seeds)):
+            start = time.perf_counter()
+            stacked = np.stack([w[0] for w in epoch]), np.stack([w[1] for w in epoch])
+            self.timings.data += time.perf_counter() - start
+            yield stacked
 
 
 def run_devices(kind: str) -> list:
@@ -64,9 +115,10 @@ def first_non_finite(losses: np.ndarray) -> dict | None:
     return {"epoch": epoch, "step": step}
 
 
-def _train_jax(config: Config, seeds: list[int], device: str, bar):
+def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData):
     """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
-    (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). Returns ``(float32[seeds, epochs,
+    (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). The next epoch's windows are cut
+    while the device trains (JAX dispatches asynchronously). Returns ``(float32[seeds, epochs,
     epoch_size], diverged)``, ``diverged`` per seed as in `first_non_finite`."""
     import jax
     import jax_rnn
@@ -76,16 +128,19 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar):
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
     optimizer = jax_rnn.adagrad(config.learning_rate)
     opt_state = jax.vmap(optimizer.init)(params)
-    losses = []
-    for xw, yw in _epoch_windows(config, seeds):
-        params, opt_state, _, epoch_losses = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh)
-        losses.append(np.asarray(epoch_losses, np.float32))
-        bar.update(len(seeds))
+    losses, pending = [], None
+    for xw, yw in data.stacked_windows(config, seeds):   # cuts epoch e+1 while epoch e trains
+        if pending is not None:
+            losses.append(np.asarray(pending, np.float32))
+            bar.update(len(seeds))
+        params, opt_state, _, pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh)
+    losses.append(np.asarray(pending, np.float32))
+    bar.update(len(seeds))
     out = np.stack(losses, axis=1)
     return out, [first_non_finite(s) for s in out]
 
 
-def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar):
+def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, data: SharedData):
     """Seed after seed, each stopped at its first non-finite loss or update (the rest of its losses
     NaN); returns ``(float32[seeds, epochs, epoch_size], diverged)`` as `_train_jax`."""
     out, diverged = [], []
@@ -94,8 +149,8 @@ def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar):
         losses = np.full((config.epochs, config.epoch_size), np.nan, np.float32)
         where = None
         try:
-            for epoch, (x, y) in enumerate(io.epoch_stream(config, seed=s)):
-                stats = trainer.train_epoch(*task.windows(x, y, config.batch_size, config.num_steps))
+            for epoch, (xw, yw) in enumerate(data.windows(config, s)):
+                stats = trainer.train_epoch(xw, yw)
                 losses[epoch] = stats.losses
                 bar.update(1)
                 if stats.diverged_at is not None:
@@ -141,16 +196,22 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -
     seeds = [first.seed + i for i in range(num_seeds)]
     total = sum(len(c.impls) * num_seeds * c.epochs for c in configs)
     cells, max_diff, same_level = [], 0.0, True
-    with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as bar:
+    wall = time.perf_counter()
+    with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as bar, Timings() as timings:
+        data = SharedData(first, seeds, timings)
         for config in configs:
             by_impl, levels = {}, {}
             for impl in config.impls:
                 bar.set_postfix_str(f"num_steps {config.num_steps}, state {config.state_size}, {impl}")
-                start = time.perf_counter()
+                start, before = time.perf_counter(), timings.as_dict()
                 device = devices.jax if impl == "jax" else devices.tf
                 train = _train_jax if impl == "jax" else (lambda *a, impl=impl: _train_tf(impl, *a))
-                by_impl[impl], diverged = train(config, seeds, device, bar)
-                cells.append(_cell(config, impl, seeds, by_impl[impl], diverged, time.perf_counter() - start))
+                by_impl[impl], diverged = train(config, seeds, device, bar, data)
+                seconds = time.perf_counter() - start
+                spent = {k: v - before[k] for k, v in timings.as_dict().items()}
+                timings.train += seconds - spent["data"] - spent["compile"]
+                cells.append(_cell(config, impl, seeds, by_impl[impl], diverged, seconds))
+                cells[-1]["time"] = {**spent, "train": seconds - spent["data"] - spent["compile"]}
                 levels[impl] = tuple(cells[-1]["levels"])
             for a, b in itertools.combinations(by_impl, 2):
                 both = np.isfinite(by_impl[a]) & np.isfinite(by_impl[b])
@@ -161,5 +222,6 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
             "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None}
     agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
+    time_spent = {**timings.as_dict(), "total": time.perf_counter() - wall}
     return json_safe({"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),
-                      "cells": cells, "agreement": agreement})
+                      "cells": cells, "agreement": agreement, "time": time_spent})

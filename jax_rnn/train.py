@@ -29,13 +29,16 @@ from .model import Params, batch_last_for, loss_window
 MAX_UNROLL = 16
 
 
+_jit = partial(jax.jit, static_argnames=("optimizer", "remat"))
+
 # XLA's CPU compiler hands some reductions to YNNPACK ("reduce" fusions). Under vmap, the batch sums of
 # the small-matrix path (`model._product`) become such fusions and each run costs 2.4x a lone run (state
 # 4, num_steps 5, 3 runs: 155 ms against 65 ms per epoch). Keeping YNNPACK for the dots only gives the
-# fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise). Scoped to
-# these functions: a compile option of XLA's, not a process-wide XLA_FLAGS.
+# fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise); a lone run
+# gets no such fusions. A compile option of XLA's, scoped to one function rather than a process-wide
+# XLA_FLAGS; JAX accepts it on top-level jits only, so the public functions (which users may nest in
+# their own jit) go without it and `train_runs_sharded`, a host-level call, uses `_train_runs_top_level`.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-_jit = partial(jax.jit, static_argnames=("optimizer", "remat"), compiler_options=COMPILER_OPTIONS)
 
 
 def _unroll(num_steps: int) -> int | bool:
@@ -164,9 +167,8 @@ def _train_epoch_guarded_jit(params: Params, opt_state, x_windows: jax.Array, y_
     return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, guard=True)
 
 
-@_jit
-def _train_runs_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-               optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
+def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+          optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
 
     **Arguments:** every leaf of ``params`` and ``opt_state`` has a leading run axis ``[R, ...]``;
@@ -175,6 +177,10 @@ def _train_runs_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: 
     """
     run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
+
+
+_train_runs_jit = _jit(_runs)
+_train_runs_top_level = jax.jit(_runs, static_argnames=("optimizer", "remat"), compiler_options=COMPILER_OPTIONS)
 
 
 # --- the public epoch functions: the jitted ones above behind argument checks ------------------------
@@ -238,3 +244,5 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
 train_epoch = _Checked(_train_epoch_jit, partial(_check_epoch, "train_epoch"))
 train_epoch_guarded = _Checked(_train_epoch_guarded_jit, partial(_check_epoch, "train_epoch_guarded"))
 train_runs = _Checked(_train_runs_jit, partial(_check_epoch, "train_runs", runs=True))
+train_runs_top_level = _Checked(_train_runs_top_level, partial(_check_epoch, "train_runs", runs=True))
+"""`train_runs` compiled with `COMPILER_OPTIONS`: faster on CPU, but not callable inside another ``jit``."""
