@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
     sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="JAX cells trained at once, one thread each (default: the number of CPU cores with "
+                            "--device cpu, else 1); the results do not depend on it")
 
     bench = sub.add_parser("bench", help="speed only: build, first epoch, steady state, memory, speed-up",
                            description=f"Time every implementation on the same data: build/compile seconds, "
@@ -216,10 +219,13 @@ def _sweep(args) -> int:
     state_sizes = parse_ints(args.state_size, "--state-size")
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     configs = [_config(args, impls, n, d, args.epochs, args.data_size) for n in num_steps for d in state_sizes]
     paths = _paths(args)
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
-    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet)
+    workers = args.workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
+    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet, workers=workers)
     _write(result, paths, report.sweep_markdown(result), plots.sweep_plot(result))
     return 0
 

@@ -88,9 +88,10 @@ def sweep_markdown(result: dict) -> str:
                      f"same level on every seed: {'yes' if a['same_level'] else 'no'}.")
     if result.get("time"):
         t = result["time"]
-        lines.append(f"Time: {_f(t['total'], '.1f')} s in all: data {_f(t['data'], '.1f')} s (every seed's epochs made "
-                     f"once, cut per cell), JAX compile {_f(t['compile'], '.1f')} s (or loads from the compilation "
-                     f"cache), training {_f(t['train'], '.1f')} s; {c.get('jax_devices') or 1} JAX device(s).")
+        lines.append(f"Time: {_f(t['total'], '.1f')} s wall, {c.get('workers') or 1} JAX cell(s) at a time. Added up over "
+                     f"the cells: data {_f(t['data'], '.1f')} s (every seed's epochs made once, "
+                     f"{_f(t['shared_data'], '.1f')} s, then cut per cell), JAX compile {_f(t['compile'], '.1f')} s (or "
+                     f"loads from the compilation cache), training {_f(t['train'], '.1f')} s.")
     return "\n".join(lines) + "\n"
 
 

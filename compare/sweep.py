@@ -7,7 +7,9 @@ TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs,
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the seeds are split over them with a
 ``Mesh`` on the run axis, every device used (with fewer seeds than a multiple of the devices, the
 last seed is repeated to fill them and its copies dropped); the losses are bit-identical to the
-single-device ones.
+single-device ones. On a CPU, ``--workers`` JAX cells (default: one per core) train at once, each in a
+thread; every seed's epochs are generated once and shared by all cells. The result says where the time
+went (``time``: data, compile, training, per cell and added up).
 
 Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
 ``diverged`` (per seed: ``{"epoch", "step"}`` of the first such window, 0-based, or None) and counts
@@ -23,7 +25,9 @@ one only if ``num_steps > 8`` (its runs: 1 -> nothing, 5 -> the 3-step one, 10 -
 from __future__ import annotations
 
 import itertools
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
@@ -40,19 +44,28 @@ def tutorial_level(num_steps: int) -> str:
 
 
 class Timings:
-    """Where a sweep's time goes, in seconds: ``data`` (generating the epochs and cutting windows),
-    ``compile`` (JAX tracing, lowering and XLA compiling, from JAX's own monitoring events; loads from
-    the persistent compilation cache count here too) and ``train`` (the rest of each cell's time)."""
+    """Where a sweep's time goes, in seconds, per worker thread: ``data`` (generating the epochs and cutting
+    windows) and ``compile`` (JAX tracing, lowering and XLA compiling, from JAX's own monitoring events,
+    which fire in the compiling thread; loads from the persistent compilation cache count here too).
+    A cell's training time is its wall time less these two."""
 
     _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                        "/jax/core/compile/backend_compile_duration")
 
     def __init__(self):
-        self.data = self.compile = self.train = 0.0
+        self._by_thread: dict[int, dict[str, float]] = {}
+
+    def add(self, kind: str, seconds: float) -> None:
+        mine = self._by_thread.setdefault(threading.get_ident(), {"data": 0.0, "compile": 0.0})
+        mine[kind] += seconds
+
+    def mine(self) -> dict[str, float]:
+        """This thread's totals so far."""
+        return dict(self._by_thread.get(threading.get_ident(), {"data": 0.0, "compile": 0.0}))
 
     def _on_event(self, event: str, duration: float, **_) -> None:
         if event in self._COMPILE_EVENTS:
-            self.compile += duration
+            self.add("compile", duration)
 
     def __enter__(self) -> "Timings":
         import jax.monitoring
@@ -65,9 +78,6 @@ class Timings:
 
         monitoring.unregister_event_duration_listener(self._on_event)
 
-    def as_dict(self) -> dict:
-        return {"data": self.data, "compile": self.compile, "train": self.train}
-
 
 class SharedData:
     """Every seed's epochs, generated once for the whole sweep: a cell differs from another only in how
@@ -78,7 +88,7 @@ class SharedData:
         self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in io.epoch_stream(config, seed=s)]
                        for s in seeds}
         self.timings = timings
-        timings.data += time.perf_counter() - start
+        timings.add("data", time.perf_counter() - start)
 
     def windows(self, config: Config, seed: int):
         """Seed ``seed``'s epochs cut for ``config``: ``(x_windows, y_windows)`` per epoch, ``int32[epoch_size,
@@ -86,7 +96,7 @@ class SharedData:
         for x, y in self.epochs[seed]:
             start = time.perf_counter()
             cut = task.windows(x, y, config.batch_size, config.num_steps)
-            self.timings.data += time.perf_counter() - start
+            self.timings.add("data", time.perf_counter() - start)
             yield cut
 
     def stacked_windows(self, config: Config, seeds: list[int]):
@@ -94,7 +104,7 @@ class SharedData:
         for epoch in zip(*(self.windows(config, s) for s in seeds)):
             start = time.perf_counter()
             stacked = np.stack([w[0] for w in epoch]), np.stack([w[1] for w in epoch])
-            self.timings.data += time.perf_counter() - start
+            self.timings.add("data", time.perf_counter() - start)
             yield stacked
 
 
@@ -183,45 +193,71 @@ def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, 
     }
 
 
-def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False) -> dict:
+def _cost(job: tuple) -> int:
+    """A rough order of a cell's training cost, to start the longest cells first: state products dominate."""
+    _, config, _ = job
+    return max(config.state_size, 8) ** 2
+
+
+def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, workers: int = 1) -> dict:
     """Train every config (grid cell) for seeds ``seed .. seed + num_seeds - 1`` with every implementation.
 
+    ``workers``: how many JAX cells train at once, each in its own thread (JAX releases the GIL while it
+    compiles and runs; the longest cells start first). The results do not depend on it. TensorFlow cells
+    train one after another on the calling thread.
+
     **Returns:** ``command``, ``config`` (the grid), ``environment``, ``targets``, ``cells`` (one per
-    num_steps x state_size x impl, with ``diverged`` per seed) and ``agreement`` (implementations compared
-    seed by seed, on the steps where both losses are finite); non-finite floats as None.
+    num_steps x state_size x impl, with ``diverged`` per seed, and ``time``: its data, compile and training
+    seconds), ``agreement`` (implementations compared seed by seed, on the steps where both losses are
+    finite) and ``time`` (the sweep's wall time, and the cells' seconds added up); non-finite floats as None.
     """
     from .environment import describe
 
     first = configs[0]
     seeds = [first.seed + i for i in range(num_seeds)]
     total = sum(len(c.impls) * num_seeds * c.epochs for c in configs)
-    cells, max_diff, same_level = [], 0.0, True
+    jobs = [(i, config, impl) for i, config in enumerate(configs) for impl in config.impls]
     wall = time.perf_counter()
     with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as bar, Timings() as timings:
         data = SharedData(first, seeds, timings)
-        for config in configs:
-            by_impl, levels = {}, {}
-            for impl in config.impls:
-                bar.set_postfix_str(f"num_steps {config.num_steps}, state {config.state_size}, {impl}")
-                start, before = time.perf_counter(), timings.as_dict()
-                device = devices.jax if impl == "jax" else devices.tf
-                train = _train_jax if impl == "jax" else (lambda *a, impl=impl: _train_tf(impl, *a))
-                by_impl[impl], diverged = train(config, seeds, device, bar, data)
-                seconds = time.perf_counter() - start
-                spent = {k: v - before[k] for k, v in timings.as_dict().items()}
-                timings.train += seconds - spent["data"] - spent["compile"]
-                cells.append(_cell(config, impl, seeds, by_impl[impl], diverged, seconds))
-                cells[-1]["time"] = {**spent, "train": seconds - spent["data"] - spent["compile"]}
-                levels[impl] = tuple(cells[-1]["levels"])
-            for a, b in itertools.combinations(by_impl, 2):
-                both = np.isfinite(by_impl[a]) & np.isfinite(by_impl[b])
-                max_diff = max(max_diff, float(np.max(np.abs(by_impl[a][both] - by_impl[b][both]), initial=0.0)))
-            same_level &= len(set(levels.values())) <= 1
+        shared_data_seconds = timings.mine()["data"]
+
+        def train_cell(job):
+            _, config, impl = job
+            start, before = time.perf_counter(), timings.mine()
+            if impl == "jax":
+                losses, diverged = _train_jax(config, seeds, devices.jax, bar, data)
+            else:
+                losses, diverged = _train_tf(impl, config, seeds, devices.tf, bar, data)
+            seconds = time.perf_counter() - start
+            spent = {k: v - before[k] for k, v in timings.mine().items()}
+            return losses, diverged, seconds, {**spent, "train": seconds - spent["data"] - spent["compile"]}
+
+        jax_jobs = sorted((j for j in jobs if j[2] == "jax"), key=_cost, reverse=True)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = {j: pool.submit(train_cell, j) for j in jax_jobs}
+            done = {j: train_cell(j) for j in jobs if j[2] != "jax"}
+            done.update({j: f.result() for j, f in futures.items()})
+
+    cells, max_diff, same_level = [], 0.0, True
+    for i, config in enumerate(configs):
+        by_impl, levels = {}, {}
+        for impl in config.impls:
+            losses, diverged, seconds, spent = done[(i, config, impl)]
+            by_impl[impl] = losses
+            cells.append(_cell(config, impl, seeds, losses, diverged, seconds))
+            cells[-1]["time"] = spent
+            levels[impl] = tuple(cells[-1]["levels"])
+        for a, b in itertools.combinations(by_impl, 2):
+            both = np.isfinite(by_impl[a]) & np.isfinite(by_impl[b])
+            max_diff = max(max_diff, float(np.max(np.abs(by_impl[a][both] - by_impl[b][both]), initial=0.0)))
+        same_level &= len(set(levels.values())) <= 1
     grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
             "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
-            "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None}
+            "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None, "workers": workers}
     agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
-    time_spent = {**timings.as_dict(), "total": time.perf_counter() - wall}
+    time_spent = {"total": time.perf_counter() - wall, "shared_data": shared_data_seconds,
+                  **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")}}
     return json_safe({"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),
                       "cells": cells, "agreement": agreement, "time": time_spent})

@@ -161,6 +161,19 @@ def test_sweep_jax(tmp_path):
     assert result["cells"][0]["tutorial_level"] == "none" and result["cells"][1]["tutorial_level"] == "first"
     assert result["cells"][0]["final_losses"][0] != result["cells"][0]["final_losses"][1]  # seeds differ
     assert (tmp_path / "r.png").exists() and "| num_steps" in (tmp_path / "r.md").read_text()
+    for cell in result["cells"]:  # where the time went, per cell and in all
+        assert set(cell["time"]) == {"data", "compile", "train"} and cell["time"]["compile"] > 0
+    assert result["time"]["total"] > 0 and result["time"]["train"] == pytest.approx(sum(c["time"]["train"] for c in result["cells"]))
+    assert "Time: " in (tmp_path / "r.md").read_text()
+
+
+def test_sweep_cells_trained_at_once_give_the_same_results(tmp_path):
+    """Two JAX cells in two threads at once give the losses of one cell after another, bit for bit."""
+    argv = ["sweep", "--impl", "jax", "--num-steps", "1,5", "--state-size", "4,8", "--seeds", "2", "--epochs", "2", *SMALL]
+    results = [_run([*argv, "--workers", w], tmp_path, name=f"w{w}")[1] for w in ("1", "2")]
+    assert [r["config"]["workers"] for r in results] == [1, 2]
+    one, two = ([(c["num_steps"], c["state_size"], c["avg_losses"], c["final_losses"]) for c in r["cells"]] for r in results)
+    assert one == two
 
 
 def test_bench(tmp_path):
@@ -203,6 +216,7 @@ def test_bench_help_states_the_real_defaults(capsys):
     (["run", "--impl", "jax,jax"], "named twice"),
     (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
     (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
+    (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
     (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
     (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
     (["run", "--impl", "jax", "--init-params", "no-such.npz"], "--init-params: no such file"),
