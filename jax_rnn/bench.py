@@ -5,8 +5,7 @@ epoch, the compile time, then median, min and max seconds of ``--repeats`` timed
 
 - ``train_epoch``: the whole epoch as one compiled ``lax.scan``;
 - ``step loop``: a Python loop of the jitted ``train_step`` (one dispatch per window);
-- ``vmap xR``: ``train_runs`` training R independent runs at once, compiled as ``train_runs_sharded``
-  compiles it (``train.train_runs_top_level``; per-run cost shown too);
+- ``vmap xR``: ``train_runs`` training R independent runs at once (per-run cost shown too);
 - ``--c-reference``: ``jax_rnn/reference_loop.c`` (package data), a hand-fused single-thread C loop of the
   same arithmetic (built once per process with ``cc -O3 -march=native -ffast-math``), on the same windows
   and weights; its per-step losses are checked against ``train_epoch``'s: the speed reference.
@@ -42,7 +41,7 @@ from .compile_cache import enable_compile_cache
 from .data import gen_data, windows
 from .model import init_params
 from .optim import adagrad
-from .train import train_epoch, train_runs_top_level, train_step
+from .train import train_epoch, train_runs, train_step
 
 C_FLAGS = ["-O3", "-march=native", "-ffast-math"]  # see the header of reference_loop.c
 LEARNING_RATE = 0.1
@@ -180,7 +179,7 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
     for r in runs:
         p_r, o_r, xw_r, yw_r = jax.tree.map(lambda a: jnp.broadcast_to(a, (r,) + a.shape),
                                             (params, opt_state, x_windows, y_windows))
-        compiled_r, compile_seconds = _compiled(train_runs_top_level, p_r, o_r, xw_r, yw_r, opt)
+        compiled_r, compile_seconds = _compiled(train_runs, p_r, o_r, xw_r, yw_r, opt)
         record(f"train_runs vmap x{r}", compile_seconds, _timed(lambda: compiled_r(p_r, o_r, xw_r, yw_r), repeats),
                runs_in_call=r)
     return rows

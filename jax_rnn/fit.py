@@ -24,7 +24,7 @@ from . import data as device_data
 from . import validate
 from .model import Params, init_params
 from .optim import adagrad
-from .train import _train_epoch_guarded_jit
+from .train import train_epoch_guarded
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
@@ -178,7 +178,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         else:
             x, y = jnp.asarray(data[0][epoch]), jnp.asarray(data[1][epoch])
         x_windows, y_windows = device_data.windows(x, y, c.batch_size, c.num_steps)
-        out = _train_epoch_guarded_jit(params, opt_state, x_windows, y_windows, optimizer)
+        out = train_epoch_guarded.top_level(params, opt_state, x_windows, y_windows, optimizer)
         epoch_losses = np.asarray(out.losses)  # waits for the device
         seconds.append(time.perf_counter() - start)
         losses.append(epoch_losses)

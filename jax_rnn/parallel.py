@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .train import train_runs_top_level
+from .train import train_runs
 
 RUN_AXIS = "runs"
 
@@ -54,9 +54,6 @@ def train_runs_sharded(params, opt_state, x_windows, y_windows, optimizer: optax
     If the number of runs R is not a multiple of the number of devices, the last run is repeated to fill
     the mesh (the copies are computed and dropped), so that every device is used.
 
-    A host-level call (it places the arrays): compiled with `jax_rnn.train.COMPILER_OPTIONS`, so that on
-    CPU the runs cost per run what a lone run costs; call `train_runs` inside your own ``jit``.
-
     **Arguments:** as `train_runs` (leading run axis R on every array).
     **Returns:** as `train_runs`, R runs; the outputs stay laid out over the devices.
     """
@@ -70,5 +67,5 @@ def train_runs_sharded(params, opt_state, x_windows, y_windows, optimizer: optax
     if pad:
         inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
     params, opt_state, x_windows, y_windows, *rest = shard_runs(inputs, mesh)
-    out = train_runs_top_level(params, opt_state, x_windows, y_windows, optimizer, rest[0] if rest else None, remat)
+    out = train_runs(params, opt_state, x_windows, y_windows, optimizer, rest[0] if rest else None, remat)
     return jax.tree.map(lambda a: a[:num_runs], out) if pad else out

@@ -29,16 +29,42 @@ from .model import Params, batch_last_for, loss_window
 MAX_UNROLL = 16
 
 
-_jit = partial(jax.jit, static_argnames=("optimizer", "remat"))
-
-# XLA's CPU compiler hands some reductions to YNNPACK ("reduce" fusions). Under vmap, the batch sums of
-# the small-matrix path (`model._product`) become such fusions and each run costs 2.4x a lone run (state
-# 4, num_steps 5, 3 runs: 155 ms against 65 ms per epoch). Keeping YNNPACK for the dots only gives the
-# fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise); a lone run
-# gets no such fusions. A compile option of XLA's, scoped to one function rather than a process-wide
-# XLA_FLAGS; JAX accepts it on top-level jits only, so the public functions (which users may nest in
-# their own jit) go without it and `train_runs_sharded`, a host-level call, uses `_train_runs_top_level`.
+# XLA's CPU compiler hands some reductions to YNNPACK ("reduce" fusions). The batch sums of the
+# small-matrix path (`model._product`) become such fusions under vmap and at large batches, and then cost
+# several times the fused loops: state 4, num_steps 5, 3 runs vmapped, 155 ms against 65 ms per epoch;
+# one run at batch 20,000, 17 ms against 4.5 ms per 100k points. Keeping YNNPACK for the dots only gives
+# the fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise). A
+# compile option of XLA's, scoped to these functions rather than a process-wide XLA_FLAGS.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+_STATIC = ("optimizer", "remat")
+
+
+class _Jitted:
+    """``fn`` jitted twice: with `COMPILER_OPTIONS` when called from Python, without when traced inside a
+    caller's own ``jit``/``vmap``/``grad`` (JAX accepts compile options on top-level jits only; the
+    caller's compile then decides). ``check``, if given, runs first, in plain Python (values only when
+    concrete; on tracers and ``ShapeDtypeStruct``s only shapes and dtypes). ``.lower`` is the top-level
+    one's, after the same check."""
+
+    def __init__(self, fn, check=None):
+        self.nested = jax.jit(fn, static_argnames=_STATIC)
+        self.top_level = jax.jit(fn, static_argnames=_STATIC, compiler_options=COMPILER_OPTIONS)
+        self._check = check
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        if self._check is not None:
+            self._check(*args, **kwargs)
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        return (self.nested if traced else self.top_level)(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        if self._check is not None:
+            self._check(*args, **kwargs)
+        return self.top_level.lower(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.top_level, name)
 
 
 def _unroll(num_steps: int) -> int | bool:
@@ -61,8 +87,7 @@ def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
     return state.T if batch_last else state
 
 
-@_jit
-def train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
+def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
                optimizer: optax.GradientTransformation, remat: bool = False):
     """One truncated-BPTT step on one window.
 
@@ -137,8 +162,7 @@ class GuardedEpoch(NamedTuple):
     diverged_at: jax.Array
 
 
-@_jit
-def _train_epoch_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+def _train_epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                 optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
     """A whole epoch of truncated BPTT as one compiled call (``lax.scan`` over the windows).
 
@@ -150,8 +174,7 @@ def _train_epoch_jit(params: Params, opt_state, x_windows: jax.Array, y_windows:
     return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat)
 
 
-@_jit
-def _train_epoch_guarded_jit(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
+def _train_epoch_guarded(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                              optimizer: optax.GradientTransformation, state: jax.Array | None = None,
                              remat: bool = False) -> GuardedEpoch:
     """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator.
@@ -179,34 +202,9 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 
-_train_runs_jit = _jit(_runs)
-_train_runs_top_level = jax.jit(_runs, static_argnames=("optimizer", "remat"), compiler_options=COMPILER_OPTIONS)
-
-
-# --- the public epoch functions: the jitted ones above behind argument checks ------------------------
-# The checks (`jax_rnn.validate`) run in plain Python before the call, never inside the traced body;
-# on tracers (a caller's own jit/vmap) and ShapeDtypeStructs (``.lower``) only shapes and dtypes are
-# checked. ``.lower`` is forwarded (after the same checks), and ``.jitted`` is the unchecked function.
-# (`train_step` checks while tracing instead: a Python loop of steps pays nothing per call.)
-
-
-class _Checked:
-    """A jitted function behind an argument check (same call signature, same ``.lower``)."""
-
-    def __init__(self, jitted, check):
-        self.jitted, self._check = jitted, check
-        functools.update_wrapper(self, jitted)
-
-    def __call__(self, *args, **kwargs):
-        self._check(*args, **kwargs)
-        return self.jitted(*args, **kwargs)
-
-    def lower(self, *args, **kwargs):
-        self._check(*args, **kwargs)
-        return self.jitted.lower(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.jitted, name)
+# --- the public functions: the ones above jitted (`_Jitted`), the epochs behind argument checks -------
+# The epochs' checks (`jax_rnn.validate`) run in plain Python before the call, never inside the traced
+# body. `train_step` checks while tracing instead: a Python loop of steps pays nothing per call.
 
 
 def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, runs=False):
@@ -241,8 +239,7 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
         raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
 
 
-train_epoch = _Checked(_train_epoch_jit, partial(_check_epoch, "train_epoch"))
-train_epoch_guarded = _Checked(_train_epoch_guarded_jit, partial(_check_epoch, "train_epoch_guarded"))
-train_runs = _Checked(_train_runs_jit, partial(_check_epoch, "train_runs", runs=True))
-train_runs_top_level = _Checked(_train_runs_top_level, partial(_check_epoch, "train_runs", runs=True))
-"""`train_runs` compiled with `COMPILER_OPTIONS`: faster on CPU, but not callable inside another ``jit``."""
+train_step = _Jitted(_train_step)
+train_epoch = _Jitted(_train_epoch, partial(_check_epoch, "train_epoch"))
+train_epoch_guarded = _Jitted(_train_epoch_guarded, partial(_check_epoch, "train_epoch_guarded"))
+train_runs = _Jitted(_runs, partial(_check_epoch, "train_runs", runs=True))

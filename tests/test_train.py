@@ -189,3 +189,15 @@ def test_the_c_reference_loop_says_what_is_missing(monkeypatch):
     bench.c_program.cache_clear()  # a failed build is not cached
     with pytest.raises(RuntimeError, match="needs a C compiler"):
         bench.c_program()
+
+
+def test_the_epoch_inside_a_callers_jit_equals_the_direct_call(small_windows):
+    """The public functions run under a caller's own jit too (compiled there without this package's
+    XLA compile options, which JAX allows on top-level jits only), with the same results."""
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0))
+    opt = jax_rnn.adagrad(0.1)
+    direct = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
+    nested = jax.jit(lambda p, o: jax_rnn.train_epoch(p, o, x_windows, y_windows, opt))(params, opt.init(params))
+    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(nested)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
