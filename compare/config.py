@@ -23,10 +23,12 @@ class UsageError(ValueError):
 
 
 def parse_impls(text: str) -> tuple[str, ...]:
-    """``"jax,tf-dynamic"`` -> ``("jax", "tf-dynamic")``; unknown or repeated names are a UsageError."""
-    names = [part.strip() for part in str(text).split(",") if part.strip()]
-    if not names:
+    """``"jax,tf-dynamic"`` -> ``("jax", "tf-dynamic")``; unknown, repeated or empty names are a UsageError."""
+    names = [part.strip() for part in str(text).split(",")]
+    if not any(names):
         raise UsageError(f"--impl: give at least one implementation (choose from {', '.join(IMPLS)})")
+    if not all(names):
+        raise UsageError(f"--impl: an empty item in {text!r} (a stray comma?); choose from {', '.join(IMPLS)}")
     for name in names:
         if name not in IMPLS:
             raise UsageError(f"--impl: unknown implementation {name!r} (choose from {', '.join(IMPLS)})")

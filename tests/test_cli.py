@@ -214,6 +214,7 @@ def test_bench_help_states_the_real_defaults(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--impl", "jax,pytorch"], "unknown implementation 'pytorch' (choose from jax, tf-raw"),
     (["run", "--impl", "jax,jax"], "named twice"),
+    (["run", "--impl", "jax,,"], "--impl: an empty item in 'jax,,' (a stray comma?)"),
     (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
     (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
     (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
