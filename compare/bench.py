@@ -21,7 +21,9 @@ import time
 
 from tqdm import tqdm
 
-from . import io, task
+from jax_rnn import data as task
+
+from . import io
 from .config import BASELINE, Config
 from .run import json_safe, targets
 from .runners import make_trainer

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Glorot-uniform from --seed, drawn with numpy)")
     run.add_argument("--data", metavar="FILE.npz",
                      help="training data, keys x, y: int arrays [epochs, data_size], one row per epoch "
-                          "(default: fresh compare.task.gen_data epochs from --seed)")
+                          "(default: fresh jax_rnn.data.gen_data epochs from --seed)")
     run.add_argument("--save-params", metavar="FILE.npz",
                      help="save each implementation's final parameters; '{impl}' in the name is replaced by "
                           "the implementation, otherwise '-<impl>' is added before .npz")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import task
+from jax_rnn import data as task
 
 IMPLS = ("jax", "tf-raw", "tf-static", "tf-dynamic", "tf2")
 DEFAULT_RUN_IMPLS = ("jax", "tf-dynamic")

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+from jax_rnn import data as task
+from jax_rnn.model import glorot_params  # noqa: F401 (compare's callers use io.glorot_params)
 
 from .config import Config, UsageError
 
@@ -32,23 +34,6 @@ def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]
     """Flat key -> shape for ``n = num_classes``, ``d = state_size``."""
     n, d = num_classes, state_size
     return {"rnn_cell/W": (n + d, d), "rnn_cell/b": (d,), "softmax/W": (d, n), "softmax/b": (n,)}
-
-
-def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
-    """Glorot-uniform weights, zero biases, drawn with numpy from ``seed`` (no JAX or TF needed).
-
-    The same draws as ``tf_rnn.glorot_uniform_params``: ``default_rng(seed).uniform`` for
-    ``rnn_cell/W`` then ``softmax/W``, limit ``sqrt(6 / (fan_in + fan_out))``.
-    """
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for key, shape in param_shapes(num_classes, state_size).items():
-        if key.endswith("/W"):
-            limit = math.sqrt(6.0 / sum(shape))
-            flat[key] = rng.uniform(-limit, limit, size=shape).astype(np.float32)
-        else:
-            flat[key] = np.zeros(shape, np.float32)
-    return nest(flat)
 
 
 def nest(flat: dict) -> dict:
@@ -131,21 +116,15 @@ def epoch_stream(config: Config, data: tuple[np.ndarray, np.ndarray] | None = No
                  start: int = 0):
     """Yield ``(x, y)``, ``int32[data_size]`` each, for every epoch: rows of ``data``, or fresh data.
 
-    Fresh data comes from ``compare.task.gen_data`` with one ``np.random.default_rng(seed)`` stream for
+    Fresh data comes from ``jax_rnn.data.epochs``: `gen_data` on one ``np.random.default_rng(seed)`` stream for
     all epochs (the tutorial's ``gen_epochs``); a new call restarts the stream, so every implementation
     sees the same epochs. ``seed`` defaults to ``config.seed``. ``start``: skip the first epochs (a
     resumed run: they are generated and dropped, so the stream continues exactly where it was).
     """
-    from . import task
-
     if data is not None:
         yield from zip(data[0][start: config.epochs], data[1][start: config.epochs])
         return
-    rng = np.random.default_rng(config.seed if seed is None else seed)
-    for epoch in range(config.epochs):
-        x, y = task.gen_data(config.data_size, rng)
-        if epoch >= start:
-            yield x, y
+    yield from task.epochs(config.data_size, config.seed if seed is None else seed, config.epochs, start)
 
 
 # --- outputs -------------------------------------------------------------------------------------

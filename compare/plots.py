@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from . import task
+from jax_rnn import data as task
 from .run import LOG_EVERY
 
 TARGET_LABELS = (("none", "nothing learned"), ("first", "3-step dependency"), ("both", "both dependencies"))

@@ -4,7 +4,7 @@ prints as ``-``."""
 
 from __future__ import annotations
 
-from . import task
+from jax_rnn import data as task
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from jax_rnn.fit import running_averages  # noqa: F401  (re-exported: compare's one averaging rule)
 
-from . import checkpoint, io, task
+from jax_rnn import data as task
+
+from . import checkpoint, io
 from .config import AGREEMENT_TOLERANCE, Config
 from .runners import make_trainer
 
@@ -49,7 +51,7 @@ def json_safe(tree):
 
 
 def targets() -> dict:
-    """The analytic losses (``compare.task.TARGETS``) as a dict."""
+    """The analytic losses (``jax_rnn.data.TARGETS``) as a dict."""
     return dict(task.TARGETS._asdict())
 
 

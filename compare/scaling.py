@@ -30,7 +30,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from . import io, task
+from jax_rnn import data as task
+
+from . import io
 from .bench import PeakRss, time_one
 from .config import Config
 from .run import json_safe, targets

@@ -32,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from . import io, task
+from jax_rnn import data as task
+
+from . import io
 from .config import Config
 from .run import final_loss, json_safe, running_averages, targets
 from .runners import make_trainer

@@ -146,7 +146,7 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
           c_loop=False):
     """The default mode: one result dict per method (compile s, epoch s median/min/max, rates)."""
     params, opt, opt_state, (x_windows, y_windows) = _setup(state_size, num_steps, batch_size,
-                                                            gen_data(jax.random.key(1), data_size))
+                                                            gen_data(data_size, seed=1))
     epoch_size = x_windows.shape[0]
     points = epoch_size * batch_size * num_steps
     rows = []
@@ -188,7 +188,7 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
 def grid(states=(4, 16, 64), steps=(1, 5, 10), batch_size=200, data_size=1_000_000, repeats=5) -> list[dict]:
     """``--grid``: ``train_epoch`` against the C loop (interleaved) on every state_size x num_steps cell,
     on the same data (one `gen_data` sequence) and weights; one row per cell."""
-    data = gen_data(jax.random.key(1), data_size)
+    data = gen_data(data_size, seed=1)
     rows = []
     for state_size in states:
         for num_steps in steps:

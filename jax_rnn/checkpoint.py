@@ -3,9 +3,9 @@
 Contents: ``format``; ``config`` (the `FitConfig` as JSON); ``epochs_done``; ``params/<scope>/<name>``
 (float32); ``opt/<i>``, the leaves of the optimizer state in ``jax.tree.leaves`` order (rebuilt on load
 with the structure of ``optimizer.init(params)``); ``step_losses: f32[epochs_done, epoch_size]``;
-``epoch_seconds``; ``rng``, the raw data key (``jax.random.key_data``: epoch e trains on
-``fold_in(key, e)``, so the data of the remaining epochs follows from it); ``data_rows``, a SHA-256 of
-each epoch's data when the caller passed ``data`` ("generated" otherwise).
+``epoch_seconds``; ``rng``, the data seed (``[seed]``: the epochs are `jax_rnn.data.epochs` of it, so
+the data of the remaining epochs follows from it); ``data_rows``, a SHA-256 of each epoch's data when the
+caller passed ``data`` ("generated" otherwise).
 
 Atomic: the bytes go to a temporary file in the same directory (``.NAME.<random>.tmp``), are flushed
 and fsync'ed, then ``os.replace``-d over the target, so the target is always either the previous
@@ -37,7 +37,7 @@ class Checkpoint(NamedTuple):
     opt_leaves: list           # numpy arrays, jax.tree.leaves order
     step_losses: np.ndarray    # f32[epochs_done, epoch_size]
     epoch_seconds: list
-    rng: np.ndarray            # uint32 key data
+    rng: np.ndarray            # [seed] of the data stream
     data_rows: list            # per-epoch data hashes, or ["generated"]
 
 
@@ -93,7 +93,7 @@ def save(path, ckpt: Checkpoint) -> Path:
               "epochs_done": np.array(ckpt.epochs_done, np.int64),
               "step_losses": np.asarray(ckpt.step_losses, np.float32),
               "epoch_seconds": np.asarray(ckpt.epoch_seconds, np.float64),
-              "rng": np.asarray(ckpt.rng, np.uint32), "data_rows": np.array(json.dumps(list(ckpt.data_rows)))}
+              "rng": np.asarray(ckpt.rng, np.int64), "data_rows": np.array(json.dumps(list(ckpt.data_rows)))}
     for key in PARAM_KEYS:
         scope, name = key.split("/")
         arrays[f"params/{key}"] = np.asarray(ckpt.params[scope][name], np.float32)

@@ -1,45 +1,207 @@
-"""The task's data made on the device with ``jax.random``: the same distribution as the tutorial.
+"""The toy task of r2rt's "Recurrent Neural Networks in Tensorflow I", framework-neutral (numpy only).
 
-``X_t ~ Bernoulli(0.5)``; ``P(Y_t = 1) = 0.5 + 0.5 X_{t-3} - 0.25 X_{t-8}``, with the tutorial's
-wrap-around (its ``X[i-3]`` reads the end of the array for the first steps: a circular shift here).
-This is jax_rnn's own generator, so that `fit` needs nothing but JAX; ``compare.task`` holds the
-numpy generator that reproduces the tutorial's stream bit for bit (the two agree in distribution:
-``tests/test_data.py``).
+Binary input X; output Y with P(Y_t = 1) = 0.5 + 0.5 * X_{t-3} - 0.25 * X_{t-8}. The project's one data
+generator: `jax_rnn.fit` and ``rnn-compare`` (which imports it as ``compare``'s task) both take their data
+from here, so a seed means the same epochs everywhere. `gen_data` makes one epoch, `epochs` the stream of
+epochs a seed stands for, `windows` cuts an epoch into the tutorial's truncated-BPTT windows, `TARGETS`
+and `level` give the analytic losses a model can reach. It lives in ``jax_rnn`` because ``compare``
+imports ``jax_rnn`` and not the other way round; it needs numpy only.
+
+Faithful detail: the tutorial indexes ``X[i-3]`` and ``X[i-8]`` with Python's negative indexing, so
+the first 3 (and 8) outputs look at the *end* of the array. Both generators here reproduce that
+wrap-around (a circular shift).
 """
 
 from __future__ import annotations
 
-from functools import partial
+import itertools
+import math
+from typing import Iterator, NamedTuple, Union
 
-import jax
-import jax.numpy as jnp
+import numpy as np
 
-LAGS = (3, 8)
-EFFECTS = (0.5, -0.25)
+LAGS = (3, 8)  # Y depends on X this many steps back
+EFFECTS = (0.5, -0.25)  # ... shifting P(Y = 1) by this much when that X is 1
+BASE_PROBABILITY = 0.5
 
-
-@partial(jax.jit, static_argnames="size")
-def gen_data(key: jax.Array, size: int = 1_000_000) -> tuple[jax.Array, jax.Array]:
-    """One epoch: ``(x, y)``, both ``int32[size]``, from one PRNG key."""
-    key_x, key_y = jax.random.split(key)
-    x = jax.random.bernoulli(key_x, 0.5, (size,)).astype(jnp.int32)
-    x_float = x.astype(jnp.float32)
-    p = 0.5 + sum(effect * jnp.roll(x_float, lag) for lag, effect in zip(LAGS, EFFECTS))
-    y = (jax.random.uniform(key_y, (size,)) < p).astype(jnp.int32)
-    return x, y
+Seed = Union[int, None, np.random.Generator, np.random.RandomState]
 
 
-def windows(x: jax.Array, y: jax.Array, batch_size: int, num_steps: int) -> tuple[jax.Array, jax.Array]:
-    """The tutorial's ``gen_batch`` cut, as arrays: ``int[size]`` -> ``int32[epoch_size, batch, num_steps]``.
+def _rng(seed: Seed) -> np.random.Generator | np.random.RandomState:
+    if isinstance(seed, (np.random.Generator, np.random.RandomState)):
+        return seed
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        raise TypeError(f"seed must be an int, None, np.random.Generator or RandomState, got {seed!r}")
+    return np.random.default_rng(seed)
 
-    Rows of ``size // batch_size`` contiguous points, windows of ``num_steps`` columns; the remainder
-    of each cut is dropped, as in the tutorial.
+
+def _check_size(size: int) -> int:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 9:
+        raise ValueError(f"size must be an integer >= 9 (longer than the largest lag 8), got {size!r}")
+    return int(size)
+
+
+def y_probability(x: np.ndarray) -> np.ndarray:
+    """P(Y_t = 1) for every t of a binary sequence ``x: int[size]``, with the tutorial's wrap-around.
+
+    Looks the probability up from a 4-entry table indexed by the bits (X_{t-3}, X_{t-8}); ``np.roll``
+    puts ``x[t - lag]`` at position t, wrapping around exactly like the tutorial's ``X[i - lag]``.
     """
-    row = x.shape[-1] // batch_size
-    epoch_size = row // num_steps
+    x = np.asarray(x, dtype=np.int8)
+    code = np.zeros(x.shape, dtype=np.int8)
+    for bit, lag in enumerate(LAGS):
+        code |= np.roll(x, lag) << bit
+    table = np.array([BASE_PROBABILITY + sum(e for b, e in enumerate(EFFECTS) if c >> b & 1)
+                      for c in range(2 ** len(LAGS))])
+    return table[code]
 
-    def cut(a):
-        rows = a[: batch_size * row].reshape(batch_size, row)[:, : epoch_size * num_steps]
-        return jnp.swapaxes(rows.reshape(batch_size, epoch_size, num_steps), 0, 1).astype(jnp.int32)
+
+def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of the task, vectorised: ``(x, y)``, both ``int32[size]``.
+
+    Draws X with ``rng.choice(2, size)`` and then one uniform ``u_t`` per step with ``rng.random``;
+    ``Y_t = 0`` if ``u_t > P(Y_t = 1)`` else 1: the same draws, in the same order, as the tutorial's
+    loop (`gen_data_reference`), so with the same random stream both return identical arrays. Pass
+    ``np.random.RandomState(s)`` to reproduce the tutorial bit for bit after ``np.random.seed(s)``.
+
+    **Arguments:** ``size``: number of points (>= 9); ``seed``: int, None, ``np.random.Generator`` or
+    ``np.random.RandomState`` (a generator passed in is advanced).
+    """
+    size = _check_size(size)
+    rng = _rng(seed)
+    x = np.asarray(rng.choice(2, size=(size,)))
+    u = rng.random(size)
+    y = (u <= y_probability(x)).astype(np.int32)  # the loop's "u > threshold -> 0, else 1"
+    return x.astype(np.int32), y
+
+
+def gen_data_reference(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
+    """The tutorial's own ``gen_data`` loop (about a second per 1M points), kept as the reference path."""
+    size = _check_size(size)
+    rng = _rng(seed)
+    X = np.array(rng.choice(2, size=(size,)))
+    Y = []
+    for i in range(size):
+        threshold = 0.5
+        if X[i - 3] == 1:
+            threshold += 0.5
+        if X[i - 8] == 1:
+            threshold -= 0.25
+        if rng.random() > threshold:
+            Y.append(0)
+        else:
+            Y.append(1)
+    return X.astype(np.int32), np.array(Y, dtype=np.int32)
+
+
+def epochs(data_size: int, seed: int, count: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The epochs a seed stands for: ``count`` calls of `gen_data` on one ``np.random.default_rng(seed)``
+    stream (the tutorial's ``gen_epochs``), the first ``start`` of them generated and dropped (so that a
+    resumed run continues the stream exactly). Yields ``(x, y)``, ``int32[data_size]`` each."""
+    rng = _rng(seed)
+    for epoch in range(count):
+        x, y = gen_data(data_size, rng)
+        if epoch >= start:
+            yield x, y
+
+
+def epoch_size(data_size: int, batch_size: int, num_steps: int) -> int:
+    """Windows per epoch: ``(data_size // batch_size) // num_steps``; the remainder is dropped."""
+    return (data_size // batch_size) // num_steps
+
+
+def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
+    """Raise ValueError, naming the argument, if the data cannot give at least one window."""
+    for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if batch_size * num_steps > data_size:
+        raise ValueError(
+            f"batch_size * num_steps = {batch_size} * {num_steps} = {batch_size * num_steps} is larger "
+            f"than the data ({data_size} points): not even one window fits"
+        )
+
+
+def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut one epoch into the tutorial's truncated-BPTT windows, in `gen_batch` order.
+
+    The sequence is cut into ``batch_size`` contiguous rows of ``len(x) // batch_size`` points; each row
+    into windows of ``num_steps``; window k holds columns ``[k*num_steps, (k+1)*num_steps)`` of every row,
+    so row b of window k+1 continues row b of window k (that is what makes carrying the state right).
+
+    **Arguments:** ``x, y: int[size]``.
+    **Returns:** ``(x_windows, y_windows)``, both ``int32[epoch_size, batch_size, num_steps]``.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be 1-D arrays of one length, got shapes {x.shape} and {y.shape}")
+    check_windowing(len(x), batch_size, num_steps)
+    row = len(x) // batch_size
+    n = epoch_size(len(x), batch_size, num_steps)
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        rows = a[: batch_size * row].reshape(batch_size, row)[:, : n * num_steps]
+        return np.ascontiguousarray(rows.reshape(batch_size, n, num_steps).transpose(1, 0, 2), dtype=np.int32)
 
     return cut(x), cut(y)
+
+
+def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The tutorial's generator form: yields ``(x, y)`` windows ``int32[batch_size, num_steps]``."""
+    x_windows, y_windows = windows(raw_data[0], raw_data[1], batch_size, num_steps)
+    yield from zip(x_windows, y_windows)
+
+
+def gen_epochs(n: int, batch_size: int, num_steps: int, data_size: int = 1_000_000, seed: Seed = None):
+    """The tutorial's ``gen_epochs``: ``n`` epochs, each a `gen_batch` over fresh data from one stream."""
+    rng = _rng(seed)
+    for _ in range(n):
+        yield gen_batch(gen_data(data_size, rng), batch_size, num_steps)
+
+
+# --- The analytic targets ------------------------------------------------------------------------
+
+
+def entropy(p: float) -> float:
+    """Binary entropy in nats (the expected cross-entropy of predicting p for a Bernoulli(p) event)."""
+    return -sum(q * math.log(q) for q in (p, 1.0 - p) if q > 0.0)
+
+
+def expected_loss(known_lags: tuple[int, ...]) -> float:
+    """Expected cross-entropy of the best predictor that sees X at ``known_lags`` (a subset of LAGS).
+
+    Enumerates the four equally likely values of (X_{t-3}, X_{t-8}); the predictor knows some of them
+    and predicts the average of P(Y=1) over the ones it does not know.
+    """
+    unknown = [i for i, lag in enumerate(LAGS) if lag not in known_lags]
+    total = 0.0
+    for xs in itertools.product((0, 1), repeat=len(LAGS)):
+        p_true = BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs))
+        # The prediction averages p over the unknown inputs, holding the known ones at their values.
+        others = [tuple(v if i not in unknown else alt[unknown.index(i)] for i, v in enumerate(xs))
+                  for alt in itertools.product((0, 1), repeat=len(unknown))]
+        p_pred = float(np.mean([BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, o)) for o in others]))
+        total += (-(p_true * math.log(p_pred)) if p_true > 0 else 0.0) + (
+            -((1 - p_true) * math.log(1 - p_pred)) if p_true < 1 else 0.0)
+    return total / 2 ** len(LAGS)
+
+
+class Targets(NamedTuple):
+    none: float   # learned nothing: H(0.625) ~= 0.6616
+    first: float  # learned the 3-step dependency ~= 0.5192
+    both: float   # learned both dependencies ~= 0.4545
+
+
+TARGETS = Targets(none=expected_loss(()), first=expected_loss((LAGS[0],)), both=expected_loss(LAGS))
+LEVEL_NAMES = {"none": "nothing learned", "first": "the 3-step dependency", "both": "both dependencies"}
+
+
+def level(loss: float) -> str:
+    """The level a loss value stands for: "none", "first" or "both" (thresholds halfway between targets)."""
+    if not math.isfinite(loss):
+        return "none"
+    if loss > (TARGETS.none + TARGETS.first) / 2:
+        return "none"
+    if loss > (TARGETS.first + TARGETS.both) / 2:
+        return "first"
+    return "both"

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from . import data as device_data
+from . import data as task
 from . import validate
-from .model import Params, init_params
+from .model import Params, glorot_params
 from .optim import adagrad
 from .train import train_epoch_guarded
 
@@ -125,13 +125,14 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
 
     **Arguments:**
     - ``config``: a `FitConfig`.
-    - ``data``: ``None`` to generate each epoch on the device (``jax.random``, keyed by ``config.seed``
-      and the epoch number), or ``(x, y)`` int arrays ``[epochs, data_size]`` (one row per epoch,
-      e.g. from ``compare.task.gen_data``).
-    - ``params``: initial parameters in the shared layout; ``None`` for `init_params` from the seed.
+    - ``data``: ``None`` for the epochs ``config.seed`` stands for (`jax_rnn.data.epochs`: the same data
+      as ``rnn-compare run --seed``), or ``(x, y)`` int arrays ``[epochs, data_size]`` (one row per epoch,
+      e.g. from `jax_rnn.data.gen_data`).
+    - ``params``: initial parameters in the shared layout; ``None`` for `glorot_params` of the seed (the
+      same weights as ``rnn-compare run --seed``, so the same seed gives the CLI's losses bit for bit).
     - ``callback``: called as ``callback(epoch, losses: f32[epoch_size])`` after every epoch.
     - ``checkpoint``: a file path; after every epoch the parameters, Adagrad state, epoch count, data
-      key and losses so far are saved there (``.npz``, written atomically: `jax_rnn.checkpoint`).
+      seed and losses so far are saved there (``.npz``, written atomically: `jax_rnn.checkpoint`).
     - ``resume``: a checkpoint file to continue from. Its config must equal ``config`` except for
       ``epochs`` (which may be larger, to train further); with ``data``, the epochs already done must be
       the same rows. The resumed run's losses and parameters equal an uninterrupted run's bit for bit.
@@ -144,7 +145,6 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
-    key_init, key_data = jax.random.split(jax.random.key(c.seed))
     optimizer = adagrad(c.learning_rate)
     if data is not None:
         data = _check_data(data, c)
@@ -163,7 +163,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         losses, seconds, start_epoch = list(saved.step_losses), list(saved.epoch_seconds), saved.epochs_done
     else:
         if params is None:
-            params = init_params(key_init, c.num_classes, c.state_size)
+            params = glorot_params(c.num_classes, c.state_size, c.seed)
         n, d = validate.sizes("fit", params)
         if (n, d) != (c.num_classes, c.state_size):
             raise ValueError(f"fit: params are for num_classes={n}, state_size={d}, but the config has "
@@ -171,13 +171,11 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         validate.check_finite_params("fit", params)
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
         opt_state = optimizer.init(params)
-    for epoch in range(start_epoch, c.epochs):
+    stream = (task.epochs(c.data_size, c.seed, c.epochs, start_epoch) if data is None
+              else zip(data[0][start_epoch:], data[1][start_epoch:]))
+    for epoch, (x, y) in enumerate(stream, start=start_epoch):
         start = time.perf_counter()
-        if data is None:
-            x, y = device_data.gen_data(jax.random.fold_in(key_data, epoch), c.data_size)
-        else:
-            x, y = jnp.asarray(data[0][epoch]), jnp.asarray(data[1][epoch])
-        x_windows, y_windows = device_data.windows(x, y, c.batch_size, c.num_steps)
+        x_windows, y_windows = task.windows(x, y, c.batch_size, c.num_steps)
         out = train_epoch_guarded.top_level(params, opt_state, x_windows, y_windows, optimizer)
         epoch_losses = np.asarray(out.losses)  # waits for the device
         seconds.append(time.perf_counter() - start)
@@ -192,7 +190,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
             ckpt_io.save(checkpoint, ckpt_io.Checkpoint(
                 dataclasses.asdict(c), epoch + 1, jax.tree.map(np.asarray, params),
                 [np.asarray(a) for a in jax.tree.leaves(opt_state)], np.stack(losses), seconds,
-                np.asarray(jax.random.key_data(key_data)), rows[: epoch + 1] if rows else ["generated"]))
+                np.asarray([c.seed]), rows[: epoch + 1] if rows else ["generated"]))
         if callback is not None:
             callback(epoch, epoch_losses)
     return _result(params, opt_state, losses, c, seconds)
@@ -216,9 +214,9 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     if saved.step_losses.shape != (saved.epochs_done, c.epoch_size):
         raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
                          f"{(saved.epochs_done, c.epoch_size)}")
-    key = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(c.seed))[1]))
-    if not np.array_equal(saved.rng, key):
-        raise ValueError(f"resume: {path}: its data key does not follow from seed={c.seed}")
+    if not np.array_equal(saved.rng, [c.seed]):
+        raise ValueError(f"resume: {path}: its data stream is not the one of seed={c.seed} (a checkpoint "
+                         f"written before rnn-scan made fit's data with jax_rnn.data cannot be resumed)")
     if rows is None and saved.data_rows != ["generated"]:
         raise ValueError(f"resume: {path} was trained on caller data; pass the same data")
     if rows is not None and saved.data_rows != rows[: saved.epochs_done]:

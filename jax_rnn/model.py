@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -45,6 +46,23 @@ def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Pa
         "rnn_cell": {"W": glorot(k_cell, (n + d, d), jnp.float32), "b": jnp.zeros((d,), jnp.float32)},
         "softmax": {"W": glorot(k_softmax, (d, n), jnp.float32), "b": jnp.zeros((n,), jnp.float32)},
     }
+
+
+def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
+    """The initial parameters a seed stands for across the project, drawn with numpy: Glorot-uniform
+    ``W`` (``np.random.default_rng(seed).uniform``, ``rnn_cell/W`` then ``softmax/W``, limit
+    ``sqrt(6 / (fan_in + fan_out))``: the draws of ``tf_rnn.glorot_uniform_params``), zero biases,
+    float32 numpy. `fit` and ``rnn-compare`` start from these; `init_params` is the ``jax.random`` way.
+    """
+    rng = np.random.default_rng(seed)
+    params: dict = {}
+    for scope, leaves in param_shapes(num_classes, state_size).items():
+        params[scope] = {}
+        for name, shape in leaves.items():
+            limit = math.sqrt(6.0 / sum(shape))
+            params[scope][name] = (rng.uniform(-limit, limit, size=shape).astype(np.float32) if name == "W"
+                                   else np.zeros(shape, np.float32))
+    return params
 
 
 def zero_state(batch_size: int, state_size: int) -> jax.Array:

@@ -18,7 +18,7 @@ def key():
 @pytest.fixture
 def small_windows():
     """Real task data, cut small: ``int32[300, 20, 5]`` windows from 30,000 points (seed 0)."""
-    from compare import task
+    from jax_rnn import data as task
 
     x, y = task.gen_data(30_000, seed=0)
     return task.windows(x, y, batch_size=20, num_steps=5)

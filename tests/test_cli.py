@@ -133,7 +133,7 @@ def test_init_params_and_data_files_are_honoured(files, tmp_path):
     assert np.max(np.abs(losses("params1.npz", "data2.npz", "c") - reference)) > 1e-3
     # The first step's loss is the loss of the file's parameters on the file's first window.
     import jax_rnn
-    from compare import task
+    from jax_rnn import data as task
 
     with np.load(files / "data1.npz") as data:
         xw, yw = task.windows(data["x"][0], data["y"][0], 20, 5)

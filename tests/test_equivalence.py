@@ -1,6 +1,6 @@
 """The project's central claim: TensorFlow (four ways) and JAX compute the same training run.
 
-Same initial parameters (numpy Glorot-uniform), same windows (compare.task), 250 Adagrad steps with the
+Same initial parameters (numpy Glorot-uniform), same windows (jax_rnn.data), 250 Adagrad steps with the
 state carried: `raw`, `static`, `dynamic`, `tf2` and `jax_rnn.train_epoch` must give the same per-step
 losses to 1e-5 absolute and the same final parameters to 1e-4. The tolerances are the claim: if this
 fails, find the cause (initial accumulator, epsilon, concatenation order, averaging); do not widen them.
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tf_rnn
-from compare.task import gen_data, windows
+from jax_rnn.data import gen_data, windows
 
 LOSS_ATOL = 1e-5
 PARAM_ATOL = 1e-4

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 
 import jax_rnn
-from compare import task
+from jax_rnn import data as task
 
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, jax_rnn
-    from compare import task
+    from jax_rnn import data as task
     assert len(jax.devices()) == 4, jax.devices()
     runs, opt = 8, jax_rnn.adagrad(0.1)
     data = [task.windows(*task.gen_data(4_000, seed), batch_size=8, num_steps=5) for seed in range(runs)]

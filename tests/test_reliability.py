@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jax_rnn
-from compare import task
+from jax_rnn import data as task
 from compare.cli import main
 from conftest import numpy_params
 
@@ -59,11 +59,11 @@ def test_guard_changes_nothing_in_the_normal_case(small_windows):
 
 def test_fit_raises_training_diverged_with_epoch_step_and_last_finite_params():
     config = jax_rnn.FitConfig(state_size=16, learning_rate=1e37, data_size=20_000, batch_size=20)
-    with pytest.raises(jax_rnn.TrainingDiverged, match=r"diverged at epoch 0, step 2 \(0-based\)") as err:
+    with pytest.raises(jax_rnn.TrainingDiverged, match=r"diverged at epoch 0, step 1 \(0-based\)") as err:
         jax_rnn.fit(config)
     e = err.value
-    assert (e.epoch, e.step) == (0, 2) and _finite(e.params) and e.result.diverged.step == 2
-    assert np.all(np.isnan(e.result.step_losses[0, 3:]))
+    assert (e.epoch, e.step) == (0, 1) and _finite(e.params) and e.result.diverged.step == 1
+    assert np.all(np.isnan(e.result.step_losses[0, 2:]))
 
 
 @pytest.mark.parametrize("impl", ["dynamic", "tf2"])
@@ -126,7 +126,7 @@ def test_sweep_reports_divergence_per_seed_and_stops_tf_there(tmp_path):
 # --- reproducibility -------------------------------------------------------------------------------
 
 def test_tensorflow_with_op_determinism_is_bit_identical_across_processes():
-    code = ("import numpy as np, sys, tf_rnn; from compare import task; "
+    code = ("import numpy as np, sys, tf_rnn; from jax_rnn import data as task; "
             "xw, yw = task.windows(*task.gen_data(20000, seed=0), 20, 5); cfg = tf_rnn.ModelConfig(batch_size=20); "
             "m = tf_rnn.build('dynamic', cfg, params=tf_rnn.glorot_uniform_params(cfg, 0), deterministic=True); "
             "sys.stdout.write(m.train_epoch(xw, yw).losses.tobytes().hex())")

@@ -1,11 +1,11 @@
-"""compare.task: the data generator against the tutorial's loop, the windows against gen_batch, the targets."""
+"""jax_rnn.data (the task): the data generator against the tutorial's loop, the windows against gen_batch, the targets."""
 
 import math
 
 import numpy as np
 import pytest
 
-from compare import task
+from jax_rnn import data as task
 
 
 @pytest.mark.parametrize("make_rng", [np.random.default_rng, np.random.RandomState], ids=["Generator", "RandomState"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tf_rnn
-from compare.task import TARGETS, gen_data, level, windows
+from jax_rnn.data import TARGETS, gen_data, level, windows
 from tf_rnn import _env
 
 IMPLS = tf_rnn.IMPLEMENTATIONS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jax_rnn
-from compare import task
+from jax_rnn import data as task
 from conftest import numpy_params
 
 
@@ -100,20 +100,20 @@ def test_running_averages_average_exactly_100_steps_per_line():
     np.testing.assert_allclose(jax_rnn.running_averages(losses, 100), [49.5, 149.5, 299.5, 399.5])
 
 
-def test_device_generator_matches_the_task_distribution():
-    x, y = jax_rnn.data.gen_data(jax.random.key(0), 1_000_000)
-    x, y = np.asarray(x), np.asarray(y)
-    x3, x8 = np.roll(x, 3), np.roll(x, 8)
-    for a in (0, 1):
-        for b in (0, 1):
-            assert abs(y[(x3 == a) & (x8 == b)].mean() - (0.5 + 0.5 * a - 0.25 * b)) < 0.005
-    assert abs(x.mean() - 0.5) < 0.003
+def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path):
+    """One data generator and one initialisation: ``jax_rnn.fit(FitConfig(seed=s))`` and
+    ``rnn-compare run --impl jax --seed s`` start from the same weights on the same epochs and give the
+    same per-step losses, bit for bit."""
+    import json
 
+    from compare.cli import main
 
-def test_device_windows_equal_the_task_windows():
-    x, y = task.gen_data(10_007, seed=3)
-    for got, want in zip(jax_rnn.data.windows(jnp.asarray(x), jnp.asarray(y), 13, 7), task.windows(x, y, 13, 7)):
-        np.testing.assert_array_equal(got, want)
+    config = jax_rnn.FitConfig(batch_size=20, data_size=20_000, epochs=2, seed=7)
+    fitted = jax_rnn.fit(config)
+    assert main(["run", "--impl", "jax", "--batch-size", "20", "--data-size", "20000", "--epochs", "2", "--seed", "7",
+                 "--quiet", "--out", str(tmp_path), "--name", "r"]) == 0
+    cli = json.loads((tmp_path / "r.json").read_text())["results"]["jax"]
+    np.testing.assert_array_equal(fitted.step_losses.ravel(), np.asarray(cli["step_losses"], np.float32))
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -10,7 +10,7 @@ Four implementations of one model (../shared/TASK.md) and its truncated-BPTT tra
 Example::
 
     import tf_rnn
-    from compare.task import gen_data, windows
+    from jax_rnn.data import gen_data, windows   # the task (numpy); any int32 windows will do
     config = tf_rnn.ModelConfig(batch_size=200, num_steps=5)
     xw, yw = windows(*gen_data(1_000_000, seed=0), config.batch_size, config.num_steps)
     with tf_rnn.build("dynamic", config, seed=0) as model:

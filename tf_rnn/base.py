@@ -133,7 +133,7 @@ class Model(abc.ABC):
         """Train on one epoch of windows, one Adagrad step per window, carrying the state.
 
         **Arguments:** ``x_windows, y_windows: int32[epoch_size, batch_size, num_steps]`` (from
-        ``compare.task.windows``); ``state: float32[batch_size, state_size]`` or None for zeros;
+        ``jax_rnn.data.windows``); ``state: float32[batch_size, state_size]`` or None for zeros;
         ``progress``: optional ``callable(step_index)`` called after every step; ``guard``: stop at the
         first non-finite loss, parameter or accumulator (see `EpochResult.diverged_at`).
 
