@@ -1,4 +1,8 @@
-"""``rnn-compare run --checkpoint DIR`` / ``--resume DIR``: one ``DIR/<impl>.npz`` per implementation.
+"""``rnn-compare run|sweep --checkpoint DIR`` / ``--resume DIR``: the CLI's checkpoints, one ``.npz`` each.
+
+``run`` writes one ``DIR/<impl>.npz`` per implementation (below); ``sweep`` one
+``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell (`save_cell`: its losses, not its
+parameters; a resumed sweep loads the finished cells and trains the others).
 
 Written at the end of every epoch, atomically (`compare.io.write_bytes`: temporary file, fsync,
 ``os.replace``), no pickle. Keys: ``format``, ``impl``, ``config`` (JSON of `Config.as_dict` plus the
@@ -95,3 +99,45 @@ def check_dirs(checkpoint, resume) -> None:
 
 def config_record(config: Config, init_params: Optional[str], data: Optional[str], deterministic: bool) -> dict:
     return {**config.as_dict(), "init_params": init_params, "data": data, "deterministic": deterministic}
+
+
+CELL_FORMAT = "rnn-compare sweep cell v1"
+
+
+def cell_path(directory, num_steps: int, state_size: int, impl: str) -> Path:
+    return Path(directory) / f"sweep-{num_steps}-{state_size}-{impl}.npz"
+
+
+def save_cell(directory, record: dict, step_losses, diverged: list, seconds: float, time_spent: dict) -> Path:
+    """One finished sweep cell: ``record`` (what the cell is: grid config, impl, seeds), ``step_losses:
+    f32[seeds, epochs, epoch_size]``, ``diverged`` per seed, its seconds and time split."""
+    arrays = {"format": np.array(CELL_FORMAT), "config": np.array(json.dumps(record)),
+              "step_losses": np.asarray(step_losses, np.float32), "diverged": np.array(json.dumps(diverged)),
+              "seconds": np.array(seconds), "time": np.array(json.dumps(time_spent))}
+    buffer = _io.BytesIO()
+    np.savez(buffer, **arrays)
+    return io.write_bytes(cell_path(directory, record["num_steps"], record["state_size"], record["impl"]),
+                          buffer.getvalue())
+
+
+def load_cell(directory, record: dict) -> Optional[tuple]:
+    """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
+    if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
+    file = cell_path(directory, record["num_steps"], record["state_size"], record["impl"])
+    if not file.is_file():
+        return None
+    from jax_rnn.checkpoint import read_npz
+
+    try:
+        a = read_npz(file)
+    except ValueError as err:
+        raise UsageError(f"--resume: cannot read {file} ({err})") from None
+    if str(a.get("format", "")) != CELL_FORMAT:
+        raise UsageError(f"--resume: {file} is not an rnn-compare sweep checkpoint")
+    saved = json.loads(str(a["config"]))
+    differ = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}={saved.get(k)!r} there vs {record.get(k)!r} here" for k in differ)
+        raise UsageError(f"--resume: {file} was written by another sweep ({detail}); refusing to resume from it")
+    return (np.asarray(a["step_losses"], np.float32), json.loads(str(a["diverged"])), float(a["seconds"]),
+            json.loads(str(a["time"])))

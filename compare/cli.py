@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
     sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
+    sweep.add_argument("--checkpoint", metavar="DIR",
+                       help="save every finished cell to DIR/sweep-<num_steps>-<state_size>-<impl>.npz, atomically")
+    sweep.add_argument("--resume", metavar="DIR",
+                       help="load the cells finished in DIR and train the rest (same sweep); keeps checkpointing "
+                            "there. Gives the same results as an uninterrupted sweep")
     sweep.add_argument("--workers", type=int, default=None,
                        help="JAX cells trained at once, one thread each (default: the number of CPU cores with "
                             "--device cpu, else 1); the results do not depend on it")
@@ -212,7 +217,7 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from . import environment, plots, report, sweep
+    from . import checkpoint, environment, plots, report, sweep
 
     impls = parse_impls(args.impl)
     num_steps = parse_ints(args.num_steps, "--num-steps")
@@ -221,11 +226,13 @@ def _sweep(args) -> int:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    checkpoint.check_dirs(args.checkpoint, args.resume)
     configs = [_config(args, impls, n, d, args.epochs, args.data_size) for n in num_steps for d in state_sizes]
     paths = _paths(args)
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
     workers = args.workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
-    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet, workers=workers)
+    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet, workers=workers,
+                         checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume)
     _write(result, paths, report.sweep_markdown(result), plots.sweep_plot(result))
     return 0
 

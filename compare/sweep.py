@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from jax_rnn import data as task
 
-from . import io
+from . import checkpoint, io
 from .config import Config
 from .run import final_loss, json_safe, running_averages, targets
 from .runners import make_trainer
@@ -201,12 +201,16 @@ def _cost(job: tuple) -> int:
     return max(config.state_size, 8) ** 2
 
 
-def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, workers: int = 1) -> dict:
+def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, workers: int = 1,
+          checkpoint_dir=None, resume_dir=None) -> dict:
     """Train every config (grid cell) for seeds ``seed .. seed + num_seeds - 1`` with every implementation.
 
     ``workers``: how many JAX cells train at once, each in its own thread (JAX releases the GIL while it
     compiles and runs; the longest cells start first). The results do not depend on it. TensorFlow cells
-    train one after another on the calling thread.
+    train one after another on the calling thread. ``checkpoint_dir``: save every finished cell there
+    (`compare.checkpoint.save_cell`, atomically); ``resume_dir``: load the cells finished there instead of
+    training them again (a sweep killed part-way recomputes only the cells that were in progress, and
+    ends with the same results).
 
     **Returns:** ``command``, ``config`` (the grid), ``environment``, ``targets``, ``cells`` (one per
     num_steps x state_size x impl, with ``diverged`` per seed, and ``time``: its data, compile and training
@@ -226,6 +230,10 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
 
         def train_cell(job):
             _, config, impl = job
+            record = {**config.as_dict(), "impl": impl, "impls": None, "seeds": seeds}
+            if resume_dir is not None and (done := checkpoint.load_cell(resume_dir, record)) is not None:
+                bar.update(len(seeds) * config.epochs)
+                return done
             start, before = time.perf_counter(), timings.mine()
             if impl == "jax":
                 losses, diverged = _train_jax(config, seeds, devices.jax, bar, data)
@@ -233,7 +241,10 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
                 losses, diverged = _train_tf(impl, config, seeds, devices.tf, bar, data)
             seconds = time.perf_counter() - start
             spent = {k: v - before[k] for k, v in timings.mine().items()}
-            return losses, diverged, seconds, {**spent, "train": seconds - spent["data"] - spent["compile"]}
+            spent["train"] = seconds - spent["data"] - spent["compile"]
+            if checkpoint_dir is not None:
+                checkpoint.save_cell(checkpoint_dir, record, losses, diverged, seconds, spent)
+            return losses, diverged, seconds, spent
 
         jax_jobs = sorted((j for j in jobs if j[2] == "jax"), key=_cost, reverse=True)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

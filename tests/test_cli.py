@@ -218,6 +218,7 @@ def test_bench_help_states_the_real_defaults(capsys):
     (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
     (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
     (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
+    (["sweep", "--resume", "no-such-dir"], "--resume: no-such-dir is not a directory of checkpoints"),
     (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
     (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
     (["run", "--impl", "jax", "--init-params", "no-such.npz"], "--init-params: no such file"),
@@ -264,3 +265,32 @@ def test_module_help_and_jax_only_run_without_tensorflow(tmp_path):
             f"status = main(['run', '--impl', 'jax', '--data-size', '2000', '--batch-size', '20', '--quiet', "
             f"'--out', {str(tmp_path)!r}]); assert status == 0; assert 'tensorflow' not in sys.modules, 'TF imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+
+
+def test_sweep_killed_part_way_and_resumed_gives_the_same_results(tmp_path):
+    """A sweep SIGKILLed after its first cell, then resumed from its checkpoints, loads that cell (not
+    recomputed) and ends with the results of an uninterrupted sweep, seed for seed, bit for bit."""
+    import time
+
+    base = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "1,5,10", "--state-size", "4",
+            "--seeds", "2", "--epochs", "2", "--data-size", "100000", "--batch-size", "20", "--workers", "1",
+            "--quiet", "--out", str(tmp_path)]
+    subprocess.run([*base, "--name", "full"], check=True, cwd=ROOT, capture_output=True)
+    ck = tmp_path / "ck"
+    killed = subprocess.Popen([*base, "--name", "killed", "--checkpoint", str(ck)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(ck.glob("*.npz")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.kill()
+    assert killed.wait() == -9, "the sweep finished before it could be killed"
+    finished = sorted(ck.glob("*.npz"))
+    assert 1 <= len(finished) < 3 and not (tmp_path / "killed.json").exists()
+    subprocess.run([*base, "--name", "resumed", "--resume", str(ck)], check=True, cwd=ROOT, capture_output=True)
+    full, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("full", "resumed"))
+    assert [(c["final_losses"], c["avg_losses"]) for c in full["cells"]] == \
+           [(c["final_losses"], c["avg_losses"]) for c in resumed["cells"]]
+    saved = np.load(finished[0])
+    cell = next(c for c in resumed["cells"] if finished[0].name == f"sweep-{c['num_steps']}-{c['state_size']}-jax.npz")
+    assert cell["seconds"] == float(saved["seconds"])  # loaded from the checkpoint, not trained again
+    assert len(list(ck.glob("*.npz"))) == 3            # and the resumed sweep checkpointed the rest
