@@ -13,8 +13,8 @@ went (``time``: data, compile, training, per cell and added up).
 
 Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
 ``diverged`` (per seed: ``{"epoch", "step"}`` of the first such window, 0-based, or None) and counts
-as level ``"diverged"``; the TensorFlow versions stop training that seed there (``tf_rnn``'s guard),
-JAX's vmapped runs carry on in NaN. A cell's final-loss statistics are over the seeds that did not
+as level ``"diverged"``; every seed stops learning there (``tf_rnn``'s guard; JAX's guarded vmapped
+runs, `jax_rnn.train_runs` with ``guard=True``). A cell's final-loss statistics are over the seeds that did not
 diverge, and its level is ``"diverged"`` if any seed did. Non-finite floats are None in the result.
 
 The tutorial's reasoning, recorded per cell as ``tutorial_level``: the gradient is truncated after
@@ -118,20 +118,13 @@ def run_devices(kind: str) -> list:
     return jax.devices(kind)
 
 
-def first_non_finite(losses: np.ndarray) -> dict | None:
-    """``float[epochs, epoch_size]`` -> ``{"epoch", "step"}`` of the first NaN/inf loss, or None."""
-    bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
-    if not bad.size:
-        return None
-    epoch, step = divmod(int(bad[0]), np.shape(losses)[1])
-    return {"epoch": epoch, "step": step}
-
-
 def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData):
     """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
     (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). The next epoch's windows are cut
-    while the device trains (JAX dispatches asynchronously). Returns ``(float32[seeds, epochs,
-    epoch_size], diverged)``, ``diverged`` per seed as in `first_non_finite`."""
+    while the device trains (JAX dispatches asynchronously). Every run is guarded
+    (``train_runs_sharded(guard=True)``): a seed stops learning at the first window whose loss or update is
+    not finite, and its later losses are NaN, as TensorFlow's. Returns ``(float32[seeds, epochs,
+    epoch_size], diverged)``, ``diverged`` per seed: None, or ``{"epoch", "step"}`` of that window."""
     import jax
     import jax_rnn
 
@@ -140,16 +133,25 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
     optimizer = jax_rnn.adagrad(config.learning_rate)
     opt_state = jax.vmap(optimizer.init)(params)
-    losses, pending = [], None
+    losses, diverged, pending = [], [None] * len(seeds), None
+
+    def collect(epoch_out) -> None:
+        epoch_losses, at = np.array(epoch_out.losses, np.float32), np.asarray(epoch_out.diverged_at)
+        for s in range(len(seeds)):
+            if diverged[s] is not None:            # stopped in an earlier epoch
+                epoch_losses[s] = np.nan
+            elif at[s] >= 0:
+                diverged[s] = {"epoch": len(losses), "step": int(at[s])}
+        losses.append(epoch_losses)
+        bar.update(len(seeds))
+
     for xw, yw in data.stacked_windows(config, seeds):   # cuts epoch e+1 while epoch e trains
         if pending is not None:
-            losses.append(np.asarray(pending, np.float32))
-            bar.update(len(seeds))
-        params, opt_state, _, pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh)
-    losses.append(np.asarray(pending, np.float32))
-    bar.update(len(seeds))
-    out = np.stack(losses, axis=1)
-    return out, [first_non_finite(s) for s in out]
+            collect(pending)
+        pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh, guard=True)
+        params, opt_state = pending.params, pending.opt_state
+    collect(pending)
+    return np.stack(losses, axis=1), diverged
 
 
 def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, data: SharedData):

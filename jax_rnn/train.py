@@ -46,9 +46,9 @@ class _Jitted:
     concrete; on tracers and ``ShapeDtypeStruct``s only shapes and dtypes). ``.lower`` is the top-level
     one's, after the same check."""
 
-    def __init__(self, fn, check=None):
-        self.nested = jax.jit(fn, static_argnames=_STATIC)
-        self.top_level = jax.jit(fn, static_argnames=_STATIC, compiler_options=COMPILER_OPTIONS)
+    def __init__(self, fn, check=None, static=_STATIC):
+        self.nested = jax.jit(fn, static_argnames=static)
+        self.top_level = jax.jit(fn, static_argnames=static, compiler_options=COMPILER_OPTIONS)
         self._check = check
         functools.update_wrapper(self, fn)
 
@@ -191,14 +191,17 @@ def _train_epoch_guarded(params: Params, opt_state, x_windows: jax.Array, y_wind
 
 
 def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-          optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
+          optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False,
+          guard: bool = False):
     """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
 
     **Arguments:** every leaf of ``params`` and ``opt_state`` has a leading run axis ``[R, ...]``;
     ``x_windows, y_windows: int32[R, epoch_size, batch, num_steps]``; ``state: f32[R, batch, d]`` or
-    ``None``. **Returns:** as `train_epoch`, each with the leading run axis (``losses: f32[R, epoch_size]``).
+    ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`. **Returns:** as
+    `train_epoch` (``guard``: as `train_epoch_guarded`), each with the leading run axis (``losses: f32[R,
+    epoch_size]``, ``diverged_at: int32[R]``).
     """
-    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat)
+    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 
@@ -207,7 +210,8 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
 # body. `train_step` checks while tracing instead: a Python loop of steps pays nothing per call.
 
 
-def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, runs=False):
+def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, guard=False,
+                 runs=False):
     lead = 1 if runs else 0
     per_run = params
     if runs:
@@ -242,4 +246,4 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
 train_step = _Jitted(_train_step)
 train_epoch = _Jitted(_train_epoch, partial(_check_epoch, "train_epoch"))
 train_epoch_guarded = _Jitted(_train_epoch_guarded, partial(_check_epoch, "train_epoch_guarded"))
-train_runs = _Jitted(_runs, partial(_check_epoch, "train_runs", runs=True))
+train_runs = _Jitted(_runs, partial(_check_epoch, "train_runs", runs=True), static=(*_STATIC, "guard"))

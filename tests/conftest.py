@@ -25,7 +25,7 @@ def small_windows():
 
 
 def numpy_params(seed: int = 0, num_classes: int = 2, state_size: int = 4) -> dict:
-    """Glorot-uniform parameters as numpy float32, drawn without JAX or TF (``compare.io.glorot_params``)."""
-    from compare import io
+    """Glorot-uniform parameters as numpy float32, the ones a seed stands for (``jax_rnn.glorot_params``)."""
+    from jax_rnn.model import glorot_params
 
-    return io.glorot_params(num_classes, state_size, seed)
+    return glorot_params(num_classes, state_size, seed)

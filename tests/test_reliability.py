@@ -47,6 +47,21 @@ def test_guarded_epoch_stops_at_the_first_non_finite_step_and_keeps_finite_param
         np.testing.assert_array_equal(a, b)
 
 
+def test_guarded_runs_equal_guarded_epochs_run_by_run(small_windows):
+    """``train_runs(guard=True)``: each vmapped run stops where `train_epoch_guarded` stops it alone."""
+    xw, yw = small_windows
+    opt = jax_rnn.adagrad(1e37)
+    runs = [jax.tree.map(jnp.asarray, numpy_params(seed, state_size=16)) for seed in (0, 1, 2)]
+    stack = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    out = jax_rnn.train_runs(stack(runs), stack([opt.init(p) for p in runs]), stack([xw] * 3), stack([yw] * 3), opt,
+                             guard=True)
+    for r, p in enumerate(runs):
+        alone = jax_rnn.train_epoch_guarded(p, opt.init(p), xw, yw, opt)
+        assert int(out.diverged_at[r]) == int(alone.diverged_at) >= 0
+        for a, b in zip(jax.tree.leaves((out.params, out.opt_state)), jax.tree.leaves((alone.params, alone.opt_state))):
+            np.testing.assert_allclose(a[r], b, rtol=1e-6)
+
+
 def test_guard_changes_nothing_in_the_normal_case(small_windows):
     params = jax.tree.map(jnp.asarray, numpy_params(0))
     opt = jax_rnn.adagrad(0.1)
@@ -118,8 +133,10 @@ def test_sweep_reports_divergence_per_seed_and_stops_tf_there(tmp_path):
     for cell in result["cells"]:
         assert cell["level"] == "diverged" and cell["levels"] == ["diverged", "diverged"]
         assert all(d is not None and d["epoch"] == 0 for d in cell["diverged"]) and cell["mean"] is None
-    tf = result["cells"][1]
+    jax_cell, tf = result["cells"]
     assert tf["impl"] == "tf-raw" and all(v is None for v in tf["avg_losses"][0][-5:])  # epoch 2 never ran
+    assert jax_cell["diverged"] == tf["diverged"]  # both guards stop every seed at the same window
+    assert all(v is None for v in jax_cell["avg_losses"][0][-5:])
     assert "diverged" in (tmp_path / "s.md").read_text()
 
 
