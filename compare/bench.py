@@ -25,6 +25,7 @@ from jax_rnn import data as task
 
 from . import io
 from .config import BASELINE, Config
+from .environment import describe
 from .run import json_safe, targets
 from .runners import make_trainer
 
@@ -101,7 +102,6 @@ def bench(config: Config, devices, quiet: bool = False) -> dict:
     None. TF's first step (graph optimisation / function instantiation) falls in the warm-up epoch,
     never in the timed ones, so steady-state figures do not include it.
     """
-    from .environment import describe
 
     params = io.glorot_params(config.num_classes, config.state_size, config.seed)
     windows = [task.windows(x, y, config.batch_size, config.num_steps) for x, y in io.epoch_stream(config)]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from jax_rnn.checkpoint import read_npz
 
 from . import io
 from .config import Config, UsageError
@@ -56,8 +57,6 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     file = path(directory, impl)
     if not file.is_file():
         return None
-    from jax_rnn.checkpoint import read_npz
-
     try:
         a = read_npz(file)
     except ValueError as err:
@@ -126,8 +125,6 @@ def load_cell(directory, record: dict) -> Optional[tuple]:
     file = cell_path(directory, record["num_steps"], record["state_size"], record["impl"])
     if not file.is_file():
         return None
-    from jax_rnn.checkpoint import read_npz
-
     try:
         a = read_npz(file)
     except ValueError as err:

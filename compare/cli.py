@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from jax_rnn import compile_cache
 
-from . import io, scaling
+from . import bench, checkpoint, environment, io, report, rerun, run, scaling, sweep
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
 from .environment import DEVICES
 
@@ -174,7 +174,7 @@ def _write(result: dict, paths: dict, markdown: str, png: bytes) -> None:
 
 
 def _run(args) -> int:
-    from . import checkpoint, environment, plots, report, rerun, run
+    from . import plots  # matplotlib loads only when a command draws
 
     original = rerun.apply(args) if args.from_json else None
     impls = parse_impls(args.impl)
@@ -217,7 +217,7 @@ def _run(args) -> int:
 
 
 def _sweep(args) -> int:
-    from . import checkpoint, environment, plots, report, sweep
+    from . import plots  # matplotlib loads only when a command draws
 
     impls = parse_impls(args.impl)
     num_steps = parse_ints(args.num_steps, "--num-steps")
@@ -238,7 +238,7 @@ def _sweep(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench, environment, plots, report
+    from . import plots  # matplotlib loads only when a command draws
 
     impls = parse_impls(args.impl or ",".join(scaling.DEFAULT_IMPLS if args.scaling else IMPLS))
     repeats = args.repeats if args.repeats is not None else (2 if args.scaling else 3)

@@ -12,6 +12,10 @@ import os
 import platform
 import sys
 
+import jax
+import numpy as np
+from jax_rnn.compile_cache import active_dir
+
 from .config import UsageError
 
 DEVICES = ("cpu", "gpu", "auto")
@@ -29,7 +33,6 @@ class Devices:
 
 
 def _jax_gpus() -> list:
-    import jax
 
     try:
         return list(jax.devices("gpu"))
@@ -66,7 +69,6 @@ def resolve(requested: str, need_tf: bool) -> Devices:
 
 def jax_device(kind: str):
     """The first JAX device of that kind (``"cpu"`` or ``"gpu"``)."""
-    import jax
 
     return jax.devices(kind)[0]
 
@@ -83,9 +85,6 @@ def describe(devices: Devices) -> dict:
     directory (None when off). The TensorFlow and tf-keras versions are always recorded, read from the
     installed packages' metadata without importing them (None if not installed); the TensorFlow device
     only if TensorFlow was used."""
-    import jax
-    import numpy as np
-    from jax_rnn.compile_cache import active_dir
 
     jd = jax_device(devices.jax)
     env = {

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import numpy as np
 from jax_rnn import data as task
+from jax_rnn import layout
+from jax_rnn.checkpoint import atomic_write, read_npz
+from jax_rnn.layout import PARAM_KEYS
 from jax_rnn.model import glorot_params  # noqa: F401 (compare's callers use io.glorot_params)
 
 from .config import Config, UsageError
-
-PARAM_KEYS = ("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b")
-
 
 # --- parameters ----------------------------------------------------------------------------------
 
 
 def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]]:
-    """Flat key -> shape for ``n = num_classes``, ``d = state_size``."""
-    n, d = num_classes, state_size
-    return {"rnn_cell/W": (n + d, d), "rnn_cell/b": (d,), "softmax/W": (d, n), "softmax/b": (n,)}
+    """Flat key -> shape (``jax_rnn.layout``'s, flattened) for ``n = num_classes``, ``d = state_size``."""
+    return {f"{scope}/{name}": shape for scope, leaves in layout.param_shapes(num_classes, state_size).items()
+            for name, shape in leaves.items()}
 
 
 def nest(flat: dict) -> dict:
@@ -66,8 +66,6 @@ def fingerprint(params: dict) -> str:
 def _load_npz(path: str, option: str) -> dict:
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
-    from jax_rnn.checkpoint import read_npz
-
     try:
         return read_npz(path)
     except ValueError as err:
@@ -146,8 +144,6 @@ def check_writable(path: Path, overwrite: bool, option: str) -> Path:
 def write_bytes(path: Path, data: bytes) -> Path:
     """Write atomically: a temporary file in the same directory, fsync, then ``os.replace``
     (``jax_rnn.checkpoint.atomic_write``, the one writer of the project)."""
-    from jax_rnn.checkpoint import atomic_write
-
     return atomic_write(path, data)
 
 

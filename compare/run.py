@@ -27,6 +27,7 @@ from jax_rnn import data as task
 
 from . import checkpoint, io
 from .config import AGREEMENT_TOLERANCE, Config
+from .environment import describe
 from .runners import make_trainer
 
 LOG_EVERY = 100  # the tutorial's logging interval: avg_losses are means of 100 consecutive steps
@@ -178,7 +179,6 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
     **Returns:** the result dict (``config``, ``environment``, ``targets``, ``results``, ``agreement``,
     ``notes``), non-finite floats as None (`json_safe`).
     """
-    from .environment import describe
 
     record = record or checkpoint.config_record(config, None, None, deterministic)
     fingerprint = io.fingerprint(params)

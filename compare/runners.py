@@ -23,9 +23,12 @@ from __future__ import annotations
 import time
 from typing import Callable, NamedTuple, Optional
 
+import jax
+import jax_rnn
 import numpy as np
 
 from .config import Config, is_tf, tf_name
+from .environment import jax_device
 
 
 class EpochStats(NamedTuple):
@@ -40,10 +43,6 @@ class JaxTrainer:
     """``jax_rnn`` on one device, the epoch compiled ahead of time for the config's window shape."""
 
     def __init__(self, config: Config, params: dict, device: str = "cpu", accumulators: Optional[dict] = None):
-        import jax
-        import jax_rnn
-
-        from .environment import jax_device
 
         self.impl, self.config = "jax", config
         self._jax, self._device = jax, jax_device(device)

@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jax
+import jax_rnn
 import numpy as np
 from tqdm import tqdm
 
@@ -35,6 +37,7 @@ from jax_rnn import data as task
 from . import io
 from .bench import PeakRss, time_one
 from .config import Config
+from .environment import describe, jax_device
 from .run import json_safe, targets
 
 SWEEPS = {
@@ -80,7 +83,6 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
     per parameter, implementation and device; GPU crossover where measured), ``memory`` and ``notes``;
     non-finite floats as None. `compare.report.scaling_markdown` makes its tables.
     """
-    from .environment import describe
 
     sweeps = SWEEPS if sweeps is None else sweeps
     x, y = task.gen_data(base.data_size, np.random.default_rng(base.seed))
@@ -125,10 +127,6 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
 
 def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool = False) -> list[dict]:
     """Long windows with and without rematerialisation: XLA temp memory, RSS growth, compile and epoch time."""
-    import jax
-    import jax_rnn
-
-    from .environment import jax_device
 
     dev = jax_device(device)
     optimizer = jax_rnn.adagrad(base.learning_rate)

@@ -29,6 +29,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import jax
+import jax.monitoring
+import jax_rnn
 import numpy as np
 from tqdm import tqdm
 
@@ -36,6 +39,7 @@ from jax_rnn import data as task
 
 from . import checkpoint, io
 from .config import Config
+from .environment import describe
 from .run import final_loss, json_safe, running_averages, targets
 from .runners import make_trainer
 
@@ -70,8 +74,6 @@ class Timings:
             self.add("compile", duration)
 
     def __enter__(self) -> "Timings":
-        import jax.monitoring
-
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
         return self
 
@@ -113,8 +115,6 @@ class SharedData:
 def run_devices(kind: str) -> list:
     """The devices of ``kind`` that the runs are split over: all of them (`jax_rnn.train_runs_sharded`
     repeats the last run to fill the devices when their number does not divide the runs)."""
-    import jax
-
     return jax.devices(kind)
 
 
@@ -125,9 +125,6 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
     (``train_runs_sharded(guard=True)``): a seed stops learning at the first window whose loss or update is
     not finite, and its later losses are NaN, as TensorFlow's. Returns ``(float32[seeds, epochs,
     epoch_size], diverged)``, ``diverged`` per seed: None, or ``{"epoch", "step"}`` of that window."""
-    import jax
-    import jax_rnn
-
     mesh = jax_rnn.run_mesh(run_devices(device))
     runs = [io.glorot_params(config.num_classes, config.state_size, s) for s in seeds]
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
@@ -219,7 +216,6 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
     seconds), ``agreement`` (implementations compared seed by seed, on the steps where both losses are
     finite) and ``time`` (the sweep's wall time, and the cells' seconds added up); non-finite floats as None.
     """
-    from .environment import describe
 
     first = configs[0]
     seeds = [first.seed + i for i in range(num_seeds)]

@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .layout import PARAM_KEYS
+
 FORMAT = "jax_rnn.fit checkpoint v1"
-PARAM_KEYS = ("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b")
 
 
 class Checkpoint(NamedTuple):

@@ -26,6 +26,9 @@ import shutil
 from pathlib import Path
 from typing import Optional, Union
 
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
 DIR_ENV = "RNN_SCAN_CACHE_DIR"
 SWITCH_ENV = "RNN_SCAN_COMPILE_CACHE"
 OFF_VALUES = ("0", "off", "false", "no")
@@ -58,9 +61,6 @@ def enable_compile_cache(path: Union[str, os.PathLike, None] = None) -> Optional
     """
     if disabled_by_env():
         return None
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
     directory = Path(path).expanduser() if path is not None else default_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if jax.config.jax_compilation_cache_dir != str(directory):
@@ -73,8 +73,6 @@ def enable_compile_cache(path: Union[str, os.PathLike, None] = None) -> Optional
 
 def active_dir() -> Optional[str]:
     """The directory JAX caches executables in for this process, or None if the cache is off."""
-    import jax
-
     if not jax.config.jax_enable_compilation_cache:
         return None
     return jax.config.jax_compilation_cache_dir

@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import validate
+from .layout import check_params, param_shapes  # noqa: F401 (part of the model's API)
+
 Params = dict[str, dict[str, jax.Array]]
 
 
@@ -113,8 +116,6 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     and ``jit`` work as before): ValueError/TypeError naming the argument. Runs in the layout the
     training loop uses for this state size (`batch_last_for`).
     """
-    from . import validate
-
     n, d = validate.sizes("loss", params)
     validate.check_classes("loss", {"x": x, "y": y}, 2, "[batch, num_steps]", n)
     validate.check_state("loss", state, validate._arr(x).shape[0], d)
@@ -226,27 +227,3 @@ def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax
                     unroll: int | bool = 1, remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """`loss_window` with ``batch_last=True`` (``state_t: f32[d, batch]``): kept for existing callers."""
     return loss_window(params, x_t, y_t, state_t, unroll, remat, batch_last=True)
-
-
-def param_shapes(num_classes: int, state_size: int) -> dict[str, dict[str, tuple[int, ...]]]:
-    """The shapes of the parameter pytree for a config (used to validate parameters passed in)."""
-    n, d = num_classes, state_size
-    return {"rnn_cell": {"W": (n + d, d), "b": (d,)}, "softmax": {"W": (d, n), "b": (n,)}}
-
-
-def check_params(params: Any, num_classes: int, state_size: int) -> None:
-    """Raise ValueError naming the key if ``params`` is not the layout and shapes of the config."""
-    expected = param_shapes(num_classes, state_size)
-    if not isinstance(params, dict) or set(params) != set(expected):
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"params must be a dict with keys {sorted(expected)}, got {got}")
-    for scope, leaves in expected.items():
-        if not isinstance(params[scope], dict) or set(params[scope]) != set(leaves):
-            got = sorted(params[scope]) if isinstance(params[scope], dict) else type(params[scope]).__name__
-            raise ValueError(f"params[{scope!r}] must have keys {sorted(leaves)}, got {got}")
-        for name, shape in leaves.items():
-            got_shape = tuple(jnp.shape(params[scope][name]))
-            if got_shape != shape:
-                raise ValueError(
-                    f"params[{scope!r}][{name!r}] must have shape {shape} for num_classes={num_classes}, "
-                    f"state_size={state_size}; got {got_shape}")

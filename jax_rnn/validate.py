@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .model import check_params
+from .layout import check_params
 
 
 def _arr(a: Any):
