@@ -8,9 +8,9 @@ and exit status 2.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from jax_rnn import data as task
+from jax_rnn.fit import FitConfig
 
 IMPLS = ("jax", "tf-raw", "tf-static", "tf-dynamic", "tf2")
 DEFAULT_RUN_IMPLS = ("jax", "tf-dynamic")
@@ -61,45 +61,24 @@ def is_tf(impl: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """One training setting, shared by every implementation of a run (tutorial defaults).
+class Config(FitConfig):
+    """One training setting, shared by every implementation of a run: `jax_rnn.FitConfig` (the one set of
+    hyperparameters, with the tutorial's defaults and its checks) plus the implementations to run. A bad
+    value is a UsageError naming the command-line option (``--num-steps must be an integer >= 1, got 0``).
 
     ``epoch_size = (data_size // batch_size) // num_steps`` windows of ``[batch_size, num_steps]`` points.
     """
 
     impls: tuple[str, ...] = DEFAULT_RUN_IMPLS
-    num_steps: int = 5
-    state_size: int = 4
-    batch_size: int = 200
-    learning_rate: float = 0.1
-    epochs: int = 1
-    data_size: int = 1_000_000
-    seed: int = 0
-    num_classes: int = 2
 
     def __post_init__(self):
-        for name in ("num_steps", "state_size", "batch_size", "epochs", "data_size", "num_classes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"--seed must be an integer >= 0, got {self.seed!r}")
-        lr = self.learning_rate
-        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise UsageError(f"--learning-rate must be a finite number > 0, got {lr!r}")
-        if self.data_size < 9:
-            raise UsageError(f"--data-size must be >= 9 (longer than the task's largest lag, 8), got {self.data_size}")
-        if self.batch_size > self.data_size:
-            raise UsageError(f"--batch-size {self.batch_size} is larger than the data ({self.data_size} points)")
         try:
-            task.check_windowing(self.data_size, self.batch_size, self.num_steps)
+            super().__post_init__()
         except ValueError as err:
-            raise UsageError(f"--batch-size/--num-steps: {err}") from None
+            name, _, rest = str(err).partition(" ")
+            option = f"--{name.replace('_', '-')}" if name in _FIELDS else "--batch-size/--num-steps:"
+            raise UsageError(f"{option} {rest}" if name in _FIELDS else f"{option} {err}") from None
         parse_impls(",".join(self.impls))
-
-    @property
-    def epoch_size(self) -> int:
-        return task.epoch_size(self.data_size, self.batch_size, self.num_steps)
 
     @property
     def points_per_epoch(self) -> int:
@@ -108,3 +87,6 @@ class Config:
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "impls": list(self.impls), "epoch_size": self.epoch_size}
+
+
+_FIELDS = {f.name for f in dataclasses.fields(FitConfig)}

@@ -51,20 +51,23 @@ class FitConfig:
     log_every: int = 100
 
     def __post_init__(self):
+        # Every message starts with the field's name: ``rnn-compare``'s Config (a subclass) turns it
+        # into the option's (``--num-steps ...``).
         for name in ("num_classes", "state_size", "batch_size", "num_steps", "epochs", "data_size", "log_every"):
             _check_int(name, getattr(self, name))
         _check_int("seed", self.seed, minimum=0)
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
-        if self.batch_size * self.num_steps > self.data_size:
-            raise ValueError(
-                f"batch_size * num_steps = {self.batch_size * self.num_steps} is larger than data_size = "
-                f"{self.data_size}: not even one window fits")
+        if self.data_size < 9:
+            raise ValueError(f"data_size must be >= 9 (longer than the task's largest lag, 8), got {self.data_size}")
+        if self.batch_size > self.data_size:
+            raise ValueError(f"batch_size {self.batch_size} is larger than the data ({self.data_size} points)")
+        task.check_windowing(self.data_size, self.batch_size, self.num_steps)
 
     @property
     def epoch_size(self) -> int:
-        return (self.data_size // self.batch_size) // self.num_steps
+        return task.epoch_size(self.data_size, self.batch_size, self.num_steps)
 
 
 class FitResult(NamedTuple):
