@@ -45,9 +45,28 @@ def save(directory, impl: str, config: dict, params: dict, accumulators: dict, s
               "initial_params": np.array(initial_params), "data": np.array(data)}
     arrays.update({f"params/{k}": v for k, v in io.flatten(params).items()})
     arrays.update({f"accumulators/{k}": v for k, v in io.flatten(accumulators).items()})
+    return _write(path(directory, impl), arrays)
+
+
+def _write(file: Path, arrays: dict) -> Path:
+    """``arrays`` as one ``.npz`` (no pickle), written atomically."""
     buffer = _io.BytesIO()
     np.savez(buffer, **arrays)
-    return io.write_bytes(path(directory, impl), buffer.getvalue())
+    return io.write_bytes(file, buffer.getvalue())
+
+
+def _read(file: Path, file_format: str, what: str) -> Optional[dict]:
+    """The arrays of checkpoint ``file``, None if there is none yet; UsageError if it is unreadable or
+    not of ``file_format``."""
+    if not file.is_file():
+        return None
+    try:
+        arrays = read_npz(file)
+    except ValueError as err:
+        raise UsageError(f"--resume: cannot read {file} ({err})") from None
+    if str(arrays.get("format", "")) != file_format:
+        raise UsageError(f"--resume: {file} is not {what}")
+    return arrays
 
 
 def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[dict]:
@@ -55,13 +74,10 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     UsageError naming what differs if it was written by another config, other starting parameters or
     other data, or if it is unreadable."""
     file = path(directory, impl)
-    if not file.is_file():
+    a = _read(file, FORMAT, f"an rnn-compare checkpoint of {impl}")
+    if a is None:
         return None
-    try:
-        a = read_npz(file)
-    except ValueError as err:
-        raise UsageError(f"--resume: cannot read {file} ({err})") from None
-    if str(a.get("format", "")) != FORMAT or str(a.get("impl", "")) != impl:
+    if str(a.get("impl", "")) != impl:
         raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
     saved = json.loads(str(a["config"]))
     differ = [k for k in MATCHED if saved.get(k) != config.get(k)]
@@ -113,24 +129,16 @@ def save_cell(directory, record: dict, step_losses, diverged: list, seconds: flo
     arrays = {"format": np.array(CELL_FORMAT), "config": np.array(json.dumps(record)),
               "step_losses": np.asarray(step_losses, np.float32), "diverged": np.array(json.dumps(diverged)),
               "seconds": np.array(seconds), "time": np.array(json.dumps(time_spent))}
-    buffer = _io.BytesIO()
-    np.savez(buffer, **arrays)
-    return io.write_bytes(cell_path(directory, record["num_steps"], record["state_size"], record["impl"]),
-                          buffer.getvalue())
+    return _write(cell_path(directory, record["num_steps"], record["state_size"], record["impl"]), arrays)
 
 
 def load_cell(directory, record: dict) -> Optional[tuple]:
     """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
     if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
     file = cell_path(directory, record["num_steps"], record["state_size"], record["impl"])
-    if not file.is_file():
+    a = _read(file, CELL_FORMAT, "an rnn-compare sweep checkpoint")
+    if a is None:
         return None
-    try:
-        a = read_npz(file)
-    except ValueError as err:
-        raise UsageError(f"--resume: cannot read {file} ({err})") from None
-    if str(a.get("format", "")) != CELL_FORMAT:
-        raise UsageError(f"--resume: {file} is not an rnn-compare sweep checkpoint")
     saved = json.loads(str(a["config"]))
     differ = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
     if differ:
