@@ -22,6 +22,7 @@ import time
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.model import glorot_params
 
 from . import io
 from .config import BASELINE, Config
@@ -103,7 +104,7 @@ def bench(config: Config, devices, quiet: bool = False) -> dict:
     never in the timed ones, so steady-state figures do not include it.
     """
 
-    params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+    params = glorot_params(config.num_classes, config.state_size, config.seed)
     windows = [task.windows(x, y, config.batch_size, config.num_steps) for x, y in io.epoch_stream(config)]
     results = {}
     with tqdm(total=len(config.impls) * config.epochs, desc="bench", unit="epoch", disable=quiet) as bar:

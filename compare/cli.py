@@ -15,6 +15,7 @@ import time
 from typing import Optional, Sequence
 
 from jax_rnn import compile_cache
+from jax_rnn.model import glorot_params
 
 from . import bench, checkpoint, environment, io, report, rerun, run, scaling, sweep
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
@@ -192,7 +193,7 @@ def _run(args) -> int:
     if args.init_params:
         params = io.load_params(args.init_params, config.num_classes, config.state_size)
     else:
-        params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+        params = glorot_params(config.num_classes, config.state_size, config.seed)
     checkpoint.check_dirs(args.checkpoint, args.resume)
     paths = _paths(args)
     save = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_rnn import data as task
 from jax_rnn.fit import FitConfig
 
 IMPLS = ("jax", "tf-raw", "tf-static", "tf-dynamic", "tf2")
@@ -69,15 +68,18 @@ class Config(FitConfig):
     ``epoch_size = (data_size // batch_size) // num_steps`` windows of ``[batch_size, num_steps]`` points.
     """
 
-    impls: tuple[str, ...] = DEFAULT_RUN_IMPLS
+    impls: tuple[str, ...] = dataclasses.field(default=DEFAULT_RUN_IMPLS, kw_only=True)
 
     def __post_init__(self):
         try:
             super().__post_init__()
-        except ValueError as err:
-            name, _, rest = str(err).partition(" ")
-            option = f"--{name.replace('_', '-')}" if name in _FIELDS else "--batch-size/--num-steps:"
-            raise UsageError(f"{option} {rest}" if name in _FIELDS else f"{option} {err}") from None
+        except ValueError as err:  # "num_steps must be ...", "batch_size/num_steps: ..." -> the options
+            names, _, rest = str(err).partition(" ")
+            fields = names.rstrip(":").split("/")
+            if not set(fields) <= _FIELDS:
+                raise UsageError(str(err)) from None
+            options = "/".join(f"--{f.replace('_', '-')}" for f in fields)
+            raise UsageError(f"{options}{':' if names.endswith(':') else ''} {rest}") from None
         parse_impls(",".join(self.impls))
 
     @property

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from jax_rnn import data as task
 from jax_rnn import layout
 from jax_rnn.checkpoint import atomic_write, read_npz
 from jax_rnn.layout import PARAM_KEYS
-from jax_rnn.model import glorot_params  # noqa: F401 (compare's callers use io.glorot_params)
 
 from .config import Config, UsageError
 

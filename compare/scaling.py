@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.model import glorot_params
 
 from . import io
 from .bench import PeakRss, time_one
@@ -94,7 +95,7 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
             bar.set_postfix_str(f"{param}={value} {impl} ({kind})")
             config = dataclasses.replace(base, impls=(impl,), **{param: value})
             windows = [task.windows(x, y, config.batch_size, config.num_steps)] * (repeats + 1)
-            params = io.glorot_params(config.num_classes, config.state_size, config.seed)
+            params = glorot_params(config.num_classes, config.state_size, config.seed)
             figures = time_one(impl, config, params, windows, kind, bar)
             points.append({"parameter": param, "value": value, "impl": impl, "device": kind,
                            "epoch_size": config.epoch_size, **figures})
@@ -136,7 +137,7 @@ def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool 
                                      data_size=base.batch_size * num_steps)
         x, y = task.gen_data(config.data_size, np.random.default_rng(base.seed))
         xw, yw = jax.device_put(task.windows(x, y, config.batch_size, num_steps), dev)
-        params = jax.device_put(io.glorot_params(2, config.state_size, base.seed), dev)
+        params = jax.device_put(glorot_params(2, config.state_size, base.seed), dev)
         opt_state = optimizer.init(params)
         for remat in (False, True):
             with PeakRss() as rss:

@@ -1,6 +1,6 @@
 """``rnn-compare sweep``: the tutorial's TODO grid, num_steps x state_size, over several seeds.
 
-Seed ``s`` fixes both the initial parameters (numpy Glorot, `io.glorot_params`) and the data stream
+Seed ``s`` fixes both the initial parameters (numpy Glorot, `jax_rnn.glorot_params`) and the data stream
 (`io.epoch_stream`), so every implementation sees the same runs. With ``jax`` all seeds of a cell
 train together: one ``jax_rnn.train_runs`` call (``vmap`` over a leading seed axis) per epoch. The
 TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs, or CPU devices made
@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.model import glorot_params
 
 from . import checkpoint, io
 from .config import Config
@@ -126,7 +127,7 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
     not finite, and its later losses are NaN, as TensorFlow's. Returns ``(float32[seeds, epochs,
     epoch_size], diverged)``, ``diverged`` per seed: None, or ``{"epoch", "step"}`` of that window."""
     mesh = jax_rnn.run_mesh(run_devices(device))
-    runs = [io.glorot_params(config.num_classes, config.state_size, s) for s in seeds]
+    runs = [glorot_params(config.num_classes, config.state_size, s) for s in seeds]
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
     optimizer = jax_rnn.adagrad(config.learning_rate)
     opt_state = jax.vmap(optimizer.init)(params)
@@ -156,7 +157,7 @@ def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, dat
     NaN); returns ``(float32[seeds, epochs, epoch_size], diverged)`` as `_train_jax`."""
     out, diverged = [], []
     for s in seeds:
-        trainer = make_trainer(impl, config, io.glorot_params(config.num_classes, config.state_size, s), device)
+        trainer = make_trainer(impl, config, glorot_params(config.num_classes, config.state_size, s), device)
         losses = np.full((config.epochs, config.epoch_size), np.nan, np.float32)
         where = None
         try:
@@ -194,6 +195,17 @@ def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, 
     }
 
 
+class _LockedBar:
+    """A tqdm bar that several worker threads update (tqdm's own counter is not thread-safe)."""
+
+    def __init__(self, bar):
+        self._bar, self._lock = bar, threading.Lock()
+
+    def update(self, n: int) -> None:
+        with self._lock:
+            self._bar.update(n)
+
+
 def _cost(job: tuple) -> int:
     """A rough order of a cell's training cost, to start the longest cells first: state products dominate."""
     _, config, _ = job
@@ -206,7 +218,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
 
     ``workers``: how many JAX cells train at once, each in its own thread (JAX releases the GIL while it
     compiles and runs; the longest cells start first). The results do not depend on it. TensorFlow cells
-    train one after another on the calling thread. ``checkpoint_dir``: save every finished cell there
+    train afterwards, one after another on the calling thread. ``checkpoint_dir``: save every finished cell there
     (`compare.checkpoint.save_cell`, atomically); ``resume_dir``: load the cells finished there instead of
     training them again (a sweep killed part-way recomputes only the cells that were in progress, and
     ends with the same results).
@@ -222,7 +234,8 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
     total = sum(len(c.impls) * num_seeds * c.epochs for c in configs)
     jobs = [(i, config, impl) for i, config in enumerate(configs) for impl in config.impls]
     wall = time.perf_counter()
-    with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as bar, Timings() as timings:
+    with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as shared_bar, Timings() as timings:
+        bar = _LockedBar(shared_bar)
         data = SharedData(first, seeds, timings)
         shared_data_seconds = timings.mine()["data"]
 
@@ -245,10 +258,15 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
             return losses, diverged, seconds, spent
 
         jax_jobs = sorted((j for j in jobs if j[2] == "jax"), key=_cost, reverse=True)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        try:
             futures = {j: pool.submit(train_cell, j) for j in jax_jobs}
-            done = {j: train_cell(j) for j in jobs if j[2] != "jax"}
-            done.update({j: f.result() for j, f in futures.items()})
+            done = {j: f.result() for j, f in futures.items()}
+        except BaseException:  # an error or Ctrl-C: start no more cells
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        done.update({j: train_cell(j) for j in jobs if j[2] != "jax"})  # TF after JAX: timed on a quiet machine
 
     cells, max_diff, same_level = [], 0.0, True
     for i, config in enumerate(configs):

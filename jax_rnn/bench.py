@@ -168,7 +168,7 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
         _, compile_seconds = _compiled(train_step, params, opt_state, state0, x_windows[0], y_windows[0], opt)
         window_list = list(zip(x_windows, y_windows))  # slicing the device array outside the timed loop
 
-        def step_loop():  # the jitted function itself (its C++ dispatch path), warmed up by _interleaved
+        def step_loop():  # the public train_step (a Python check of tracing, then jit dispatch), warmed up
             p, o, s = params, opt_state, state0
             for x, y in window_list:
                 p, o, s, loss = train_step(p, o, s, x, y, opt)
@@ -222,8 +222,15 @@ def format_table(rows, reference: str = "train_epoch (scan)") -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v)
+def _ints(parser: argparse.ArgumentParser, option: str, text: str, minimum: int = 1) -> tuple[int, ...]:
+    """A comma list of integers >= ``minimum``, or the parser's error (exit status 2) naming the option."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parser.error(f"{option}: expected a comma list of integers, got {text!r}")
+    if any(v < minimum for v in values):
+        parser.error(f"{option}: every value must be >= {minimum}, got {text!r}")
+    return values
 
 
 def main(argv=None) -> None:
@@ -243,19 +250,26 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", default="1,5,10", help="with --grid: num_steps values, comma list (default 1,5,10)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    cache = enable_compile_cache()  # a cache hit makes "compile s" the time to load the executable
+    for option in ("batch_size", "num_steps", "state_size", "data_size", "repeats"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    states, steps = _ints(parser, "--states", args.states), _ints(parser, "--steps", args.steps)
+    runs = _ints(parser, "--runs", args.runs) if args.runs else ()
+    try:
+        cache = enable_compile_cache()  # a cache hit makes "compile s" the time to load the executable
+    except OSError as err:  # an unwritable cache directory costs only the cache
+        cache = None
+        print(f"note: JAX compilation cache off: {err}")
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}); batch {args.batch_size}, "
           + ("" if args.grid else f"num_steps {args.num_steps}, state {args.state_size}, ")
           + f"{args.data_size:,} points per epoch; {args.repeats} timed epochs after a warm-up; "
           + f"compile cache: {cache or 'off'}")
     if args.grid:
-        rows = grid(_ints(args.states), _ints(args.steps), args.batch_size, args.data_size, args.repeats)
+        rows = grid(states, steps, args.batch_size, args.data_size, args.repeats)
     else:
         rows = bench(args.batch_size, args.num_steps, args.state_size, args.data_size, args.repeats,
-                     _ints(args.runs), not args.no_loop, args.c_reference)
+                     runs, not args.no_loop, args.c_reference)
         print(format_table(rows))
         if args.c_reference:
             scan, c = rows[0], rows[1]

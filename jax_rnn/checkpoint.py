@@ -28,7 +28,7 @@ import numpy as np
 
 from .layout import PARAM_KEYS
 
-FORMAT = "jax_rnn.fit checkpoint v1"
+FORMAT = "jax_rnn.fit checkpoint v2"  # v2: rng holds [seed] (v1: a jax.random key)
 
 
 class Checkpoint(NamedTuple):

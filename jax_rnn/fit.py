@@ -63,7 +63,10 @@ class FitConfig:
             raise ValueError(f"data_size must be >= 9 (longer than the task's largest lag, 8), got {self.data_size}")
         if self.batch_size > self.data_size:
             raise ValueError(f"batch_size {self.batch_size} is larger than the data ({self.data_size} points)")
-        task.check_windowing(self.data_size, self.batch_size, self.num_steps)
+        try:
+            task.check_windowing(self.data_size, self.batch_size, self.num_steps)
+        except ValueError as err:
+            raise ValueError(f"batch_size/num_steps: {err}") from None
 
     @property
     def epoch_size(self) -> int:

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -137,9 +136,9 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
 #   over the batch once per window, multiplied and summed over its short axis in each step, which XLA
 #   fuses with the tanh around it into one loop. Broadcasting once, outside the scan, makes each step's
 #   weight gradient an elementwise product that the backward pass accumulates across the steps, summed
-#   over the batch once per window instead of once per step (state 4, num_steps 10: 31 -> 16 ms per
+#   over the batch once per window instead of once per step (state 4, num_steps 10: 31 -> 17 ms per
 #   epoch). The one-hot input is a select per class, whose gradient is a masked sum, not a scatter.
-#   Larger matrices use a dot and a gather (state 16: 0.12 s per epoch, against 0.53 s elementwise).
+#   Larger matrices use a dot and a gather (state 16: 0.11-0.12 s per epoch, against 0.53 s elementwise).
 BATCH_FIRST_FROM = 128
 SMALL_CONTRACTION = 16
 

@@ -20,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+# Whether no trace is active: JAX's own test (not public in jax 0.10). `_Jitted` needs it because a call
+# that closes over a caller's tracers, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has none in its
+# arguments.
+from jax._src.core import trace_state_clean as _trace_state_clean
 
 from . import validate
 from .model import Params, batch_last_for, loss_window
@@ -46,16 +50,19 @@ class _Jitted:
     concrete; on tracers and ``ShapeDtypeStruct``s only shapes and dtypes). ``.lower`` is the top-level
     one's, after the same check."""
 
-    def __init__(self, fn, check=None, static=_STATIC):
+    def __init__(self, fn, name: str, check=None, static=_STATIC):
         self.nested = jax.jit(fn, static_argnames=static)
         self.top_level = jax.jit(fn, static_argnames=static, compiler_options=COMPILER_OPTIONS)
         self._check = check
         functools.update_wrapper(self, fn)
+        self.__name__ = self.__qualname__ = name
 
     def __call__(self, *args, **kwargs):
         if self._check is not None:
             self._check(*args, **kwargs)
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        # Inside a caller's trace (its arguments, or constants it closes over): JAX's own test of that.
+        traced = (not _trace_state_clean()
+                  or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))))
         return (self.nested if traced else self.top_level)(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
@@ -64,6 +71,8 @@ class _Jitted:
         return self.top_level.lower(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("__") or "top_level" not in self.__dict__:  # copy/pickle probe before __init__
+            raise AttributeError(name)
         return getattr(self.top_level, name)
 
 
@@ -228,8 +237,9 @@ def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, stat
     shape = tuple(np.shape(validate._arr(x_windows)))
     validate.check_state(where, state, shape[1 + lead], d, leading=shape[:1] if runs else ())
     validate.check_finite_params(where, params)
-    if not isinstance(remat, bool):
-        raise TypeError(f"{where}: remat must be True or False, got {remat!r}")
+    for flag, value in (("remat", remat), ("guard", guard)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: {flag} must be True or False, got {value!r}")
 
 
 def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
@@ -243,7 +253,7 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
         raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
 
 
-train_step = _Jitted(_train_step)
-train_epoch = _Jitted(_train_epoch, partial(_check_epoch, "train_epoch"))
-train_epoch_guarded = _Jitted(_train_epoch_guarded, partial(_check_epoch, "train_epoch_guarded"))
-train_runs = _Jitted(_runs, partial(_check_epoch, "train_runs", runs=True), static=(*_STATIC, "guard"))
+train_step = _Jitted(_train_step, "train_step")
+train_epoch = _Jitted(_train_epoch, "train_epoch", partial(_check_epoch, "train_epoch"))
+train_epoch_guarded = _Jitted(_train_epoch_guarded, "train_epoch_guarded", partial(_check_epoch, "train_epoch_guarded"))
+train_runs = _Jitted(_runs, "train_runs", partial(_check_epoch, "train_runs", runs=True), static=(*_STATIC, "guard"))

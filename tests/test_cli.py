@@ -11,6 +11,7 @@ import pytest
 
 from compare import io
 from compare.cli import main
+from jax_rnn.model import glorot_params
 from compare.run import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_run_writes_json_table_plot_and_params(demo):
         assert r["level"] in ("none", "first", "both")
         assert r["steps_per_second"] == pytest.approx(r["timed_steps"] / sum(r["epoch_seconds"]))
         saved = io.load_params(str(out / f"final-{impl}.npz"), 2, 4)
-        assert not np.allclose(saved["rnn_cell"]["W"], io.glorot_params(2, 4, 0)["rnn_cell"]["W"])  # trained
+        assert not np.allclose(saved["rnn_cell"]["W"], glorot_params(2, 4, 0)["rnn_cell"]["W"])  # trained
     jax, tf = result["results"]["jax"], result["results"]["tf-dynamic"]
     # compile apart from training on both sides: TF's first step is in compile_seconds, not in epoch 1
     assert jax["first_step_seconds"] is None and jax["compile_seconds"] == jax["build_seconds"]
@@ -111,7 +112,7 @@ def files(tmp_path_factory):
     """Two initial-parameter files and two data files (2 epochs of 20,000 points)."""
     d = tmp_path_factory.mktemp("files")
     for k in (1, 2):
-        np.savez(d / f"params{k}.npz", **io.flatten(io.glorot_params(2, 4, seed=10 + k)))
+        np.savez(d / f"params{k}.npz", **io.flatten(glorot_params(2, 4, seed=10 + k)))
         rng = np.random.default_rng(10 + k)
         x = rng.integers(0, 2, (2, 20000))
         y = (rng.random((2, 20000)) < 0.5 + 0.5 * np.roll(x, 3, axis=1)).astype(np.int64)
@@ -231,7 +232,7 @@ def test_bad_options(argv, message, capsys, tmp_path):
 
 @pytest.mark.parametrize("kind, arrays, message", [
     ("params", {"rnn_cell/W": np.zeros((6, 4))}, "must hold exactly the keys rnn_cell/W, rnn_cell/b"),
-    ("params", {**io.flatten(io.glorot_params(2, 8, 0))}, "rnn_cell/W must have shape [6, 4]"),
+    ("params", {**io.flatten(glorot_params(2, 8, 0))}, "rnn_cell/W must have shape [6, 4]"),
     ("data", {"x": np.zeros((1, 100), int)}, "must hold exactly the keys x, y"),
     ("data", {"x": np.zeros(100, int), "y": np.zeros(100, int)}, "x must be a 2-D array [epochs, data_size]"),
     ("data", {"x": np.zeros((1, 100)), "y": np.zeros((1, 100))}, "x must hold integers"),

@@ -13,6 +13,7 @@ import pytest
 
 import tf_rnn
 from jax_rnn.data import gen_data, windows
+from jax_rnn.model import glorot_params
 
 LOSS_ATOL = 1e-5
 PARAM_ATOL = 1e-4
@@ -94,7 +95,7 @@ def test_compare_and_tf_rnn_draw_the_same_numpy_initial_parameters():
     from compare import io
 
     for seed, state_size in ((0, 4), (5, 16)):
-        ours = io.glorot_params(2, state_size, seed)
+        ours = glorot_params(2, state_size, seed)
         theirs = tf_rnn.glorot_uniform_params(tf_rnn.ModelConfig(state_size=state_size), seed)
         for scope in ("rnn_cell", "softmax"):
             for leaf in ("W", "b"):

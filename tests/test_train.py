@@ -105,8 +105,6 @@ def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path):
     """One data generator and one initialisation: ``jax_rnn.fit(FitConfig(seed=s))`` and
     ``rnn-compare run --impl jax --seed s`` start from the same weights on the same epochs and give the
     same per-step losses, bit for bit."""
-    import json
-
     from compare.cli import main
 
     config = jax_rnn.FitConfig(batch_size=20, data_size=20_000, epochs=2, seed=7)
@@ -200,5 +198,9 @@ def test_the_epoch_inside_a_callers_jit_equals_the_direct_call(small_windows):
     opt = jax_rnn.adagrad(0.1)
     direct = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt)
     nested = jax.jit(lambda p, o: jax_rnn.train_epoch(p, o, x_windows, y_windows, opt))(params, opt.init(params))
-    for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(nested)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    o0 = opt.init(params)
+    closed_over = jax.jit(lambda: jax_rnn.train_epoch(params, o0, x_windows, y_windows, opt))()  # no traced argument
+    for other in (nested, closed_over):
+        for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert jax.eval_shape(lambda: jax_rnn.train_step(params, o0, jnp.zeros((20, 4)), x_windows[0], y_windows[0], opt))

@@ -12,6 +12,7 @@ import pytest
 import jax_rnn
 from compare import io
 from compare.cli import main
+from jax_rnn.model import glorot_params
 from conftest import numpy_params
 
 OPT = jax_rnn.adagrad(0.1)
@@ -121,7 +122,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("argv, message", CLI_CASES)
 def test_cli_bad_input(argv, message, tmp_path, capsys):
-    params = io.flatten(io.glorot_params(2, 4, 0))
+    params = io.flatten(glorot_params(2, 4, 0))
     _npz(tmp_path, "nan.npz", **{**params, "softmax/b": np.full(2, np.nan, np.float32)})
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 truncated")
     _npz(tmp_path, "wrongkeys.npz", a=np.zeros((1, 100), int), b=np.zeros((1, 100), int))
