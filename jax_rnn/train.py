@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 # Whether no trace is active: JAX's own test (not public in jax 0.10). `_Jitted` needs it because a call
 # that closes over a caller's tracers, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has none in its
 # arguments.
@@ -81,16 +80,13 @@ def _unroll(num_steps: int) -> int | bool:
     return True if num_steps <= MAX_UNROLL else MAX_UNROLL
 
 
-def _step(params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, optimizer, remat: bool = False,
-          unravel=None):
+def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, optimizer, remat: bool = False):
     """One window, time-major (``x_t, y_t: [num_steps, batch]``), the state in the layout of `batch_last_for`
-    (``[d, batch]`` or ``[batch, d]``). ``unravel``: ``params`` (and the optimizer state's parameter-shaped
-    parts) are one flat vector, and ``unravel`` rebuilds the pytree from it (see `_flat`)."""
+    (``[d, batch]`` or ``[batch, d]``)."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
-    as_tree = unravel or (lambda p: p)
-    batch_last = batch_last_for(as_tree(params)["rnn_cell"]["b"].shape[0])
-    window_loss = lambda p: loss_window(as_tree(p), x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last)
-    (mean_loss, final_state), grads = jax.value_and_grad(window_loss, has_aux=True)(params)
+    batch_last = batch_last_for(params["rnn_cell"]["b"].shape[0])
+    grad_fn = jax.value_and_grad(loss_window, has_aux=True)
+    (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, final_state, mean_loss
 
@@ -120,33 +116,15 @@ def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: ja
     return params, opt_state, _to_layout(final_state, batch_last), mean_loss
 
 
-def _flat(params: Params, opt_state):
-    """``(flat_params, flat_opt_state, restore)``: the parameters as one flat vector, and every part of the
-    optimizer state shaped like them (Adagrad's accumulators) too; ``restore(flat_params, flat_opt_state)``
-    gives the pytrees back. The epoch carries them flat, so each window's optimizer update is one fused
-    loop over all the numbers instead of one per leaf (elementwise optimizers: the same numbers, bit for
-    bit; state 4, num_steps 1: 23.4 -> 21.5 ms per epoch, the best of 7)."""
-    flat_params, unravel = ravel_pytree(params)
-    like_params = lambda node: jax.tree.structure(node) == jax.tree.structure(params)
-    flat_opt_state = jax.tree.map(lambda node: ravel_pytree(node)[0], opt_state, is_leaf=like_params)
-
-    def restore(flat_params, flat_opt_state):
-        unflatten = lambda node, flat: unravel(flat) if like_params(node) else flat
-        return unravel(flat_params), jax.tree.map(unflatten, opt_state, flat_opt_state, is_leaf=like_params)
-
-    return flat_params, flat_opt_state, unravel, restore
-
-
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
            guard=False):
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
-    params, opt_state, unravel, restore = _flat(params, opt_state)
 
     def body(carry, window):
         params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window, optimizer, remat, unravel)
+        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window, optimizer, remat)
         return (params, opt_state, state_t), mean_loss
 
     def guarded_body(carry, inputs):
@@ -155,7 +133,7 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
         old, diverged_at = carry[:3], carry[3]
         window, k = inputs
-        new = _step(*old, *window, optimizer, remat, unravel)
+        new = _step(*old, *window, optimizer, remat)
         finite = jnp.isfinite(new[3])
         for leaf in jax.tree.leaves(new[:2]):
             finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -168,11 +146,11 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
     windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, num_steps, batch]
     if not guard:
         (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), windows_t)
-        return *restore(params, opt_state), _to_layout(state_t, batch_last), losses
+        return params, opt_state, _to_layout(state_t, batch_last), losses
     steps = jnp.arange(x_windows.shape[0], dtype=jnp.int32)
     carry = (params, opt_state, state_t, jnp.int32(-1))
     (params, opt_state, state_t, diverged_at), losses = jax.lax.scan(guarded_body, carry, (windows_t, steps))
-    return GuardedEpoch(*restore(params, opt_state), _to_layout(state_t, batch_last), losses, diverged_at)
+    return GuardedEpoch(params, opt_state, _to_layout(state_t, batch_last), losses, diverged_at)
 
 
 class GuardedEpoch(NamedTuple):
