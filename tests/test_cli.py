@@ -212,24 +212,6 @@ def test_bench_help_states_the_real_defaults(capsys):
     assert "(default: 1,000,000; with --scaling 100,000)" in text and "--epochs" not in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--impl", "jax,pytorch"], "unknown implementation 'pytorch' (choose from jax, tf-raw"),
-    (["run", "--impl", "jax,jax"], "named twice"),
-    (["run", "--impl", "jax,,"], "--impl: an empty item in 'jax,,' (a stray comma?)"),
-    (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
-    (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
-    (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
-    (["sweep", "--resume", "no-such-dir"], "--resume: no-such-dir is not a directory of checkpoints"),
-    (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
-    (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
-    (["run", "--impl", "jax", "--init-params", "no-such.npz"], "--init-params: no such file"),
-])
-def test_bad_options(argv, message, capsys, tmp_path):
-    err = _usage_error([*argv, "--out", str(tmp_path)], capsys)
-    assert message in err and "usage: rnn-compare" in err
-    assert not list(tmp_path.iterdir())  # nothing written
-
-
 @pytest.mark.parametrize("kind, arrays, message", [
     ("params", {"rnn_cell/W": np.zeros((6, 4))}, "must hold exactly the keys rnn_cell/W, rnn_cell/b"),
     ("params", {**io.flatten(glorot_params(2, 8, 0))}, "rnn_cell/W must have shape [6, 4]"),

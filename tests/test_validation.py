@@ -103,20 +103,31 @@ def _npz(tmp_path, name, **arrays):
     return str(path)
 
 
-CLI_CASES = [
-    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
-    (["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
-    (["--data-size", "0"], "--data-size must be an integer >= 1, got 0"),
-    (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
-    (["--learning-rate", "0"], "--learning-rate must be a finite number > 0, got 0.0"),
-    (["--state-size", "-4"], "--state-size must be an integer >= 1, got -4"),
-    (["--init-params", "{tmp}/nan.npz"], "softmax/b must hold finite floats"),
-    (["--init-params", "{tmp}/junk.npz"], "cannot read"),
-    (["--data", "{tmp}/wrongkeys.npz"], "must hold exactly the keys x, y; got a, b"),
-    (["--data", "{tmp}/range.npz"], "x values must lie in [0, 2), got [7, 7]"),
-    (["--resume", "{tmp}/no-dir"], "--resume: {tmp}/no-dir is not a directory of checkpoints"),
-    (["--from", "{tmp}/no.json"], "--from: no such file"),
-    (["--from", "{tmp}/junk.npz"], "cannot read"),
+RUN = ["run", "--impl", "jax", "--quiet", "--batch-size", "10"]
+CLI_CASES = [  # every command's bad input: exit status 2, the usage, a message naming the option, nothing written
+    ([*RUN, "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    ([*RUN, "--epochs", "1.5"], "argument --epochs: invalid int value: '1.5'"),
+    ([*RUN, "--data-size", "0"], "--data-size must be an integer >= 1, got 0"),
+    ([*RUN, "--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
+    ([*RUN, "--learning-rate", "0"], "--learning-rate must be a finite number > 0, got 0.0"),
+    ([*RUN, "--state-size", "-4"], "--state-size must be an integer >= 1, got -4"),
+    ([*RUN, "--init-params", "{tmp}/nan.npz"], "softmax/b must hold finite floats"),
+    ([*RUN, "--init-params", "{tmp}/junk.npz"], "cannot read"),
+    ([*RUN, "--data", "{tmp}/wrongkeys.npz"], "must hold exactly the keys x, y; got a, b"),
+    ([*RUN, "--data", "{tmp}/range.npz"], "x values must lie in [0, 2), got [7, 7]"),
+    ([*RUN, "--resume", "{tmp}/no-dir"], "--resume: {tmp}/no-dir is not a directory of checkpoints"),
+    ([*RUN, "--from", "{tmp}/no.json"], "--from: no such file"),
+    ([*RUN, "--from", "{tmp}/junk.npz"], "cannot read"),
+    (["run", "--impl", "jax,pytorch"], "unknown implementation 'pytorch' (choose from jax, tf-raw"),
+    (["run", "--impl", "jax,jax"], "named twice"),
+    (["run", "--impl", "jax,,"], "--impl: an empty item in 'jax,,' (a stray comma?)"),
+    (["run", "--num-steps", "0"], "--num-steps must be an integer >= 1"),
+    (["run", "--batch-size", "300", "--data-size", "200"], "--batch-size 300 is larger than the data (200 points)"),
+    (["run", "--impl", "jax", "--init-params", "no-such.npz"], "--init-params: no such file"),
+    (["sweep", "--num-steps", "1,0"], "--num-steps must be >= 1"),
+    (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
+    (["sweep", "--resume", "{tmp}/no-dir"], "--resume: {tmp}/no-dir is not a directory of checkpoints"),
+    (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
 ]
 
 
@@ -129,10 +140,10 @@ def test_cli_bad_input(argv, message, tmp_path, capsys):
     _npz(tmp_path, "range.npz", x=np.full((1, 100), 7), y=np.zeros((1, 100), int))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     with pytest.raises(SystemExit) as exc:
-        main(["run", "--impl", "jax", "--quiet", "--batch-size", "10", *argv, "--out", str(tmp_path / "out")])
+        main([*argv, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message.replace("{tmp}", str(tmp_path)) in err, err
-    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert "usage: rnn-compare" in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_cli_notes_dropped_points(tmp_path, capsys):
