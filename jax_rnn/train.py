@@ -60,10 +60,9 @@ class _Jitted:
     def __call__(self, *args, **kwargs):
         if self._check is not None:
             self._check(*args, **kwargs)
-        # Inside a caller's trace (its arguments, or constants it closes over): JAX's own test of that.
-        traced = (not _trace_state_clean()
-                  or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))))
-        return (self.nested if traced else self.top_level)(*args, **kwargs)
+        # Inside a caller's trace (jit, vmap, grad, eval_shape; through its arguments or constants it
+        # closes over), JAX's own test of that; no walk over the arguments on the hot path.
+        return (self.top_level if _trace_state_clean() else self.nested)(*args, **kwargs)
 
     def lower(self, *args, **kwargs):
         if self._check is not None:
