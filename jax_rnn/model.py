@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -175,11 +176,20 @@ def remat_block_size(num_steps: int) -> int:
 
 
 def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array, unroll: int | bool = 1,
-                remat: bool = False, batch_last: bool = True) -> tuple[jax.Array, jax.Array]:
-    """`loss` time-major, in the layout the training loop runs in (`batch_last_for`).
+                remat: bool = False, batch_last: bool = True, start: jax.Array | int | None = None
+                ) -> tuple[jax.Array, jax.Array]:
+    """`loss` time-major, in the layout the training loop runs in (`batch_last_for`), for one window of
+    truncated BPTT: TF style (``x_t`` and ``y_t`` of one length) or TBPTT(k1, k2) (``y_t`` shorter).
+
+    A window of k2 steps whose labels ``y_t`` cover its last k1 <= k2 steps: the loss is the mean over
+    those k1 steps (the update's new steps) and the batch; the returned state is the state after the
+    window's *first* k1 steps, the one the next window of TBPTT(k1, k2) starts from (the final state when
+    k1 == k2). ``start``: the stream position of the window's first step, for the windows that begin
+    before the stream does: a step at a negative position is absent (it keeps the state unchanged and
+    carries no loss). ``None``: every step is present.
 
     The input projection ``onehot(x) @ W[:n]`` of the steps is computed before the recurrence; the
-    scanned step computes the new state and its logits.
+    scanned step computes the new state and, on the steps that carry a loss, its logits.
 
     ``remat=True`` is for long windows (num_steps in the thousands): the window is cut into blocks of
     ``ceil(sqrt(num_steps))`` steps (`remat_block_size`; the last one shorter), each wrapped in
@@ -187,10 +197,12 @@ def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array
     block at a time, so memory grows like ``sqrt(num_steps)`` instead of ``num_steps``, for about one
     more forward pass.
 
-    **Arguments:** ``x_t, y_t: int[num_steps, batch]``; ``state: f32[d, batch]`` if ``batch_last``, else
-    ``f32[batch, d]``. **Returns:** ``(mean_loss: f32[], final_state)``, the state in the same layout.
+    **Arguments:** ``x_t: int[k2, batch]``; ``y_t: int[k1, batch]``; ``state: f32[d, batch]`` if
+    ``batch_last``, else ``f32[batch, d]``. **Returns:** ``(mean_loss: f32[], state)``, the state in the
+    same layout.
     """
     d, batch_size = params["rnn_cell"]["b"].shape[0], x_t.shape[1]
+    k2, k1 = x_t.shape[0], y_t.shape[0]
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     state_product = _product(w[-d:], batch_last, batch_size)                  # W: input rows, then state rows
     softmax_product = _product(params["softmax"]["W"], batch_last, batch_size)
@@ -200,26 +212,52 @@ def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array
         s = jnp.tanh(input_t + state_product(s))
         return s, softmax_product(s)
 
-    def steps(s, x_block):                                            # x_block: int[k, batch]
-        inputs = _input_projection(w[:-d], x_block, batch_last) + (b[:, None] if batch_last else b)
-        return jax.lax.scan(step, s, inputs, unroll=unroll)
+    def silent_step(s, input_t):                                     # a step before the loss: no logits
+        return jnp.tanh(input_t + state_product(s)), None
 
-    if remat:
-        num_steps, k = x_t.shape[0], remat_block_size(x_t.shape[0])
-        full = num_steps // k * k                                    # whole blocks, then the remainder
-        block = jax.checkpoint(steps)
-        final_state, logits_t = jax.lax.scan(block, state, x_t[:full].reshape(full // k, k, x_t.shape[1]))
-        logits_t = logits_t.reshape((full,) + logits_t.shape[2:])
-        if full < num_steps:
-            final_state, rest = block(final_state, x_t[full:])
-            logits_t = jnp.concatenate([logits_t, rest])
-    else:
-        final_state, logits_t = steps(state, x_t)                     # logits: [num_steps, (n, batch | batch, n)]
-    b_softmax = params["softmax"]["b"]
+    def masked_step(s, inputs):                                      # a step that may precede the stream
+        input_t, present = inputs
+        return jnp.where(present, jnp.tanh(input_t + state_product(s)), s), None
+
+    def steps(s, block, with_loss):                                  # block: (int[k, batch], bool[k] | None)
+        x_block, present = block
+        inputs = _input_projection(w[:-d], x_block, batch_last) + (b[:, None] if batch_last else b)
+        if present is not None:
+            return jax.lax.scan(masked_step, s, (inputs, present), unroll=unroll)
+        return jax.lax.scan(step if with_loss else silent_step, s, inputs, unroll=unroll)
+
+    def run(s, x_seg, present, with_loss):
+        if not remat:
+            return steps(s, (x_seg, present), with_loss)
+        n, k = x_seg.shape[0], remat_block_size(x_seg.shape[0])
+        full = n // k * k                                            # whole blocks, then the remainder
+        block = jax.checkpoint(partial(steps, with_loss=with_loss))
+        blocks = (x_seg[:full].reshape(full // k, k, batch_size), None if present is None else present[:full].reshape(-1, k))
+        s, out = jax.lax.scan(block, s, blocks)
+        out = None if out is None else out.reshape((full,) + out.shape[2:])
+        if full < n:
+            s, rest = block(s, (x_seg[full:], None if present is None else present[full:]))
+            out = None if out is None else jnp.concatenate([out, rest])
+        return s, out
+
+    # The window's segments: [0, k2 - k1) backpropagate only, [k2 - k1, k2) carry the loss; the state
+    # after step k1 is the next window's. One segment (one scan, as in the tutorial) when k1 == k2.
+    s, carried, logits_parts = state, None, []
+    cuts = sorted({0, k2 - k1, k1, k2})
+    for lo, hi in zip(cuts, cuts[1:]):
+        with_loss = lo >= k2 - k1
+        present = None if with_loss or start is None else start + jnp.arange(lo, hi) >= 0
+        s, out = run(s, x_t[lo:hi], present, with_loss)
+        if with_loss:
+            logits_parts.append(out)
+        if hi == k1:
+            carried = s
+    logits_t = logits_parts[0] if len(logits_parts) == 1 else jnp.concatenate(logits_parts)
+    b_softmax = params["softmax"]["b"]                               # logits: [k1, (n, batch | batch, n)]
     log_p = jax.nn.log_softmax(logits_t + (b_softmax[:, None] if batch_last else b_softmax), axis=feature_axis)
     target = jax.nn.one_hot(y_t, log_p.shape[feature_axis], dtype=jnp.bool_, axis=feature_axis)
     nll = -jnp.sum(jnp.where(target, log_p, 0.0), axis=feature_axis)
-    return jnp.mean(nll), final_state
+    return jnp.mean(nll), carried
 
 
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,

@@ -41,6 +41,7 @@ MAX_UNROLL = 16
 # compile option of XLA's, scoped to these functions rather than a process-wide XLA_FLAGS.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 _STATIC = ("optimizer", "remat")
+_EPOCH_STATIC = (*_STATIC, "backprop_steps")
 
 
 class _Jitted:
@@ -79,13 +80,14 @@ def _unroll(num_steps: int) -> int | bool:
     return True if num_steps <= MAX_UNROLL else MAX_UNROLL
 
 
-def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, optimizer, remat: bool = False):
-    """One window, time-major (``x_t, y_t: [num_steps, batch]``), the state in the layout of `batch_last_for`
-    (``[d, batch]`` or ``[batch, d]``)."""
+def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, start, optimizer,
+          remat: bool = False):
+    """One window, time-major (``x_t: [k2, batch]``, ``y_t: [k1, batch]``, ``start``: see `loss_window`),
+    the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``)."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
     batch_last = batch_last_for(params["rnn_cell"]["b"].shape[0])
     grad_fn = jax.value_and_grad(loss_window, has_aux=True)
-    (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last)
+    (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last, start)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, final_state, mean_loss
 
@@ -111,19 +113,43 @@ def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: ja
     _check_step(params, opt_state, state, x, y, optimizer, remat)
     batch_last = batch_last_for(state.shape[1])
     params, opt_state, final_state, mean_loss = _step(params, opt_state, _to_layout(state, batch_last), x.T, y.T,
-                                                      optimizer, remat)
+                                                      None, optimizer, remat)
     return params, opt_state, _to_layout(final_state, batch_last), mean_loss
 
 
+def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | None):
+    """What the epoch's scan runs over, and how one of its items becomes a window ``(x_t, y_t, start)``.
+
+    TF style (``backprop_steps`` None or num_steps): the windows themselves, time-major. TBPTT(k1, k2):
+    update u's index and labels ``y_t: [k1, batch]``; its inputs are the k2 steps of the stream ending with
+    its k1 new ones, ``[u*k1 + k1 - k2, (u+1)*k1)``, sliced from the stream the windows form, with k2 - k1
+    steps padded in front for the windows that begin before it (absent steps, see `loss_window`).
+    """
+    windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, k1, batch]
+    updates, k1, batch = x_windows.shape[0], x_windows.shape[2], x_windows.shape[1]
+    k2 = k1 if backprop_steps is None else backprop_steps
+    if k2 == k1:
+        return windows_t, lambda window: (*window, None)
+    stream = windows_t[0].reshape(updates * k1, batch)
+    padded = jnp.concatenate([jnp.zeros((k2 - k1, batch), stream.dtype), stream])
+
+    def window(update):
+        u, y_t = update
+        return jax.lax.dynamic_slice_in_dim(padded, u * k1, k2), y_t, u * k1 + k1 - k2
+
+    return (jnp.arange(updates, dtype=jnp.int32), windows_t[1]), window
+
+
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
-           guard=False):
+           guard=False, backprop_steps=None):
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
+    updates, window_of = _updates(x_windows, y_windows, backprop_steps)
 
-    def body(carry, window):
+    def body(carry, update):
         params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window, optimizer, remat)
+        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window_of(update), optimizer, remat)
         return (params, opt_state, state_t), mean_loss
 
     def guarded_body(carry, inputs):
@@ -131,8 +157,8 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         # finite, keep the values from before window k (the last finite ones), record k, and from then
         # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
         old, diverged_at = carry[:3], carry[3]
-        window, k = inputs
-        new = _step(*old, *window, optimizer, remat)
+        update, k = inputs
+        new = _step(*old, *window_of(update), optimizer, remat)
         finite = jnp.isfinite(new[3])
         for leaf in jax.tree.leaves(new[:2]):
             finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -142,13 +168,12 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         mean_loss = jnp.where((diverged_at < 0) | (diverged_at == k), new[3], jnp.nan)
         return (*kept, diverged_at), mean_loss
 
-    windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, num_steps, batch]
     if not guard:
-        (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), windows_t)
+        (params, opt_state, state_t), losses = jax.lax.scan(body, (params, opt_state, state_t), updates)
         return params, opt_state, _to_layout(state_t, batch_last), losses
     steps = jnp.arange(x_windows.shape[0], dtype=jnp.int32)
     carry = (params, opt_state, state_t, jnp.int32(-1))
-    (params, opt_state, state_t, diverged_at), losses = jax.lax.scan(guarded_body, carry, (windows_t, steps))
+    (params, opt_state, state_t, diverged_at), losses = jax.lax.scan(guarded_body, carry, (updates, steps))
     return GuardedEpoch(params, opt_state, _to_layout(state_t, batch_last), losses, diverged_at)
 
 
@@ -171,45 +196,52 @@ class GuardedEpoch(NamedTuple):
 
 
 def _train_epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-                optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False):
+                optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False,
+                backprop_steps: int | None = None):
     """A whole epoch of truncated BPTT as one compiled call (``lax.scan`` over the windows).
 
     **Arguments:** ``x_windows, y_windows: int32[epoch_size, batch, num_steps]``; ``optimizer``:
     static; ``state: f32[batch, d]`` or ``None`` for zeros (the tutorial resets it every epoch);
-    ``remat``: static, see `train_step`.
+    ``remat``: static, see `train_step`; ``backprop_steps``: static, k2 of TBPTT(k1, k2) with k1 =
+    num_steps: each update counts the loss of one window's num_steps new steps and backpropagates it
+    through the k2 >= num_steps steps ending there (the stream's steps before the epoch are absent); the
+    next update starts from the state after the window's first num_steps steps. ``None`` (or num_steps)
+    is the tutorial's training, TBPTT(num_steps, num_steps).
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``.
     """
-    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat)
+    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, backprop_steps=backprop_steps)
 
 
 def _train_epoch_guarded(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
                              optimizer: optax.GradientTransformation, state: jax.Array | None = None,
-                             remat: bool = False) -> GuardedEpoch:
+                             remat: bool = False, backprop_steps: int | None = None) -> GuardedEpoch:
     """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator.
 
     Same arguments as `train_epoch`. **Returns:** a `GuardedEpoch` ``(params, opt_state, final_state,
     losses, diverged_at)``; ``diverged_at == -1`` means the epoch was finite throughout, and then the
-    first four fields equal `train_epoch`'s bit for bit. Otherwise the parameters are the last finite
+    first four fields equal `train_epoch`'s (bit for bit in the tutorial's TBPTT(n, n); with
+    ``backprop_steps`` > num_steps XLA compiles the two differently, and they agree to float rounding). Otherwise the parameters are the last finite
     ones (from before window ``diverged_at``) and later losses are NaN. `fit` and ``rnn-compare`` train
     with this; its cost in the normal case is within noise (figures in the README).
 
     **Example:** ``r = train_epoch_guarded(p, o, xw, yw, opt); if r.diverged_at >= 0: ...``
     """
-    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, guard=True)
+    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, True, backprop_steps)
 
 
 def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
           optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False,
-          guard: bool = False):
+          guard: bool = False, backprop_steps: int | None = None):
     """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
 
     **Arguments:** every leaf of ``params`` and ``opt_state`` has a leading run axis ``[R, ...]``;
     ``x_windows, y_windows: int32[R, epoch_size, batch, num_steps]``; ``state: f32[R, batch, d]`` or
-    ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`. **Returns:** as
+    ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`; ``backprop_steps``: as in
+    `train_epoch`. **Returns:** as
     `train_epoch` (``guard``: as `train_epoch_guarded`), each with the leading run axis (``losses: f32[R,
     epoch_size]``, ``diverged_at: int32[R]``).
     """
-    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard)
+    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 
@@ -219,7 +251,7 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
 
 
 def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, guard=False,
-                 runs=False):
+                 backprop_steps=None, runs=False):
     lead = 1 if runs else 0
     per_run = params
     if runs:
@@ -239,6 +271,8 @@ def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, stat
     for flag, value in (("remat", remat), ("guard", guard)):
         if not isinstance(value, bool):
             raise TypeError(f"{where}: {flag} must be True or False, got {value!r}")
+    if backprop_steps is not None:
+        validate.check_backprop_steps(where, backprop_steps, shape[2 + lead], shape[lead] * shape[2 + lead])
 
 
 def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
@@ -253,6 +287,8 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
 
 
 train_step = _Jitted(_train_step, "train_step")
-train_epoch = _Jitted(_train_epoch, "train_epoch", partial(_check_epoch, "train_epoch"))
-train_epoch_guarded = _Jitted(_train_epoch_guarded, "train_epoch_guarded", partial(_check_epoch, "train_epoch_guarded"))
-train_runs = _Jitted(_runs, "train_runs", partial(_check_epoch, "train_runs", runs=True), static=(*_STATIC, "guard"))
+train_epoch = _Jitted(_train_epoch, "train_epoch", partial(_check_epoch, "train_epoch"), static=_EPOCH_STATIC)
+train_epoch_guarded = _Jitted(_train_epoch_guarded, "train_epoch_guarded", partial(_check_epoch, "train_epoch_guarded"),
+                              static=_EPOCH_STATIC)
+train_runs = _Jitted(_runs, "train_runs", partial(_check_epoch, "train_runs", runs=True),
+                     static=(*_EPOCH_STATIC, "guard"))

@@ -7,6 +7,12 @@ Four implementations of one model (../shared/TASK.md) and its truncated-BPTT tra
 * ``"dynamic"``: ``BasicRNNCell`` + ``dynamic_rnn`` (TF1 graph);
 * ``"tf2"``: ``tf.Variable``s and a ``tf.function`` train step, the way one writes it today.
 
+Truncation: ``ModelConfig(num_steps=k1, backprop_steps=k2)`` trains TBPTT(k1, k2) (../shared/TASK.md,
+"Truncation styles"): one update per k1 new steps, its gradient through the last k2 >= k1 steps. The
+windows are still fed as ``int32[epoch_size, batch, k1]``; `Model.train_epoch` cuts the k2-step windows
+(`tf_rnn.base`), and each version masks the steps before the stream (a ``tf.where`` in the loop; for
+static/dynamic an ``RNNCell`` wrapper, ``graph.PresentWrapper``). k2 = k1 (the default) is the tutorial.
+
 Example::
 
     import tf_rnn

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -25,8 +25,10 @@ class ModelConfig:
     """Sizes and learning rate of the tutorial's model; validated once, at construction.
 
     **Arguments:** ``num_classes`` n (>= 1, 2 for the binary task), ``state_size`` d (>= 1),
-    ``batch_size`` (>= 1), ``num_steps`` (truncated-BPTT window length, >= 1), ``learning_rate``
-    (finite, > 0; Adagrad's).
+    ``batch_size`` (>= 1), ``num_steps`` (k1: the steps between two updates, each update's new steps,
+    >= 1), ``learning_rate`` (finite, > 0; Adagrad's), ``backprop_steps`` (k2: the steps each update
+    backpropagates through, an integer >= num_steps; None means num_steps, the tutorial's "TensorFlow
+    style" TBPTT(n, n)). With k2 > k1 training is TBPTT(k1, k2), see `tf_rnn.base`.
     """
 
     num_classes: int = 2
@@ -34,6 +36,7 @@ class ModelConfig:
     batch_size: int = 200
     num_steps: int = 5
     learning_rate: float = 0.1
+    backprop_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         for name in ("num_classes", "state_size", "batch_size", "num_steps"):
@@ -44,6 +47,15 @@ class ModelConfig:
         if (not isinstance(lr, (int, float, np.floating, np.integer)) or isinstance(lr, bool)
                 or not math.isfinite(lr) or lr <= 0):
             raise ValueError(f"ModelConfig.learning_rate must be a finite number > 0, got {lr!r}")
+        k2 = self.backprop_steps
+        if k2 is not None and (not isinstance(k2, (int, np.integer)) or isinstance(k2, bool) or k2 < self.num_steps):
+            raise ValueError(f"ModelConfig.backprop_steps must be None or an integer >= num_steps "
+                             f"({self.num_steps}), got {k2!r}")
+
+    @property
+    def window_steps(self) -> int:
+        """k2, the length of each update's window: ``backprop_steps``, or ``num_steps`` if it is None."""
+        return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
     def param_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """The shapes of the shared layout for this config."""

@@ -14,6 +14,14 @@ All three: placeholders ``x, y: int32[batch, num_steps]`` and ``init_state: floa
 through ``feed_dict``. Every graph is private (``with graph.as_default()``, ``Session(graph=graph)``), so
 nothing is added to the caller's default graph and ``disable_eager_execution`` (global) is not needed.
 
+TBPTT(k1, k2 > k1) (``ModelConfig.backprop_steps``, see `tf_rnn.base`): ``x, y`` hold k2 steps and an
+int32 scalar placeholder ``window_start`` the stream position of the first; `present` turns it into a
+``[k2]`` mask and `keep_absent` keeps the state through the absent steps. ``raw`` does that in its
+loop; ``static`` and ``dynamic`` wrap ``BasicRNNCell`` in `PresentWrapper`, whose input is the pair
+(one-hot step, present flag), so ``static_rnn`` and ``dynamic_rnn`` still run the cell and its variables
+keep their names. Logits and loss only for the window's last k1 steps; the next state is the output at
+step k1 - 1. With k2 == k1 none of these ops exist.
+
 Timing: ``build_seconds`` = graph construction + session creation + variable initialisation (and the
 assignment of given parameters). The first ``session.run`` of the train step (Grappler optimisation,
 executor creation) is counted in ``EpochResult.first_step_seconds``.
@@ -43,8 +51,45 @@ for _names in VARIABLE_NAMES.values():
     _names.update({("softmax", "W"): "softmax/W", ("softmax", "b"): "softmax/b"})
 
 
-def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig) -> tuple[list, object]:
-    """The tutorial's hand-written cell: ``state = tanh(concat([x_t, state], 1) @ W + b)`` per step."""
+def present(start, steps: int):
+    """``bool[steps]``: which steps of a TBPTT window starting at stream position ``start`` (int32
+    scalar) exist; those before the stream (position < 0) are absent."""
+    return start + tf.range(steps) >= 0
+
+
+def keep_absent(present_t, new_state, state):
+    """The state after one step: ``new_state`` where the step is present, ``state`` (unchanged) where not.
+    ``present_t``: a bool scalar or ``[batch, 1]``."""
+    return tf.where(present_t, new_state, state)
+
+
+class PresentWrapper(v1.nn.rnn_cell.RNNCell):
+    """An ``RNNCell`` whose input is ``(x_t, present_t: bool[batch, 1])``: it runs the wrapped cell on
+    ``x_t`` and keeps the state where ``present_t`` is False (cf. TF's ``DropoutWrapper``). It calls the
+    cell's ``__call__`` in the caller's scope, so the cell's variables are named as if unwrapped."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    @property
+    def state_size(self):
+        return self.cell.state_size
+
+    @property
+    def output_size(self):
+        return self.cell.output_size
+
+    def __call__(self, inputs, state, scope=None):
+        x_t, present_t = inputs
+        _, new_state = self.cell(x_t, state, scope=scope)
+        new_state = keep_absent(present_t, new_state, state)
+        return new_state, new_state
+
+
+def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig, present_steps=None) -> tuple[list, object]:
+    """The tutorial's hand-written cell: ``state = tanh(concat([x_t, state], 1) @ W + b)`` per step;
+    with ``present_steps`` (TBPTT) the state is kept through the absent steps."""
     n, d = config.num_classes, config.state_size
     with v1.variable_scope("rnn_cell"):
         v1.get_variable("W", [n + d, d])
@@ -58,8 +103,9 @@ def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig) -> tuple[list, o
 
     state = init_state
     rnn_outputs = []
-    for rnn_input in rnn_inputs:
-        state = rnn_cell(rnn_input, state)
+    for t, rnn_input in enumerate(rnn_inputs):
+        new_state = rnn_cell(rnn_input, state)
+        state = new_state if present_steps is None else keep_absent(present_steps[t], new_state, state)
         rnn_outputs.append(state)
     return rnn_outputs, state
 
@@ -74,42 +120,58 @@ def _softmax_variables(config: ModelConfig):
 def build_graph(name: str, config: ModelConfig, seed: int = 0) -> dict:
     """Build one version's training graph in the *current* default graph; return its endpoints.
 
-    **Returns:** a dict with placeholders ``x, y: int32[batch, num_steps]``, ``init_state:
-    float32[batch, d]`` and tensors/ops ``total_loss`` (scalar), ``final_state: [batch, d]``,
-    ``train_step`` (the Adagrad update), ``init`` (variable initialiser), ``optimizer`` (the
-    ``AdagradOptimizer``: its ``"accumulator"`` slots are the optimizer state).
+    **Returns:** a dict with placeholders ``x, y: int32[batch, window_steps]``, ``init_state:
+    float32[batch, d]``, ``start`` (TBPTT only: int32 scalar, the window's stream position; else None)
+    and tensors/ops ``total_loss`` (scalar), ``final_state: [batch, d]`` (the state the next window
+    starts from), ``train_step`` (the Adagrad update), ``init`` (variable initialiser), ``optimizer``
+    (the ``AdagradOptimizer``: its ``"accumulator"`` slots are the optimizer state).
     """
-    b_size, steps, n, d = config.batch_size, config.num_steps, config.num_classes, config.state_size
+    b_size, n, d = config.batch_size, config.num_classes, config.state_size
+    k1, steps = config.num_steps, config.window_steps
+    tbptt = steps > k1
     v1.set_random_seed(seed)  # graph-level seed: the Glorot-uniform default initializer of get_variable
     x = v1.placeholder(tf.int32, [b_size, steps], name="input_placeholder")
     y = v1.placeholder(tf.int32, [b_size, steps], name="labels_placeholder")
     init_state = v1.placeholder(tf.float32, [b_size, d], name="init_state")
+    start = v1.placeholder(tf.int32, [], name="window_start") if tbptt else None
+    present_steps = present(start, steps) if tbptt else None
     x_one_hot = tf.one_hot(x, n)
 
-    if name == "dynamic":
+    if name in ("static", "dynamic"):
         cell = v1.nn.rnn_cell.BasicRNNCell(d)
-        rnn_outputs, final_state = v1.nn.dynamic_rnn(cell, x_one_hot, initial_state=init_state)
+        if tbptt:  # the cell's input: (one-hot step, present flag: bool[batch, 1])
+            cell = PresentWrapper(cell)
+            flags = tf.broadcast_to(present_steps[None, :, None], [b_size, steps, 1])
+    if name == "dynamic":
+        rnn_inputs = (x_one_hot, flags) if tbptt else x_one_hot
+        rnn_outputs, final_state = v1.nn.dynamic_rnn(cell, rnn_inputs, initial_state=init_state)
+        labels = y
+        if tbptt:
+            final_state, rnn_outputs, labels = rnn_outputs[:, k1 - 1], rnn_outputs[:, steps - k1:], y[:, steps - k1:]
         W, b = _softmax_variables(config)
-        logits = tf.reshape(tf.matmul(tf.reshape(rnn_outputs, [-1, d]), W) + b, [b_size, steps, n])
-        losses = v1.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        logits = tf.reshape(tf.matmul(tf.reshape(rnn_outputs, [-1, d]), W) + b, [b_size, k1, n])
+        losses = v1.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     else:
         rnn_inputs = tf.unstack(x_one_hot, axis=1)
         if name == "raw":
-            rnn_outputs, final_state = _raw_rnn(rnn_inputs, init_state, config)
+            rnn_outputs, final_state = _raw_rnn(rnn_inputs, init_state, config, present_steps)
         elif name == "static":
-            cell = v1.nn.rnn_cell.BasicRNNCell(d)
+            if tbptt:
+                rnn_inputs = list(zip(rnn_inputs, tf.unstack(flags, axis=1)))
             rnn_outputs, final_state = v1.nn.static_rnn(cell, rnn_inputs, initial_state=init_state)
         else:
             raise ValueError(f"unknown graph version {name!r}; expected raw, static or dynamic")
+        if tbptt:
+            final_state = rnn_outputs[k1 - 1]
         W, b = _softmax_variables(config)
-        logits = [tf.matmul(rnn_output, W) + b for rnn_output in rnn_outputs]
-        y_as_list = tf.unstack(y, num=steps, axis=1)
+        logits = [tf.matmul(rnn_output, W) + b for rnn_output in rnn_outputs[steps - k1:]]
+        y_as_list = tf.unstack(y, num=steps, axis=1)[steps - k1:]
         losses = [v1.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logit)
                   for logit, label in zip(logits, y_as_list)]
     total_loss = tf.reduce_mean(losses)
     optimizer = v1.train.AdagradOptimizer(config.learning_rate)
     train_step = optimizer.minimize(total_loss)
-    return dict(x=x, y=y, init_state=init_state, total_loss=total_loss, final_state=final_state,
+    return dict(x=x, y=y, init_state=init_state, start=start, total_loss=total_loss, final_state=final_state,
                 train_step=train_step, init=v1.global_variables_initializer(), optimizer=optimizer)
 
 
@@ -155,19 +217,18 @@ class GraphModel(Model):
         if checked is not None:
             self.set_params(checked)
         e = self._ends
+        feeds = [e["x"], e["y"], e["init_state"]] + ([e["start"]] if e["start"] is not None else [])
         # make_callable skips session.run's per-call fetch/feed parsing: the step is one C++ call.
-        self._train_callable = self.session.make_callable(
-            [e["total_loss"], e["final_state"], e["train_step"]], [e["x"], e["y"], e["init_state"]])
-        self._loss_callable = self.session.make_callable(
-            [e["total_loss"], e["final_state"]], [e["x"], e["y"], e["init_state"]])
+        self._train_callable = self.session.make_callable([e["total_loss"], e["final_state"], e["train_step"]], feeds)
+        self._loss_callable = self.session.make_callable([e["total_loss"], e["final_state"]], feeds)
         self.build_seconds = time.perf_counter() - start
 
-    def _step(self, x, y, state):
-        loss, final_state, _ = self._train_callable(x, y, state)
+    def _step(self, x, y, state, *start):
+        loss, final_state, _ = self._train_callable(x, y, state, *start)
         return loss, final_state
 
-    def _forward(self, x, y, state):
-        return self._loss_callable(x, y, state)
+    def _forward(self, x, y, state, *start):
+        return self._loss_callable(x, y, state, *start)
 
     def _fetch(self, tensors: dict) -> Params:
         """Run ``{(scope, key): tensor}`` and return it in the shared layout, float32 numpy copies."""

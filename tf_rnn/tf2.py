@@ -5,6 +5,11 @@ The model and training of r2rt's "Recurrent Neural Networks in Tensorflow I" (se
 sparse softmax cross-entropy over batch and time, one Adagrad step per window, the state carried in
 Python from one window to the next (a tensor, never converted to numpy inside the loop).
 
+TBPTT(k1, k2 > k1) (``ModelConfig.backprop_steps``, see `tf_rnn.base`): the same loop over the k2 steps
+of the window, the window's start position a further int32 scalar argument of the traced functions, the
+state kept through the absent steps (``graph.present``, ``graph.keep_absent``), the loss over the last
+k1 steps, and the state after step k1 - 1 returned for the next window.
+
 Adagrad: applied with ``tf.raw_ops.ResourceApplyAdagrad``, the kernel that TF1's ``AdagradOptimizer``
 runs, on accumulators created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon. (Keras 3's
 ``Adagrad`` adds ``epsilon=1e-7`` and is deliberately not used.)
@@ -36,7 +41,7 @@ import numpy as np
 from ._env import import_tensorflow
 from .base import Model
 from .config import ModelConfig, Params, check_accumulators, check_params
-from .graph import device_spec
+from .graph import device_spec, keep_absent, present
 
 tf = import_tensorflow()
 
@@ -47,17 +52,25 @@ JIT_COMPILE = False
 LAYOUT = (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))
 
 
-def forward(params: dict, x, y, state, config: ModelConfig):
-    """``(total_loss, final_state)`` for ``x, y: int32[batch, num_steps]``, ``state: float32[batch, d]``."""
+def forward(params: dict, x, y, state, config: ModelConfig, start=None):
+    """``(total_loss, next_state)`` for ``x, y: int32[batch, window_steps]``, ``state: float32[batch, d]``;
+    ``start`` (TBPTT only, else None): int32 scalar, the window's stream position. The loss is over the
+    last ``num_steps`` steps, ``next_state`` the state after the first ``num_steps``."""
     x_one_hot = tf.one_hot(x, config.num_classes)
     W, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     U, b_p = params["softmax"]["W"], params["softmax"]["b"]
+    k1, steps = config.num_steps, config.window_steps
+    present_steps = None if start is None else present(start, steps)
     losses = []
-    for t in range(config.num_steps):  # unrolled at trace time, like the tutorial's static graph
-        state = tf.tanh(tf.matmul(tf.concat([x_one_hot[:, t], state], 1), W) + b)
-        logits = tf.matmul(state, U) + b_p
-        losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y[:, t], logits=logits))
-    return tf.reduce_mean(tf.stack(losses)), state
+    for t in range(steps):  # unrolled at trace time, like the tutorial's static graph
+        new_state = tf.tanh(tf.matmul(tf.concat([x_one_hot[:, t], state], 1), W) + b)
+        state = new_state if present_steps is None else keep_absent(present_steps[t], new_state, state)
+        if t == k1 - 1:
+            next_state = state
+        if t >= steps - k1:
+            logits = tf.matmul(state, U) + b_p
+            losses.append(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y[:, t], logits=logits))
+    return tf.reduce_mean(tf.stack(losses)), next_state
 
 
 class EagerModel(Model):
@@ -78,8 +91,10 @@ class EagerModel(Model):
             self._accumulators = [tf.Variable(tf.fill(v.shape, 0.1), name=v.name.split(":")[0] + "/Adagrad")
                                   for v in self._flat]
             self._lr = tf.constant(config.learning_rate, tf.float32)
-        spec = (tf.TensorSpec([config.batch_size, config.num_steps], tf.int32),) * 2 + (
+        spec = (tf.TensorSpec([config.batch_size, config.window_steps], tf.int32),) * 2 + (
             tf.TensorSpec([config.batch_size, config.state_size], tf.float32),)
+        if config.window_steps > config.num_steps:
+            spec += (tf.TensorSpec([], tf.int32),)  # the window's start position
         self._train = tf.function(self._train_step, jit_compile=self.jit_compile).get_concrete_function(*spec)
         self._loss = tf.function(self._loss_step).get_concrete_function(*spec)
         self.build_seconds = time.perf_counter() - start
@@ -94,29 +109,29 @@ class EagerModel(Model):
             out[scope] = {"W": W.numpy(), "b": np.zeros(leaves["b"], np.float32)}
         return out
 
-    def _train_step(self, x, y, state):
+    def _train_step(self, x, y, state, *start):  # start: TBPTT only (a concrete function has no defaults)
         with tf.device(self._device):  # at trace time: the placement is baked into the function
             with tf.GradientTape() as tape:
-                loss, final_state = forward(self._params, x, y, state, self.config)
+                loss, final_state = forward(self._params, x, y, state, self.config, *start)
             grads = tape.gradient(loss, self._flat)
             for var, acc, grad in zip(self._flat, self._accumulators, grads):
                 tf.raw_ops.ResourceApplyAdagrad(var=var.handle, accum=acc.handle, lr=self._lr, grad=grad)
             return loss, final_state
 
-    def _loss_step(self, x, y, state):
+    def _loss_step(self, x, y, state, *start):
         with tf.device(self._device):
-            return forward(self._params, x, y, state, self.config)
+            return forward(self._params, x, y, state, self.config, *start)
 
     def _prepare_state(self, state):
         with tf.device(self._device):
             return tf.constant(state)
 
-    def _step(self, x, y, state):
-        loss, final_state = self._train(x, y, state)
+    def _step(self, x, y, state, *start):
+        loss, final_state = self._train(x, y, state, *start)
         return loss.numpy(), final_state
 
-    def _forward(self, x, y, state):
-        loss, final_state = self._loss(x, y, state)
+    def _forward(self, x, y, state, *start):
+        loss, final_state = self._loss(x, y, state, *start)
         return loss.numpy(), final_state.numpy()
 
     def get_params(self) -> Params:
