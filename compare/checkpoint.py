@@ -28,8 +28,8 @@ from . import io
 from .config import Config, UsageError
 
 FORMAT = "rnn-compare run checkpoint v1"
-MATCHED = ("num_steps", "state_size", "batch_size", "learning_rate", "data_size", "seed", "num_classes",
-           "init_params", "data", "deterministic")  # what a resumed run must share with the checkpoint
+MATCHED = ("num_steps", "backprop_steps", "state_size", "batch_size", "learning_rate", "data_size", "seed",
+           "num_classes", "init_params", "data", "deterministic")  # what a resumed run must share with the checkpoint
 
 
 def path(directory, impl: str) -> Path:
@@ -79,7 +79,7 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
         return None
     if str(a.get("impl", "")) != impl:
         raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
-    saved = json.loads(str(a["config"]))
+    saved = _with_defaults(json.loads(str(a["config"])))
     differ = [k for k in MATCHED if saved.get(k) != config.get(k)]
     if differ:
         detail = ", ".join(f"{k}={saved.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
@@ -119,8 +119,16 @@ def config_record(config: Config, init_params: Optional[str], data: Optional[str
 CELL_FORMAT = "rnn-compare sweep cell v1"
 
 
-def cell_path(directory, num_steps: int, state_size: int, impl: str) -> Path:
-    return Path(directory) / f"sweep-{num_steps}-{state_size}-{impl}.npz"
+def _with_defaults(saved: dict) -> dict:
+    """A config record as written now: ``backprop_steps`` (recorded since TBPTT(k1, k2)) is ``num_steps``
+    in the records written before."""
+    return {"backprop_steps": saved.get("num_steps"), **saved}
+
+
+def cell_path(directory, record: dict) -> Path:
+    """``sweep-<num_steps>-<state_size>-<impl>.npz``, ``sweep-<num_steps>x<backprop_steps>-...`` for TBPTT."""
+    n, k2 = record["num_steps"], record.get("backprop_steps", record["num_steps"])
+    return Path(directory) / f"sweep-{n}{'' if k2 == n else f'x{k2}'}-{record['state_size']}-{record['impl']}.npz"
 
 
 def save_cell(directory, record: dict, step_losses, diverged: list, seconds: float, time_spent: dict) -> Path:
@@ -129,17 +137,17 @@ def save_cell(directory, record: dict, step_losses, diverged: list, seconds: flo
     arrays = {"format": np.array(CELL_FORMAT), "config": np.array(json.dumps(record)),
               "step_losses": np.asarray(step_losses, np.float32), "diverged": np.array(json.dumps(diverged)),
               "seconds": np.array(seconds), "time": np.array(json.dumps(time_spent))}
-    return _write(cell_path(directory, record["num_steps"], record["state_size"], record["impl"]), arrays)
+    return _write(cell_path(directory, record), arrays)
 
 
 def load_cell(directory, record: dict) -> Optional[tuple]:
     """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
     if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
-    file = cell_path(directory, record["num_steps"], record["state_size"], record["impl"])
+    file = cell_path(directory, record)
     a = _read(file, CELL_FORMAT, "an rnn-compare sweep checkpoint")
     if a is None:
         return None
-    saved = json.loads(str(a["config"]))
+    saved = _with_defaults(json.loads(str(a["config"])))
     differ = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
     if differ:
         detail = ", ".join(f"{k}={saved.get(k)!r} there vs {record.get(k)!r} here" for k in differ)

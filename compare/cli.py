@@ -58,6 +58,11 @@ def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_defa
                         "'rnn-compare cache'; RNN_SCAN_COMPILE_CACHE=0 turns it off for good)")
 
 
+BACKPROP_HELP = ("K2 of truncated BPTT TBPTT(num_steps, K2): one update per num_steps new steps, each "
+                 "backpropagating through the last K2 >= num_steps steps (default: num_steps, the tutorial's "
+                 "'TensorFlow style')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-compare",
@@ -74,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run, ",".join(DEFAULT_RUN_IMPLS), None, None)
     run.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
     run.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    run.add_argument("--backprop-steps", type=int, default=None, metavar="K2", help=BACKPROP_HELP)
     run.add_argument("--init-params", metavar="FILE.npz",
                      help="initial parameters, keys rnn_cell/W, rnn_cell/b, softmax/W, softmax/b (default: "
                           "Glorot-uniform from --seed, drawn with numpy)")
@@ -106,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sweep, "jax", 5, 1_000_000)
     sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
     sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
+    sweep.add_argument("--backprop-steps", default="num_steps", metavar="K2S",
+                       help="comma list, a third axis: each cell trains TBPTT(num_steps, K2) for every K2 >= its "
+                            "num_steps ('num_steps': the tutorial's truncation; e.g. num_steps,9,15) "
+                            "(default: num_steps)"),
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
     sweep.add_argument("--checkpoint", metavar="DIR",
                        help="save every finished cell to DIR/sweep-<num_steps>-<state_size>-<impl>.npz, atomically")
@@ -126,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
             data_size_help=f"1,000,000; with --scaling {scaling.DEFAULT_DATA_SIZE:,}")
     bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
     bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    bench.add_argument("--backprop-steps", type=int, default=None, metavar="K2", help=BACKPROP_HELP)
     bench.add_argument("--repeats", type=int, default=None,
                        help="timed epochs after the warm-up one (default: 3; 2 with --scaling)")
     bench.add_argument("--scaling", action="store_true",
@@ -149,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size: int) -> Config:
+def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size: int,
+            backprop_steps: Optional[int] = None) -> Config:
     config = Config(impls=impls, num_steps=num_steps, state_size=state_size, batch_size=args.batch_size,
-                    learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed)
+                    learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed,
+                    backprop_steps=backprop_steps)
     dropped = config.data_size - config.points_per_epoch
     if dropped:  # the tutorial drops the remainder too; say so rather than fail
         row = config.data_size // config.batch_size
@@ -189,7 +202,7 @@ def _run(args) -> int:
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
         epochs, data_size = rows if epochs is None else epochs, cols
     config = _config(args, impls, args.num_steps, args.state_size, 1 if epochs is None else epochs,
-                     1_000_000 if data_size is None else data_size)
+                     1_000_000 if data_size is None else data_size, args.backprop_steps)
     if args.init_params:
         params = io.load_params(args.init_params, config.num_classes, config.state_size)
     else:
@@ -228,7 +241,15 @@ def _sweep(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     checkpoint.check_dirs(args.checkpoint, args.resume)
-    configs = [_config(args, impls, n, d, args.epochs, args.data_size) for n in num_steps for d in state_sizes]
+    backprop = parse_ints(args.backprop_steps, "--backprop-steps", words=("num_steps",))
+    # Every (num_steps, K2) with K2 >= num_steps, once each ("num_steps" is K2 = num_steps).
+    truncations = list(dict.fromkeys((n, n if k == "num_steps" else k) for n in num_steps for k in backprop
+                                     if k == "num_steps" or k >= n))
+    if not truncations:
+        raise UsageError(f"--backprop-steps: every value is below every --num-steps ({args.num_steps}); "
+                         f"each cell needs K2 >= its num_steps")
+    configs = [_config(args, impls, n, d, args.epochs, args.data_size, None if k == n else k)
+               for n, k in truncations for d in state_sizes]
     paths = _paths(args)
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
     workers = args.workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
@@ -246,7 +267,9 @@ def _bench(args) -> int:
     if repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
     data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else 1_000_000)
-    config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size)
+    if args.scaling and args.backprop_steps is not None:
+        raise UsageError("--backprop-steps: the scaling study varies num_steps itself; give it without --scaling")
+    config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size, args.backprop_steps)
     paths = _paths(args, "scaling" if args.scaling else None)
     devices = environment.resolve(args.device, any(map(is_tf, impls)))
     if args.scaling:

@@ -36,10 +36,14 @@ def parse_impls(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_ints(text: str, option: str, minimum: int = 1) -> tuple[int, ...]:
-    """``"1,5,10"`` -> ``(1, 5, 10)``; every value must be an integer >= ``minimum``."""
+def parse_ints(text: str, option: str, minimum: int = 1, words: tuple[str, ...] = ()) -> tuple:
+    """``"1,5,10"`` -> ``(1, 5, 10)``; every value must be an integer >= ``minimum`` (or one of ``words``,
+    kept as the string)."""
     values = []
     for part in str(text).split(","):
+        if part.strip() in words:
+            values.append(part.strip())
+            continue
         try:
             value = int(part.strip())
         except ValueError:
@@ -88,7 +92,9 @@ class Config(FitConfig):
         return self.epoch_size * self.batch_size * self.num_steps
 
     def as_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "impls": list(self.impls), "epoch_size": self.epoch_size}
+        """The JSON form; ``backprop_steps`` as trained (``num_steps`` when not given)."""
+        return {**dataclasses.asdict(self), "impls": list(self.impls), "epoch_size": self.epoch_size,
+                "backprop_steps": self.window_steps}
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FitConfig)}

@@ -12,6 +12,7 @@ import io
 import numpy as np
 
 from jax_rnn import data as task
+from .report import truncation
 from .run import LOG_EVERY
 
 TARGET_LABELS = (("none", "nothing learned"), ("first", "3-step dependency"), ("both", "both dependencies"))
@@ -65,7 +66,7 @@ def run_plot(result: dict) -> bytes:
                 fillstyle="none", linewidth=1.2, label=impl)
     _targets(ax)
     ax.set(xlabel="training step", ylabel="mean loss of the last 100 steps",
-           title=f"num_steps {c['num_steps']}, state_size {c['state_size']}, batch {c['batch_size']}, "
+           title=f"{truncation(c)}, state_size {c['state_size']}, batch {c['batch_size']}, "
                  f"lr {c['learning_rate']}")
     ax.set_ylim(task.TARGETS.both - 0.03, max(0.72, ax.get_ylim()[1]))
     ax.legend(loc="upper center", ncol=min(5, len(result["results"])), fontsize=8)
@@ -73,18 +74,21 @@ def run_plot(result: dict) -> bytes:
 
 
 def sweep_plot(result: dict) -> bytes:
-    """A grid: rows num_steps, columns state_size; in each, the seed-mean curve of every implementation."""
+    """A grid: rows the truncations (num_steps, backprop_steps), columns state_size; in each, the seed-mean
+    curve of every implementation."""
     plt = _pyplot()
     c = result["config"]
-    rows, cols = c["num_steps"], c["state_size"]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), 2.8 * len(rows)), sharey=True,
-                             squeeze=False, constrained_layout=True)
+    rows = [tuple(t) for t in c.get("truncations") or [(n, n) for n in c["num_steps"]]]
+    cols = c["state_size"]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), (2.8 if len(rows) <= 4 else 2.0) * len(rows)),
+                             sharey=True, squeeze=False, constrained_layout=True)
     for cell in result["cells"]:
-        ax = axes[rows.index(cell["num_steps"])][cols.index(cell["state_size"])]
+        k1, k2 = cell["num_steps"], cell.get("backprop_steps", cell["num_steps"])
+        ax = axes[rows.index((k1, k2))][cols.index(cell["state_size"])]
         curve = np.asarray(cell["avg_losses_mean"], np.float64)
         # One point per 100 steps (or one per epoch if an epoch is shorter): x in epochs.
         ax.plot(c["epochs"] * np.arange(1, len(curve) + 1) / len(curve), curve, linewidth=1.2, label=cell["impl"])
-        ax.set_title(f"num_steps {cell['num_steps']}, state {cell['state_size']}: {cell['level']}", fontsize=9)
+        ax.set_title(f"{truncation(cell)}, state {cell['state_size']}: {cell['level']}", fontsize=9)
     for i, row in enumerate(axes):
         for j, ax in enumerate(row):
             _targets(ax, labels=(i == 0 and j == len(row) - 1))
@@ -115,7 +119,7 @@ def bench_plot(result: dict) -> bytes:
                     textcoords="offset points", ha="center", va="bottom", fontsize=8)
     c = result["config"]
     ax.set(ylabel="seconds per epoch (median)",
-           title=f"{c['epoch_size']} steps of [{c['batch_size']} x {c['num_steps']}] per epoch, "
+           title=f"{c['epoch_size']} steps of [{c['batch_size']} x {c['num_steps']}] per epoch ({truncation(c)}), "
                  f"speed-up vs {result['baseline']}")
     ax.set_ylim(0, max(median.max() * 1.35, 1e-3))
     return _png(fig)

@@ -17,8 +17,14 @@ def _f(value, fmt: str = ".4f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def truncation(c: dict) -> str:
+    """``"num_steps 5"``, or ``"TBPTT(1, 9)"`` when the record's ``backprop_steps`` is larger."""
+    k1, k2 = c["num_steps"], c.get("backprop_steps") or c["num_steps"]
+    return f"num_steps {k1}" if k2 == k1 else f"TBPTT({k1}, {k2})"
+
+
 def _setting(c: dict) -> str:
-    return (f"num_steps {c['num_steps']}, state_size {c['state_size']}, batch {c['batch_size']}, "
+    return (f"{truncation(c)}, state_size {c['state_size']}, batch {c['batch_size']}, "
             f"lr {c['learning_rate']}, {c['data_size']:,} points x {c['epochs']} epoch(s), seed {c['seed']}")
 
 
@@ -66,22 +72,26 @@ def run_markdown(result: dict) -> str:
 
 
 def sweep_markdown(result: dict) -> str:
-    """The ``sweep`` table: one row per (num_steps, state_size, impl) cell, mean and spread over seeds."""
+    """The ``sweep`` table: one row per (num_steps, backprop_steps, state_size, impl) cell, mean and spread
+    over seeds."""
     rows = []
     for cell in result["cells"]:
-        rows.append([cell["num_steps"], cell["state_size"], cell["impl"], _f(cell["mean"]), _f(cell["std"]),
+        rows.append([cell["num_steps"], cell.get("backprop_steps", cell["num_steps"]), cell["state_size"], cell["impl"],
+                     _f(cell["mean"]), _f(cell["std"]),
                      f"{_f(cell['min'])}-{_f(cell['max'])}", cell["level"],
                      "/".join(f"{cell['levels'].count(k)}" for k in ("none", "first", "both", "diverged")),
                      cell["tutorial_level"], _f(cell["seconds"], ".1f")])
     c = result["config"]
-    header = ["num_steps", "state", "impl", "final loss", "std", "min-max", "level", "none/first/both/diverged",
+    header = ["num_steps", "backprop", "state", "impl", "final loss", "std", "min-max", "level", "none/first/both/diverged",
               "tutorial", "seconds"]
     lines = [f"## rnn-compare sweep: {len(c['seeds'])} seed(s) x {c['epochs']} epoch(s) of {c['data_size']:,} "
              f"points, batch {c['batch_size']}, lr {c['learning_rate']}", "", _machine(result["environment"]), "",
              _table(header, rows), "", targets_line(),
              "level: of the mean final loss (\"diverged\" if any seed did); none/first/both/diverged: how many "
              "seeds reached each level or diverged (a NaN/inf loss; final loss, std and min-max are over the "
-             "other seeds); tutorial: the level the tutorial reports for that num_steps."]
+             "other seeds); tutorial: the level the tutorial's reasoning allows for that truncation (an error "
+             "must travel more than 3, or 8, steps: backprop > 3, or > 8); backprop: the steps each update "
+             "backpropagates through (num_steps: the tutorial's TBPTT(n, n))."]
     if result.get("agreement"):
         a = result["agreement"]
         lines.append(f"Implementations on the same seed: largest per-step loss difference {_f(a['max_abs_diff'], '.2e')}; "

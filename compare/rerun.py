@@ -19,11 +19,12 @@ from .config import UsageError
 from .run import json_safe
 
 # --from FILE.json option -> the config key it comes from
-OPTIONS = {"impl": "impls", "num_steps": "num_steps", "state_size": "state_size", "batch_size": "batch_size",
+OPTIONS = {"impl": "impls", "num_steps": "num_steps", "backprop_steps": "backprop_steps", "state_size": "state_size",
+           "batch_size": "batch_size",
            "learning_rate": "learning_rate", "epochs": "epochs", "data_size": "data_size", "seed": "seed",
            "init_params": "init_params", "data": "data", "deterministic": "deterministic", "device": "device"}
 # Keys that results written before they were recorded lack, and where else to find them.
-OPTIONAL = {"deterministic": lambda result: False,
+OPTIONAL = {"deterministic": lambda result: False, "backprop_steps": lambda result: result["config"]["num_steps"],
             "device": lambda result: result.get("environment", {}).get("device", {}).get("requested", "cpu")}
 
 

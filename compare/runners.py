@@ -56,8 +56,8 @@ class JaxTrainer:
         self._opt_state = jax.device_put(opt_state, self._device)
         shape = (config.epoch_size, config.batch_size, config.num_steps)
         spec = jax.ShapeDtypeStruct(shape, np.int32, sharding=jax.sharding.SingleDeviceSharding(self._device))
-        self._epoch = jax_rnn.train_epoch_guarded.lower(self._params, self._opt_state, spec, spec,
-                                                        self._optimizer).compile()
+        self._epoch = jax_rnn.train_epoch_guarded.lower(self._params, self._opt_state, spec, spec, self._optimizer,
+                                                        backprop_steps=config.backprop_steps).compile()
         self.build_seconds = time.perf_counter() - start
 
     def train_epoch(self, x_windows: np.ndarray, y_windows: np.ndarray,
@@ -94,7 +94,7 @@ class TfTrainer:
 
         self.impl, self.config = impl, config
         model_config = tf_rnn.ModelConfig(config.num_classes, config.state_size, config.batch_size,
-                                          config.num_steps, config.learning_rate)
+                                          config.num_steps, config.learning_rate, config.backprop_steps)
         self._model = tf_rnn.build(tf_name(impl), model_config, params=params, seed=config.seed, device=device,
                                    deterministic=deterministic)
         if accumulators is not None:

@@ -45,9 +45,11 @@ from .run import final_loss, json_safe, running_averages, targets
 from .runners import make_trainer
 
 
-def tutorial_level(num_steps: int) -> str:
-    """The level truncated BPTT can reach in principle: ``"none"``, ``"first"`` or ``"both"``."""
-    return "none" if num_steps <= 3 else "first" if num_steps <= 8 else "both"
+def tutorial_level(backprop_steps: int) -> str:
+    """The level truncated BPTT can reach in principle: ``"none"``, ``"first"`` or ``"both"``. A dependency
+    L steps back can be learned only if some error travels more than L steps: ``backprop_steps`` > L
+    (num_steps in the tutorial's truncation, where it is the longest an error travels)."""
+    return "none" if backprop_steps <= 3 else "first" if backprop_steps <= 8 else "both"
 
 
 class Timings:
@@ -146,7 +148,8 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
     for xw, yw in data.stacked_windows(config, seeds):   # cuts epoch e+1 while epoch e trains
         if pending is not None:
             collect(pending)
-        pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh, guard=True)
+        pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh, guard=True,
+                                             backprop_steps=config.backprop_steps)
         params, opt_state = pending.params, pending.opt_state
     collect(pending)
     return np.stack(losses, axis=1), diverged
@@ -184,12 +187,13 @@ def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, 
     finite_curves = curves[[d is None for d in diverged]]
     mean = float(np.mean(kept)) if kept else None
     return {
-        "num_steps": config.num_steps, "state_size": config.state_size, "impl": impl, "seeds": seeds,
+        "num_steps": config.num_steps, "backprop_steps": config.window_steps, "state_size": config.state_size,
+        "impl": impl, "seeds": seeds,
         "final_losses": finals, "mean": mean, "std": float(np.std(kept)) if kept else None,
         "min": min(kept, default=None), "max": max(kept, default=None),
         "levels": ["diverged" if d else task.level(f) for f, d in zip(finals, diverged)],
         "level": "diverged" if any(diverged) else task.level(mean), "diverged": diverged,
-        "tutorial_level": tutorial_level(config.num_steps), "seconds": seconds,
+        "tutorial_level": tutorial_level(config.window_steps), "seconds": seconds,
         "avg_losses": curves.tolist(),
         "avg_losses_mean": finite_curves.mean(axis=0).tolist() if len(finite_curves) else [None] * curves.shape[1],
     }
@@ -206,10 +210,11 @@ class _LockedBar:
             self._bar.update(n)
 
 
-def _cost(job: tuple) -> int:
-    """A rough order of a cell's training cost, to start the longest cells first: state products dominate."""
+def _cost(job: tuple) -> float:
+    """A rough order of a cell's training cost, to start the longest cells first: state products dominate,
+    each step computed k2 / k1 times (TBPTT(k1, k2))."""
     _, config, _ = job
-    return max(config.state_size, 8) ** 2
+    return max(config.state_size, 8) ** 2 * config.window_steps / config.num_steps
 
 
 def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, workers: int = 1,
@@ -282,6 +287,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
             max_diff = max(max_diff, float(np.max(np.abs(by_impl[a][both] - by_impl[b][both]), initial=0.0)))
         same_level &= len(set(levels.values())) <= 1
     grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
+            "truncations": [list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
             "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
             "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None, "workers": workers}

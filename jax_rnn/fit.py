@@ -37,7 +37,9 @@ class FitConfig:
     """Hyperparameters, with the tutorial's defaults; validated on construction.
 
     ``epoch_size = (data_size // batch_size) // num_steps`` windows (1000 by default); the points that
-    do not fill a window are dropped, as in the tutorial.
+    do not fill a window are dropped, as in the tutorial. ``backprop_steps``: k2 of TBPTT(k1, k2) with k1 =
+    ``num_steps`` (see `train_epoch`), from num_steps to a row of data (``data_size // batch_size``);
+    ``None`` is num_steps, the tutorial's truncation.
     """
 
     num_classes: int = 2
@@ -49,6 +51,7 @@ class FitConfig:
     data_size: int = 1_000_000
     seed: int = 0
     log_every: int = 100
+    backprop_steps: Optional[int] = None
 
     def __post_init__(self):
         # Every message starts with the field's name: ``rnn-compare``'s Config (a subclass) turns it
@@ -67,10 +70,21 @@ class FitConfig:
             task.check_windowing(self.data_size, self.batch_size, self.num_steps)
         except ValueError as err:
             raise ValueError(f"batch_size/num_steps: {err}") from None
+        if self.backprop_steps is not None:
+            row = self.data_size // self.batch_size
+            if (isinstance(self.backprop_steps, bool) or not isinstance(self.backprop_steps, (int, np.integer))
+                    or not self.num_steps <= self.backprop_steps <= row):
+                raise ValueError(f"backprop_steps must be an integer from num_steps ({self.num_steps}) to the "
+                                 f"steps in a row of data (data_size // batch_size = {row}), got {self.backprop_steps!r}")
 
     @property
     def epoch_size(self) -> int:
         return task.epoch_size(self.data_size, self.batch_size, self.num_steps)
+
+    @property
+    def window_steps(self) -> int:
+        """k2: the steps each update backpropagates through (``backprop_steps``, or ``num_steps``)."""
+        return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
 
 class FitResult(NamedTuple):
@@ -182,7 +196,8 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
     for epoch, (x, y) in enumerate(stream, start=start_epoch):
         start = time.perf_counter()
         x_windows, y_windows = task.windows(x, y, c.batch_size, c.num_steps)
-        out = train_epoch_guarded.top_level(params, opt_state, x_windows, y_windows, optimizer)
+        out = train_epoch_guarded.top_level(params, opt_state, x_windows, y_windows, optimizer,
+                                            backprop_steps=c.backprop_steps)
         epoch_losses = np.asarray(out.losses)  # waits for the device
         seconds.append(time.perf_counter() - start)
         losses.append(epoch_losses)

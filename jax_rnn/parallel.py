@@ -48,7 +48,8 @@ def shard_runs(tree, mesh: Mesh):
 
 
 def train_runs_sharded(params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
-                       state=None, mesh: Mesh | None = None, remat: bool = False, guard: bool = False):
+                       state=None, mesh: Mesh | None = None, remat: bool = False, guard: bool = False,
+                       backprop_steps: int | None = None):
     """`train_runs` with the run axis split over ``mesh`` (default: all devices). Same shapes and results.
 
     If the number of runs R is not a multiple of the number of devices, the last run is repeated to fill
@@ -67,5 +68,6 @@ def train_runs_sharded(params, opt_state, x_windows, y_windows, optimizer: optax
     if pad:
         inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
     params, opt_state, x_windows, y_windows, *rest = shard_runs(inputs, mesh)
-    out = train_runs(params, opt_state, x_windows, y_windows, optimizer, rest[0] if rest else None, remat, guard)
+    out = train_runs(params, opt_state, x_windows, y_windows, optimizer, rest[0] if rest else None, remat, guard,
+                     backprop_steps)
     return jax.tree.map(lambda a: a[:num_runs], out) if pad else out

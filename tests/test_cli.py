@@ -168,6 +168,23 @@ def test_sweep_jax(tmp_path):
     assert "Time: " in (tmp_path / "r.md").read_text()
 
 
+def test_sweep_takes_backprop_steps_as_a_third_axis(tmp_path):
+    """``--backprop-steps num_steps,9``: each num_steps in both truncations (K2 >= num_steps only), recorded
+    per cell, checkpointed under its own name; TBPTT(1, 9) can in principle learn what num_steps 1 cannot."""
+    status, result = _run(["sweep", "--impl", "jax", "--num-steps", "1,9", "--backprop-steps", "num_steps,9",
+                           "--state-size", "4", "--seeds", "1", "--epochs", "1", *SMALL,
+                           "--checkpoint", str(tmp_path / "ck")], tmp_path)
+    assert status == 0
+    assert result["config"]["truncations"] == [[1, 1], [1, 9], [9, 9]]
+    cells = {(c["num_steps"], c["backprop_steps"]): c for c in result["cells"]}
+    assert set(cells) == {(1, 1), (1, 9), (9, 9)}
+    assert cells[(1, 1)]["tutorial_level"] == "none" and cells[(1, 9)]["tutorial_level"] == "both"
+    assert cells[(1, 9)]["final_losses"] != cells[(1, 1)]["final_losses"]
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.npz")) == [
+        "sweep-1-4-jax.npz", "sweep-1x9-4-jax.npz", "sweep-9-4-jax.npz"]
+    assert "| backprop" in (tmp_path / "r.md").read_text()
+
+
 def test_sweep_cells_trained_at_once_give_the_same_results(tmp_path):
     """Two JAX cells in two threads at once give the losses of one cell after another, bit for bit."""
     argv = ["sweep", "--impl", "jax", "--num-steps", "1,5", "--state-size", "4,8", "--seeds", "2", "--epochs", "2", *SMALL]

@@ -203,8 +203,9 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         jax_rnn.fit(dataclasses.replace(config, state_size=16), resume=ckpt)
 
 
-def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
-    base = ["run", "--impl", "jax,tf-dynamic", *SMALL, "--out", str(tmp_path)]
+@pytest.mark.parametrize("truncation", [[], ["--num-steps", "3", "--backprop-steps", "7"]])
+def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys, truncation):
+    base = ["run", "--impl", "jax,tf-dynamic", *SMALL, *truncation, "--out", str(tmp_path)]
     assert main([*base, "--epochs", "3", "--name", "straight"]) == 0
     assert main([*base, "--epochs", "2", "--name", "part", "--checkpoint", str(tmp_path / "ck")]) == 0
     assert main([*base, "--epochs", "3", "--name", "resumed", "--resume", str(tmp_path / "ck")]) == 0
@@ -216,6 +217,10 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*base, "--epochs", "3", "--state-size", "8", "--resume", str(tmp_path / "ck"), "--name", "x"])
     assert "was written by another config (state_size=4 there vs 8 here)" in capsys.readouterr().err
+    if truncation:  # the truncation is part of the config a checkpoint continues
+        with pytest.raises(SystemExit):
+            main([*base, "--epochs", "3", "--backprop-steps", "9", "--resume", str(tmp_path / "ck"), "--name", "y"])
+        assert "backprop_steps=7 there vs 9 here" in capsys.readouterr().err
 
 
 def test_an_interrupted_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):

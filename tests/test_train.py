@@ -101,18 +101,21 @@ def test_running_averages_average_exactly_100_steps_per_line():
     np.testing.assert_allclose(jax_rnn.running_averages(losses, 100), [49.5, 149.5, 299.5, 399.5])
 
 
-def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path):
+@pytest.mark.parametrize("backprop_steps", [None, 9])
+def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path, backprop_steps):
     """One data generator and one initialisation: ``jax_rnn.fit(FitConfig(seed=s))`` and
     ``rnn-compare run --impl jax --seed s`` start from the same weights on the same epochs and give the
-    same per-step losses, bit for bit."""
+    same per-step losses, bit for bit; so do ``FitConfig(backprop_steps=k2)`` and ``--backprop-steps k2``."""
     from compare.cli import main
 
-    config = jax_rnn.FitConfig(batch_size=20, data_size=20_000, epochs=2, seed=7)
+    config = jax_rnn.FitConfig(batch_size=20, data_size=20_000, epochs=2, seed=7, backprop_steps=backprop_steps)
     fitted = jax_rnn.fit(config)
+    extra = [] if backprop_steps is None else ["--backprop-steps", str(backprop_steps)]
     assert main(["run", "--impl", "jax", "--batch-size", "20", "--data-size", "20000", "--epochs", "2", "--seed", "7",
-                 "--quiet", "--out", str(tmp_path), "--name", "r"]) == 0
-    cli = json.loads((tmp_path / "r.json").read_text())["results"]["jax"]
-    np.testing.assert_array_equal(fitted.step_losses.ravel(), np.asarray(cli["step_losses"], np.float32))
+                 *extra, "--quiet", "--out", str(tmp_path), "--name", "r"]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["config"]["backprop_steps"] == (backprop_steps or 5)   # recorded as trained
+    np.testing.assert_array_equal(fitted.step_losses.ravel(), np.asarray(result["results"]["jax"]["step_losses"], np.float32))
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -120,6 +123,9 @@ def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path):
     ("state_size", 2.5, "state_size must be an integer >= 1, got 2.5"),
     ("learning_rate", float("nan"), "learning_rate must be a finite number > 0, got nan"),
     ("batch_size", 10**7, "batch_size 10000000 is larger than the data (1000000 points)"),
+    ("backprop_steps", 4, "backprop_steps must be an integer from num_steps (5) to the steps in a row of data"),
+    ("backprop_steps", 5001, "(data_size // batch_size = 5000), got 5001"),
+    ("backprop_steps", 9.0, "got 9.0"),
 ])
 def test_fit_config_is_validated_on_construction(field, value, message):
     with pytest.raises(ValueError, match=re.escape(message)):
