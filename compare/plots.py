@@ -1,7 +1,10 @@
 """PNG figures of a result dict (matplotlib, Agg backend; nothing is shown, bytes are returned).
 
 * `run_plot`: the every-100-step loss curves of every implementation, the three targets labelled;
-* `sweep_plot`: one panel per (num_steps, state_size) cell, mean curve per implementation over seeds;
+* `sweep_plot`: one panel per (num_steps, state_size) cell, mean curve per implementation over seeds; for
+  a sweep with a backprop-steps axis, `truncation_plot` instead;
+* `truncation_plot`: final loss against the steps each update backpropagates through, one line per
+  num_steps (update interval), one panel per state size: r2rt's "Styles of Truncated Backpropagation";
 * `bench_plot`: bars of the steady-state seconds per epoch (median, min-max as error bars).
 """
 
@@ -73,11 +76,42 @@ def run_plot(result: dict) -> bytes:
     return _png(fig)
 
 
-def sweep_plot(result: dict) -> bytes:
-    """A grid: rows the truncations (num_steps, backprop_steps), columns state_size; in each, the seed-mean
-    curve of every implementation."""
+def truncation_plot(result: dict) -> bytes:
+    """Final loss (seed mean, min-max bars) against backprop_steps k2, one line per num_steps k1 and
+    implementation (its first point, k2 = k1, is the tutorial's truncation), one panel per state size."""
     plt = _pyplot()
     c = result["config"]
+    fig, axes = plt.subplots(1, len(c["state_size"]), figsize=(5.5 * len(c["state_size"]), 4.2), sharey=True,
+                             squeeze=False, constrained_layout=True)
+    for ax, state_size in zip(axes[0], c["state_size"]):
+        lines: dict = {}
+        for cell in result["cells"]:
+            if cell["state_size"] == state_size and cell["mean"] is not None:
+                lines.setdefault((cell["num_steps"], cell["impl"]), []).append(cell)
+        for (k1, impl), cells in sorted(lines.items()):
+            cells.sort(key=lambda cell: cell["backprop_steps"])
+            x = [cell["backprop_steps"] for cell in cells]
+            mean = np.array([cell["mean"] for cell in cells])
+            spread = np.array([[m - cell["min"], cell["max"] - m] for m, cell in zip(mean, cells)]).T
+            label = f"update every {k1} step{'s' if k1 > 1 else ''}" + (f" ({impl})" if len(c["impls"]) > 1 else "")
+            ax.errorbar(x, mean, yerr=spread, marker="o", capsize=3, linewidth=1.2, label=label)
+        _targets(ax, labels=ax is axes[0][-1])
+        ax.set(title=f"state {state_size}", xlabel="backprop steps k2 (first point of a line: k2 = k1, TF style)")
+        ax.set_xticks(sorted({cell["backprop_steps"] for cell in result["cells"]}))
+    axes[0][0].set_ylabel("final loss (seed mean, min-max)")
+    axes[0][0].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"TBPTT(k1, k2): {len(c['seeds'])} seed(s), {c['epochs']} epoch(s) of {c['data_size']:,} points",
+                 fontsize=10)
+    return _png(fig)
+
+
+def sweep_plot(result: dict) -> bytes:
+    """A grid: rows the truncations (num_steps, backprop_steps), columns state_size; in each, the seed-mean
+    curve of every implementation. A sweep with a backprop-steps axis: `truncation_plot`."""
+    plt = _pyplot()
+    c = result["config"]
+    if any(k1 != k2 for k1, k2 in c.get("truncations") or ()):
+        return truncation_plot(result)
     rows = [tuple(t) for t in c.get("truncations") or [(n, n) for n in c["num_steps"]]]
     cols = c["state_size"]
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), (2.8 if len(rows) <= 4 else 2.0) * len(rows)),

@@ -13,6 +13,11 @@ epoch, the compile time, then median, min and max seconds of ``--repeats`` timed
 ``--grid``: ``train_epoch`` against the C loop on every state_size x num_steps cell (``--states``,
 ``--steps``; default {4, 16, 64} x {1, 5, 10}), one Markdown row per cell. ``--json FILE`` writes the rows.
 
+``--truncation``: the price of TBPTT(k1, k2): for every state (``--states``, default 4,16) and k1
+(``--steps``, default 1,3,5), ``train_epoch(backprop_steps=k2)`` for each k2 of ``--backprop-steps``
+(default 9,10,15) against the tutorial's epoch of num_steps k1 on the same data, interleaved; the cost
+ratio beside the bound 1.2 x k2 / k1 (recomputing the k2 - k1 overlapping steps of every window).
+
 JAX calls are timed up to ``jax.block_until_ready``; the C loop times its own training (not its start or
 input). JAX and C are interleaved, one epoch of each per round, so their ratio is measured side by side.
 The persistent compilation cache is on (`jax_rnn.compile_cache`): on a hit, "compile s" is the time to
@@ -69,10 +74,10 @@ def _timed(fn, repeats: int) -> dict:
     return _interleaved({"": _wall(fn)}, repeats)[""]
 
 
-def _compiled(fn, *args):
+def _compiled(fn, *args, **kwargs):
     """``(fn compiled for these arguments, compile seconds)``."""
     start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    compiled = fn.lower(*args, **kwargs).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -201,6 +206,36 @@ def grid(states=(4, 16, 64), steps=(1, 5, 10), batch_size=200, data_size=1_000_0
     return rows
 
 
+def truncation(states=(4, 16), steps=(1, 3, 5), backprop=(9, 10, 15), batch_size=200, data_size=1_000_000,
+               repeats=5) -> list[dict]:
+    """``--truncation``: per state and k1, the TF-style epoch of num_steps k1 and TBPTT(k1, k2) for every k2
+    > k1 of ``backprop``, timed interleaved on the same data and weights; one row per (state, k1, k2)."""
+    data = gen_data(data_size, seed=1)
+    rows = []
+    for state_size in states:
+        for k1 in steps:
+            params, opt, opt_state, (xw, yw) = _setup(state_size, k1, batch_size, data)
+            timers, compile_seconds = {}, {}
+            for k2 in (k1, *(k for k in backprop if k > k1)):
+                compiled, compile_seconds[k2] = _compiled(train_epoch, params, opt_state, xw, yw, opt, backprop_steps=k2)
+                timers[k2] = _wall(functools.partial(compiled, params, opt_state, xw, yw))
+            times = _interleaved(timers, repeats)
+            for k2 in list(timers)[1:]:
+                rows.append(dict(state_size=state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1],
+                                 tbptt=times[k2], compile_seconds=compile_seconds[k2],
+                                 cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1))
+                print(format_truncation(rows[-1:], header=len(rows) == 1), flush=True)
+    return rows
+
+
+def format_truncation(rows, header: bool = True) -> str:
+    lines = ["| state | k1 | k2 | TF-style num_steps k1: epoch s | TBPTT(k1, k2): epoch s | compile s | cost | "
+             "bound 1.2 k2/k1 |", "|---:|---:|---:|---:|---:|---:|---:|---:|"] if header else []
+    lines += [f"| {r['state_size']} | {r['num_steps']} | {r['backprop_steps']} | {_spread(r['tf_style'])} | "
+              f"{_spread(r['tbptt'])} | {r['compile_seconds']:.2f} | {r['cost']:.2f}x | {r['bound']:.1f}x |" for r in rows]
+    return "\n".join(lines)
+
+
 def _spread(t: dict) -> str:
     return f"{t['median']:.4f} [{t['min']:.4f}, {t['max']:.4f}]"
 
@@ -247,14 +282,28 @@ def main(argv=None) -> None:
                         help="also time jax_rnn/reference_loop.c, a hand-fused C loop of the same arithmetic")
     parser.add_argument("--grid", action="store_true",
                         help="train_epoch against the C loop on every --states x --steps cell")
-    parser.add_argument("--states", default="4,16,64", help="with --grid: state sizes, comma list (default 4,16,64)")
-    parser.add_argument("--steps", default="1,5,10", help="with --grid: num_steps values, comma list (default 1,5,10)")
+    parser.add_argument("--truncation", action="store_true",
+                        help="TBPTT(k1, k2) against the tutorial's epoch of num_steps k1 (k1 from --steps, k2 from "
+                             "--backprop-steps, on every --states)")
+    parser.add_argument("--states", default=None,
+                        help="with --grid/--truncation: state sizes, comma list (default 4,16,64 / 4,16)")
+    parser.add_argument("--steps", default=None,
+                        help="with --grid/--truncation: num_steps (k1) values, comma list (default 1,5,10 / 1,3,5)")
+    parser.add_argument("--backprop-steps", default="9,10,15",
+                        help="with --truncation: k2 values, comma list (default 9,10,15)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     args = parser.parse_args(argv)
     for option in ("batch_size", "num_steps", "state_size", "data_size", "repeats"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
-    states, steps = _ints(parser, "--states", args.states), _ints(parser, "--steps", args.steps)
+    if args.grid and args.truncation:
+        parser.error("--grid and --truncation: choose one")
+    states = _ints(parser, "--states", args.states or ("4,16" if args.truncation else "4,16,64"))
+    steps = _ints(parser, "--steps", args.steps or ("1,3,5" if args.truncation else "1,5,10"))
+    backprop = _ints(parser, "--backprop-steps", args.backprop_steps)
+    if args.truncation and max(backprop) > args.data_size // args.batch_size:
+        parser.error(f"--backprop-steps: at most the steps in a row of data ({args.data_size // args.batch_size}), "
+                     f"got {max(backprop)}")
     runs = _ints(parser, "--runs", args.runs) if args.runs else ()
     try:
         cache = enable_compile_cache()  # a cache hit makes "compile s" the time to load the executable
@@ -263,11 +312,13 @@ def main(argv=None) -> None:
         print(f"note: JAX compilation cache off: {err}")
     device = jax.devices()[0]
     print(f"device: {device.platform} ({device.device_kind}); batch {args.batch_size}, "
-          + ("" if args.grid else f"num_steps {args.num_steps}, state {args.state_size}, ")
+          + ("" if args.grid or args.truncation else f"num_steps {args.num_steps}, state {args.state_size}, ")
           + f"{args.data_size:,} points per epoch; {args.repeats} timed epochs after a warm-up; "
           + f"compile cache: {cache or 'off'}")
     if args.grid:
         rows = grid(states, steps, args.batch_size, args.data_size, args.repeats)
+    elif args.truncation:
+        rows = truncation(states, steps, backprop, args.batch_size, args.data_size, args.repeats)
     else:
         rows = bench(args.batch_size, args.num_steps, args.state_size, args.data_size, args.repeats,
                      runs, not args.no_loop, args.c_reference)

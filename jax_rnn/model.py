@@ -208,51 +208,47 @@ def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array
     softmax_product = _product(params["softmax"]["W"], batch_last, batch_size)
     feature_axis = -2 if batch_last else -1
 
-    def step(s, input_t):
-        s = jnp.tanh(input_t + state_product(s))
-        return s, softmax_product(s)
-
-    def silent_step(s, input_t):                                     # a step before the loss: no logits
-        return jnp.tanh(input_t + state_product(s)), None
-
-    def masked_step(s, inputs):                                      # a step that may precede the stream
-        input_t, present = inputs
-        return jnp.where(present, jnp.tanh(input_t + state_product(s)), s), None
-
-    def steps(s, block, with_loss):                                  # block: (int[k, batch], bool[k] | None)
+    def steps(s, block, with_loss: bool, keep_states: bool):
+        """The steps of ``block = (x: int[k, batch], present: bool[k] | None)`` from state ``s``: ``(final
+        state, (logits per step | None, state per step | None))``. ``present``: keep the state where False."""
         x_block, present = block
         inputs = _input_projection(w[:-d], x_block, batch_last) + (b[:, None] if batch_last else b)
-        if present is not None:
-            return jax.lax.scan(masked_step, s, (inputs, present), unroll=unroll)
-        return jax.lax.scan(step if with_loss else silent_step, s, inputs, unroll=unroll)
 
-    def run(s, x_seg, present, with_loss):
+        def step(s, step_inputs):
+            input_t, present_t = step_inputs
+            new = jnp.tanh(input_t + state_product(s))
+            s = new if present_t is None else jnp.where(present_t, new, s)
+            return s, (softmax_product(s) if with_loss else None, s if keep_states else None)
+
+        return jax.lax.scan(step, s, (inputs, present), unroll=unroll)
+
+    def run(s, x_seg, present, with_loss, keep_states):
+        fn = partial(steps, with_loss=with_loss, keep_states=keep_states)
         if not remat:
-            return steps(s, (x_seg, present), with_loss)
+            return fn(s, (x_seg, present))
         n, k = x_seg.shape[0], remat_block_size(x_seg.shape[0])
         full = n // k * k                                            # whole blocks, then the remainder
-        block = jax.checkpoint(partial(steps, with_loss=with_loss))
-        blocks = (x_seg[:full].reshape(full // k, k, batch_size), None if present is None else present[:full].reshape(-1, k))
+        block = jax.checkpoint(fn)
+        blocks = jax.tree.map(lambda a: a[:full].reshape((full // k, k) + a.shape[1:]), (x_seg, present))
         s, out = jax.lax.scan(block, s, blocks)
-        out = None if out is None else out.reshape((full,) + out.shape[2:])
+        out = jax.tree.map(lambda a: a.reshape((full,) + a.shape[2:]), out)
         if full < n:
-            s, rest = block(s, (x_seg[full:], None if present is None else present[full:]))
-            out = None if out is None else jnp.concatenate([out, rest])
+            s, rest = block(s, jax.tree.map(lambda a: a[full:], (x_seg, present)))
+            out = jax.tree.map(lambda a, r: jnp.concatenate([a, r]), out, rest)
         return s, out
 
-    # The window's segments: [0, k2 - k1) backpropagate only, [k2 - k1, k2) carry the loss; the state
-    # after step k1 is the next window's. One segment (one scan, as in the tutorial) when k1 == k2.
-    s, carried, logits_parts = state, None, []
-    cuts = sorted({0, k2 - k1, k1, k2})
-    for lo, hi in zip(cuts, cuts[1:]):
-        with_loss = lo >= k2 - k1
-        present = None if with_loss or start is None else start + jnp.arange(lo, hi) >= 0
-        s, out = run(s, x_t[lo:hi], present, with_loss)
-        if with_loss:
-            logits_parts.append(out)
-        if hi == k1:
-            carried = s
-    logits_t = logits_parts[0] if len(logits_parts) == 1 else jnp.concatenate(logits_parts)
+    # Two segments at most, one scan each: the window's first k2 - k1 steps backpropagate only (and may
+    # precede the stream), its last k1 carry the loss. The state after step k1 is the next window's: the
+    # final one when k1 == k2 (the tutorial: one scan, nothing else), else a step's state kept on the way.
+    overlap = k2 - k1
+    s, carried = state, None
+    if overlap:
+        present = None if start is None else start + jnp.arange(overlap) >= 0
+        s, (_, states) = run(s, x_t[:overlap], present, False, k1 < overlap)
+        carried = s if k1 == overlap else states[k1 - 1] if k1 < overlap else None
+    s, (logits_t, states) = run(s, x_t[overlap:], None, True, 0 < k1 - overlap < k1)
+    if carried is None:
+        carried = s if k1 == k2 else states[k1 - overlap - 1]
     b_softmax = params["softmax"]["b"]                               # logits: [k1, (n, batch | batch, n)]
     log_p = jax.nn.log_softmax(logits_t + (b_softmax[:, None] if batch_last else b_softmax), axis=feature_axis)
     target = jax.nn.one_hot(y_t, log_p.shape[feature_axis], dtype=jnp.bool_, axis=feature_axis)
