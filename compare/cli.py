@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "CPU is deterministic already")
     run.set_defaults(option_defaults={a.dest: a.default for a in run._actions})
 
-    sweep = sub.add_parser("sweep", help="the tutorial's grid: num_steps x state_size, several seeds",
+    sweep = sub.add_parser("sweep", help="the tutorial's grid: num_steps x state_size (x backprop steps), several seeds",
                            description="Train every (num_steps, state_size) cell for every seed and report the "
                                        "final loss (mean and spread over seeds) and the level reached. With "
                                        "jax, all seeds of a cell train in one vmapped call. Defaults take about "

@@ -1,5 +1,8 @@
 """``rnn-compare sweep``: the tutorial's TODO grid, num_steps x state_size, over several seeds.
 
+A third axis, ``--backprop-steps``, trains each num_steps k1 as TBPTT(k1, k2) for every k2 >= k1 given
+(r2rt's "Styles of Truncated Backpropagation"); a cell is then (num_steps, backprop_steps, state_size).
+
 Seed ``s`` fixes both the initial parameters (numpy Glorot, `jax_rnn.glorot_params`) and the data stream
 (`io.epoch_stream`), so every implementation sees the same runs. With ``jax`` all seeds of a cell
 train together: one ``jax_rnn.train_runs`` call (``vmap`` over a leading seed axis) per epoch. The
