@@ -71,11 +71,7 @@ class FitConfig:
         except ValueError as err:
             raise ValueError(f"batch_size/num_steps: {err}") from None
         if self.backprop_steps is not None:
-            row = self.data_size // self.batch_size
-            if (isinstance(self.backprop_steps, bool) or not isinstance(self.backprop_steps, (int, np.integer))
-                    or not self.num_steps <= self.backprop_steps <= row):
-                raise ValueError(f"backprop_steps must be an integer from num_steps ({self.num_steps}) to the "
-                                 f"steps in a row of data (data_size // batch_size = {row}), got {self.backprop_steps!r}")
+            validate.check_backprop_steps(None, self.backprop_steps, self.num_steps, self.data_size // self.batch_size)
 
     @property
     def epoch_size(self) -> int:

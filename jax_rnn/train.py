@@ -140,10 +140,9 @@ def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | N
         u, y_t = update
         return jax.lax.dynamic_slice_in_dim(padded, u * k1, k2), y_t, (u * k1 + k1 - k2) if masked else None
 
-    index, head = jnp.arange(updates, dtype=jnp.int32), min(updates, -(-(k2 - k1) // k1))
-    parts = [((index[:head], windows_t[1][:head]), partial(window, masked=True), 0),
-             ((index[head:], windows_t[1][head:]), partial(window, masked=False), head)]
-    return parts[:1] if head == updates else parts
+    index, head = jnp.arange(updates, dtype=jnp.int32), -(-(k2 - k1) // k1)   # head < updates: k2 <= the row
+    return [((index[:head], windows_t[1][:head]), partial(window, masked=True), 0),
+            ((index[head:], windows_t[1][head:]), partial(window, masked=False), head)]
 
 
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,

@@ -144,12 +144,13 @@ def _range(arrays: list, num_classes: int) -> tuple[int, int]:
     return low, high
 
 
-def check_backprop_steps(where: str, backprop_steps, num_steps: int, row: int) -> None:
-    """k2 of TBPTT(k1, k2): an integer from ``num_steps`` (k1) to ``row``, the steps of one row of data."""
+def check_backprop_steps(where: str | None, backprop_steps, num_steps: int, row: int) -> None:
+    """k2 of TBPTT(k1, k2): an integer from ``num_steps`` (k1) to ``row``, the steps of one row of data.
+    The message starts with ``where: `` if given, else with the argument's name (`FitConfig`'s style)."""
     if (isinstance(backprop_steps, bool) or not isinstance(backprop_steps, (int, np.integer))
             or not num_steps <= backprop_steps <= row):
-        raise ValueError(f"{where}: backprop_steps must be an integer in [num_steps, steps per row] = "
-                         f"[{num_steps}, {row}], got {backprop_steps!r}")
+        raise ValueError(f"{where + ': ' if where else ''}backprop_steps must be an integer from num_steps "
+                         f"({num_steps}) to the steps in a row of data ({row}), got {backprop_steps!r}")
 
 
 def check_state(where: str, state, batch: int, state_size: int, leading: tuple = ()) -> None:

@@ -111,6 +111,6 @@ def test_guard_remat_and_vmapped_runs_work_in_the_new_mode():
 def test_bad_backprop_steps_is_refused_before_compiling(value):
     x_windows, y_windows, params = _windows(5)                      # k1 = 5, rows of 150 steps
     opt = jax_rnn.adagrad(0.1)
-    with pytest.raises(ValueError, match=r"train_epoch: backprop_steps must be an integer in \[num_steps, "
-                                         r"steps per row\] = \[5, 150\]"):
+    with pytest.raises(ValueError, match=r"train_epoch: backprop_steps must be an integer from num_steps \(5\) "
+                                         r"to the steps in a row of data \(150\)"):
         jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt, backprop_steps=value)

@@ -124,7 +124,7 @@ def test_fit_and_the_cli_train_the_same_run_for_the_same_seed(tmp_path, backprop
     ("learning_rate", float("nan"), "learning_rate must be a finite number > 0, got nan"),
     ("batch_size", 10**7, "batch_size 10000000 is larger than the data (1000000 points)"),
     ("backprop_steps", 4, "backprop_steps must be an integer from num_steps (5) to the steps in a row of data"),
-    ("backprop_steps", 5001, "(data_size // batch_size = 5000), got 5001"),
+    ("backprop_steps", 5001, "to the steps in a row of data (5000), got 5001"),
     ("backprop_steps", 9.0, "got 9.0"),
 ])
 def test_fit_config_is_validated_on_construction(field, value, message):

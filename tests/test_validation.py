@@ -130,16 +130,15 @@ CLI_CASES = [  # every command's bad input: exit status 2, the usage, a message 
     (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
     # TBPTT(k1, k2): K2 below num_steps, below 1, not an integer, longer than a row of data
     (["run", "--num-steps", "5", "--backprop-steps", "3"],
-     "--backprop-steps must be an integer from num_steps (5) to the steps in a row of data (data_size // "
-     "batch_size = 5000), got 3"),
+     "--backprop-steps must be an integer from num_steps (5) to the steps in a row of data (5000), got 3"),
     (["run", "--num-steps", "1", "--backprop-steps", "0"], "--backprop-steps must be an integer from num_steps (1)"),
     (["bench", "--backprop-steps", "7.5"], "argument --backprop-steps: invalid int value: '7.5'"),
     (["run", "--data-size", "2000", "--batch-size", "200", "--backprop-steps", "11"],
-     "(data_size // batch_size = 10), got 11"),
+     "to the steps in a row of data (10), got 11"),
     (["sweep", "--backprop-steps", "9,,"], "--backprop-steps: '' is not an integer"),
     (["sweep", "--backprop-steps", "nine"], "--backprop-steps: 'nine' is not an integer"),
     (["sweep", "--num-steps", "5,10", "--backprop-steps", "3,4"], "--backprop-steps: every value is below every --num-steps"),
-    (["sweep", "--backprop-steps", "20000"], "(data_size // batch_size = 5000), got 20000"),
+    (["sweep", "--backprop-steps", "20000"], "to the steps in a row of data (5000), got 20000"),
     (["bench", "--scaling", "--backprop-steps", "9"], "--backprop-steps: the scaling study varies num_steps itself"),
 ]
 
