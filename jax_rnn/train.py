@@ -98,13 +98,18 @@ def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
 
 
 def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
-               optimizer: optax.GradientTransformation, remat: bool = False):
+               optimizer: optax.GradientTransformation, remat: bool = False, start: jax.Array | int | None = None):
     """One truncated-BPTT step on one window.
 
     **Arguments:** ``state: f32[batch, d]`` (a constant: no gradient flows into it);
     ``x, y: int[batch, num_steps]``; ``optimizer``: static (e.g. ``adagrad(0.1)``); ``remat``: static,
     rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_window`): less memory.
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``.
+
+    **TBPTT(k1, k2)** in a loop of one's own: ``x: int[batch, k2]``, ``y: int[batch, k1]`` the labels of
+    its last k1 steps (k1 <= k2); the loss is theirs, and the returned state is the one after the window's
+    first k1 steps (where the next window starts). ``start``: the stream position of ``x``'s first step
+    (a traced int is fine); steps at negative positions are absent (the state is kept through them).
 
     Checks keys, shapes and dtypes of every argument while tracing, i.e. once per new argument
     signature and never on a cached call (not the values: class ids outside ``[0, num_classes)`` are
@@ -113,7 +118,7 @@ def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: ja
     _check_step(params, opt_state, state, x, y, optimizer, remat)
     batch_last = batch_last_for(state.shape[1])
     params, opt_state, final_state, mean_loss = _step(params, opt_state, _to_layout(state, batch_last), x.T, y.T,
-                                                      None, optimizer, remat)
+                                                      start, optimizer, remat)
     return params, opt_state, _to_layout(final_state, batch_last), mean_loss
 
 
@@ -289,7 +294,13 @@ def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
     where = "train_step"
     n, d = validate.sizes(where, params)
     validate.check_optimizer(where, optimizer, opt_state, params)
-    validate.check_classes(where, {"x": x, "y": y}, 2, "[batch, num_steps]", n, values=False)
+    validate.check_classes(where, {"x": x}, 2, "[batch, num_steps]", n, values=False)
+    x_shape = np.shape(validate._arr(x))
+    validate.check_classes(where, {"y": y}, 2, "[batch, num_steps]", n, values=False,
+                           dims={0: (x_shape[0], "the batch (x's first axis)")})
+    if np.shape(validate._arr(y))[1] > x_shape[1]:
+        raise ValueError(f"{where}: y has more steps than x ({np.shape(validate._arr(y))[1]} > {x_shape[1]}); "
+                         f"y labels the last k1 <= k2 steps of x (TBPTT), or all of them")
     a = validate._arr(state)
     want = (np.shape(validate._arr(x))[0], d)
     if tuple(a.shape) != want:

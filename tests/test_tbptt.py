@@ -114,3 +114,21 @@ def test_bad_backprop_steps_is_refused_before_compiling(value):
     with pytest.raises(ValueError, match=r"train_epoch: backprop_steps must be an integer from num_steps \(5\) "
                                          r"to the steps in a row of data \(150\)"):
         jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt, backprop_steps=value)
+
+
+def test_a_loop_of_train_step_trains_the_same_tbptt_as_the_epoch():
+    """`train_step` with ``x`` of k2 steps, ``y`` of the last k1 and ``start``: the epoch, one step at a time."""
+    k1, k2 = 2, 5
+    x_windows, y_windows, params = _windows(k1)
+    opt = jax_rnn.adagrad(0.1)
+    want = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt, backprop_steps=k2)
+    x = np.concatenate([np.zeros((8, k2 - k1), np.int32), *x_windows], axis=1)   # the padded stream rows
+    p, o, s, losses = params, opt.init(params), jax_rnn.zero_state(8, 4), []
+    for u, y in enumerate(y_windows):
+        p, o, s, loss = jax_rnn.train_step(p, o, s, x[:, u * k1:u * k1 + k2], y, opt, start=u * k1 + k1 - k2)
+        losses.append(loss)
+    np.testing.assert_allclose(losses, want[3], rtol=0, atol=1e-5)
+    for a, b in zip(jax.tree.leaves((p, s)), jax.tree.leaves((want[0], want[2]))):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="train_step: y has more steps than x"):
+        jax_rnn.train_step(params, opt.init(params), jax_rnn.zero_state(8, 4), x[:, :2], x[:, :3], opt)
