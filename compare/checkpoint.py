@@ -1,17 +1,16 @@
 """``rnn-compare run|sweep --checkpoint DIR`` / ``--resume DIR``: the CLI's checkpoints, one ``.npz`` each.
 
-``run`` writes one ``DIR/<impl>.npz`` per implementation (below); ``sweep`` one
-``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell (`save_cell`: its losses, not its
+``run`` writes one ``DIR/<impl>.npz`` per implementation, after every epoch, in the project's one
+checkpoint format (`jax_rnn.checkpoint`, shared with `jax_rnn.fit`): ``config`` is `Config.as_dict`
+plus the input files; ``meta`` holds ``writer`` ("rnn-compare run"), ``impl``, ``initial_params`` (the
+fingerprint), ``data`` (the data source), ``build_seconds`` and ``first_step_seconds``. Parameters and
+Adagrad's accumulators are in the shared layout, the same arrays for JAX and TensorFlow. ``sweep`` writes
+one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell (`save_cell`: its losses, not
 parameters; a resumed sweep loads the finished cells and trains the others).
 
-Written at the end of every epoch, atomically (`compare.io.write_bytes`: temporary file, fsync,
-``os.replace``), no pickle. Keys: ``format``, ``impl``, ``config`` (JSON of `Config.as_dict` plus the
-input files), ``epochs_done``, ``params/<scope>/<name>`` and ``accumulators/<scope>/<name>`` (Adagrad's
-state, the same layout for JAX and TensorFlow), ``step_losses: f32[epochs_done, epoch_size]``,
-``epoch_seconds``, ``build_seconds``, ``first_step_seconds``, ``initial_params`` (fingerprint), ``data``
-(the data source). The data stream needs no saved state: epochs come from one
-``default_rng(seed)`` stream (or the rows of ``--data``), so a resumed run regenerates and skips the
-epochs already done (`compare.io.epoch_stream` with ``start``).
+Every file is written atomically (`jax_rnn.checkpoint.atomic_write`), no pickle. The data stream needs
+no saved state: epochs come from one ``default_rng(seed)`` stream (or the rows of ``--data``), so a
+resumed run regenerates and skips the epochs already done (`compare.io.epoch_stream` with ``start``).
 """
 
 from __future__ import annotations
@@ -22,12 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from jax_rnn import checkpoint as ckpt_io
 from jax_rnn.checkpoint import read_npz
 
 from . import io
 from .config import Config, UsageError
 
-FORMAT = "rnn-compare run checkpoint v1"
+WRITER = "rnn-compare run"
 MATCHED = ("num_steps", "backprop_steps", "state_size", "batch_size", "learning_rate", "data_size", "seed",
            "num_classes", "init_params", "data", "deterministic")  # what a resumed run must share with the checkpoint
 
@@ -38,14 +38,10 @@ def path(directory, impl: str) -> Path:
 
 def save(directory, impl: str, config: dict, params: dict, accumulators: dict, step_losses, epoch_seconds,
          build_seconds: float, first_step_seconds: Optional[float], initial_params: str, data: str) -> Path:
-    arrays = {"format": np.array(FORMAT), "impl": np.array(impl), "config": np.array(json.dumps(config)),
-              "epochs_done": np.array(len(step_losses)), "step_losses": np.asarray(step_losses, np.float32),
-              "epoch_seconds": np.asarray(epoch_seconds, np.float64), "build_seconds": np.array(build_seconds),
-              "first_step_seconds": np.array(np.nan if first_step_seconds is None else first_step_seconds),
-              "initial_params": np.array(initial_params), "data": np.array(data)}
-    arrays.update({f"params/{k}": v for k, v in io.flatten(params).items()})
-    arrays.update({f"accumulators/{k}": v for k, v in io.flatten(accumulators).items()})
-    return _write(path(directory, impl), arrays)
+    meta = {"writer": WRITER, "impl": impl, "initial_params": initial_params, "data": data,
+            "build_seconds": build_seconds, "first_step_seconds": first_step_seconds}
+    return ckpt_io.save(path(directory, impl), ckpt_io.Checkpoint(config, len(step_losses), params, accumulators,
+                                                                  np.stack(step_losses), list(epoch_seconds), meta))
 
 
 def _write(file: Path, arrays: dict) -> Path:
@@ -74,31 +70,27 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     UsageError naming what differs if it was written by another config, other starting parameters or
     other data, or if it is unreadable."""
     file = path(directory, impl)
-    a = _read(file, FORMAT, f"an rnn-compare checkpoint of {impl}")
-    if a is None:
+    if not file.is_file():
         return None
-    if str(a.get("impl", "")) != impl:
+    try:
+        saved = ckpt_io.load(file, where="--resume")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    meta = saved.meta
+    if meta.get("writer") != WRITER or meta.get("impl") != impl:
         raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
-    saved = _with_defaults(json.loads(str(a["config"])))
-    differ = [k for k in MATCHED if saved.get(k) != config.get(k)]
+    config_there = _with_defaults(saved.config)
+    differ = [k for k in MATCHED if config_there.get(k) != config.get(k)]
     if differ:
-        detail = ", ".join(f"{k}={saved.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
+        detail = ", ".join(f"{k}={config_there.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
         raise UsageError(f"--resume: {file} was written by another config ({detail}); refusing to resume from it")
-    if str(a["initial_params"]) != initial_params or str(a["data"]) != data:
+    if meta["initial_params"] != initial_params or meta["data"] != data:
         raise UsageError(f"--resume: {file} started from other parameters or data than this run")
-    done = int(a["epochs_done"])
-    if done > config["epochs"]:
-        raise UsageError(f"--resume: {file} holds {done} epochs, more than --epochs {config['epochs']}")
-    first = float(a["first_step_seconds"])
-    params = io.nest({k[len("params/"):]: v for k, v in a.items() if k.startswith("params/")})
-    accumulators = io.nest({k[len("accumulators/"):]: v for k, v in a.items() if k.startswith("accumulators/")})
-    for name, tree in (("params", params), ("accumulators", accumulators)):
-        if set(io.flatten(tree)) != set(io.PARAM_KEYS) or not all(np.all(np.isfinite(v)) for v in io.flatten(tree).values()):
-            raise UsageError(f"--resume: {file}: {name} are incomplete or not finite")
-    return {"epochs_done": done, "params": params, "accumulators": accumulators,
-            "step_losses": list(a["step_losses"]), "epoch_seconds": [float(s) for s in a["epoch_seconds"]],
-            "build_seconds": float(a["build_seconds"]), "first_step_seconds": None if np.isnan(first) else first,
-            "file": str(file)}
+    if saved.epochs_done > config["epochs"]:
+        raise UsageError(f"--resume: {file} holds {saved.epochs_done} epochs, more than --epochs {config['epochs']}")
+    return {"epochs_done": saved.epochs_done, "params": saved.params, "accumulators": saved.accumulators,
+            "step_losses": list(saved.step_losses), "epoch_seconds": [float(s) for s in saved.epoch_seconds],
+            "build_seconds": meta["build_seconds"], "first_step_seconds": meta["first_step_seconds"], "file": str(file)}
 
 
 def check_dirs(checkpoint, resume) -> None:

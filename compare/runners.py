@@ -50,9 +50,9 @@ class JaxTrainer:
         start = time.perf_counter()
         self._params = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), params), self._device)
         opt_state = self._optimizer.init(self._params)
-        if accumulators is not None:  # optax adagrad: (ScaleByRssState(sum_of_squares=<params tree>), EmptyState())
-            acc = jax.tree.map(lambda a: np.asarray(a, np.float32), accumulators)
-            opt_state = (opt_state[0]._replace(sum_of_squares=acc), *opt_state[1:])
+        if accumulators is not None:
+            opt_state = jax_rnn.optim.with_accumulators(opt_state, jax.tree.map(lambda a: np.asarray(a, np.float32),
+                                                                                accumulators))
         self._opt_state = jax.device_put(opt_state, self._device)
         shape = (config.epoch_size, config.batch_size, config.num_steps)
         spec = jax.ShapeDtypeStruct(shape, np.int32, sharding=jax.sharding.SingleDeviceSharding(self._device))
@@ -79,7 +79,7 @@ class JaxTrainer:
 
     def get_accumulators(self) -> dict:
         """Adagrad's accumulators in the shared layout (optax's ``sum_of_squares``), float32 numpy."""
-        return self._jax.tree.map(lambda a: np.asarray(a, np.float32), self._opt_state[0].sum_of_squares)
+        return self._jax.tree.map(lambda a: np.asarray(a, np.float32), jax_rnn.optim.accumulators(self._opt_state))
 
     def close(self) -> None:
         pass

@@ -1,11 +1,13 @@
-"""`fit`'s checkpoints: one ``.npz`` file (no pickle), written atomically at the end of every epoch.
+"""The project's one checkpoint format (`fit` and ``rnn-compare run``), and its one atomic writer.
 
-Contents: ``format``; ``config`` (the `FitConfig` as JSON); ``epochs_done``; ``params/<scope>/<name>``
-(float32); ``opt/<i>``, the leaves of the optimizer state in ``jax.tree.leaves`` order (rebuilt on load
-with the structure of ``optimizer.init(params)``); ``step_losses: f32[epochs_done, epoch_size]``;
-``epoch_seconds``; ``rng``, the data seed (``[seed]``: the epochs are `jax_rnn.data.epochs` of it, so
-the data of the remaining epochs follows from it); ``data_rows``, a SHA-256 of each epoch's data when the
-caller passed ``data`` ("generated" otherwise).
+A checkpoint is one ``.npz`` file (no pickle), written at the end of every epoch. Contents: ``format``;
+``config`` (JSON: the training's configuration, `FitConfig` fields or ``rnn-compare``'s record);
+``epochs_done``; ``params/<scope>/<name>`` and ``accumulators/<scope>/<name>`` (Adagrad's state), both
+in the shared layout, float32, so a JAX checkpoint and a TensorFlow one hold the same arrays;
+``step_losses: f32[epochs_done, epoch_size]``; ``epoch_seconds``; ``meta`` (JSON: what the writer needs
+to check on resume, e.g. `fit`'s data seed and data hashes, ``rnn-compare``'s implementation, initial
+parameters' fingerprint and timings). The data stream needs no state: the epochs of a seed come from
+one ``default_rng(seed)`` stream (`jax_rnn.data.epochs`), so a resumed run regenerates and skips them.
 
 Atomic: the bytes go to a temporary file in the same directory (``.NAME.<random>.tmp``), are flushed
 and fsync'ed, then ``os.replace``-d over the target, so the target is always either the previous
@@ -28,18 +30,17 @@ import numpy as np
 
 from .layout import PARAM_KEYS
 
-FORMAT = "jax_rnn.fit checkpoint v2"  # v2: rng holds [seed] (v1: a jax.random key)
+FORMAT = "rnn-scan checkpoint v1"  # replaces "jax_rnn.fit checkpoint v2" and "rnn-compare run checkpoint v1"
 
 
 class Checkpoint(NamedTuple):
-    config: dict               # FitConfig fields
+    config: dict               # the configuration it continues (JSON-able)
     epochs_done: int
     params: dict               # shared layout, float32 numpy
-    opt_leaves: list           # numpy arrays, jax.tree.leaves order
+    accumulators: dict         # Adagrad's accumulators, shared layout (`jax_rnn.optim.accumulators`)
     step_losses: np.ndarray    # f32[epochs_done, epoch_size]
     epoch_seconds: list
-    rng: np.ndarray            # [seed] of the data stream
-    data_rows: list            # per-epoch data hashes, or ["generated"]
+    meta: dict                 # the writer's own record (JSON-able)
 
 
 def atomic_write(path, data: bytes) -> Path:
@@ -94,43 +95,43 @@ def save(path, ckpt: Checkpoint) -> Path:
               "epochs_done": np.array(ckpt.epochs_done, np.int64),
               "step_losses": np.asarray(ckpt.step_losses, np.float32),
               "epoch_seconds": np.asarray(ckpt.epoch_seconds, np.float64),
-              "rng": np.asarray(ckpt.rng, np.int64), "data_rows": np.array(json.dumps(list(ckpt.data_rows)))}
-    for key in PARAM_KEYS:
-        scope, name = key.split("/")
-        arrays[f"params/{key}"] = np.asarray(ckpt.params[scope][name], np.float32)
-    for i, leaf in enumerate(ckpt.opt_leaves):
-        arrays[f"opt/{i}"] = np.asarray(leaf)
+              "meta": np.array(json.dumps(ckpt.meta, sort_keys=True))}
+    for group in ("params", "accumulators"):
+        for key in PARAM_KEYS:
+            scope, name = key.split("/")
+            arrays[f"{group}/{key}"] = np.asarray(getattr(ckpt, group)[scope][name], np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return atomic_write(path, buffer.getvalue())
 
 
-def load(path) -> Checkpoint:
-    """Read a checkpoint; FileNotFoundError / ValueError naming the path and what is wrong."""
+def load(path, where: str = "resume") -> Checkpoint:
+    """Read a checkpoint; FileNotFoundError / ValueError starting with ``where`` and naming the path and
+    what is wrong (unreadable, another format, a missing key, non-finite parameters or accumulators)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"resume: no checkpoint file at {path}")
+        raise FileNotFoundError(f"{where}: no checkpoint file at {path}")
     try:
         arrays = read_npz(path)
     except ValueError as err:
-        raise ValueError(f"resume: cannot read {path} as a jax_rnn checkpoint ({err})") from None
+        raise ValueError(f"{where}: cannot read {path} as an rnn-scan checkpoint ({err})") from None
     fmt = str(arrays.get("format", ""))
     if fmt != FORMAT:
-        raise ValueError(f"resume: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r})")
-    required = {"config", "epochs_done", "step_losses", "epoch_seconds", "rng", "data_rows",
-                *(f"params/{k}" for k in PARAM_KEYS)}
+        raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r}; checkpoints of "
+                         f"rnn-scan before TBPTT cannot be resumed)")
+    groups = {"params": {}, "accumulators": {}}
+    required = {"config", "epochs_done", "step_losses", "epoch_seconds", "meta",
+                *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)}
     missing = sorted(required - set(arrays))
     if missing:
-        raise ValueError(f"resume: {path} lacks {', '.join(missing)}")
-    params: dict = {}
-    for key in PARAM_KEYS:
-        scope, name = key.split("/")
-        value = arrays[f"params/{key}"]
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"resume: {path}: params {key} contains NaN or inf")
-        params.setdefault(scope, {})[name] = value
-    count = sum(1 for key in arrays if key.startswith("opt/"))
-    opt_leaves = [arrays[f"opt/{i}"] for i in range(count)]
-    return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), params, opt_leaves,
-                      arrays["step_losses"], list(arrays["epoch_seconds"]), arrays["rng"],
-                      json.loads(str(arrays["data_rows"])))
+        raise ValueError(f"{where}: {path} lacks {', '.join(missing)}")
+    for group, tree in groups.items():
+        for key in PARAM_KEYS:
+            scope, name = key.split("/")
+            value = arrays[f"{group}/{key}"]
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{where}: {path}: {group} {key} contains NaN or inf")
+            tree.setdefault(scope, {})[name] = value
+    return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), groups["params"],
+                      groups["accumulators"], arrays["step_losses"], list(arrays["epoch_seconds"]),
+                      json.loads(str(arrays["meta"])))

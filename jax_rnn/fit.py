@@ -23,7 +23,7 @@ from . import checkpoint as ckpt_io
 from . import data as task
 from . import validate
 from .model import Params, glorot_params
-from .optim import adagrad
+from .optim import accumulators, adagrad, with_accumulators
 from .train import train_epoch_guarded
 
 
@@ -172,10 +172,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         saved = ckpt_io.load(resume)
         _check_resumable(saved, c, resume, rows)
         params = jax.tree.map(jnp.asarray, saved.params)
-        treedef = jax.tree.structure(optimizer.init(params))
-        if treedef.num_leaves != len(saved.opt_leaves):
-            raise ValueError(f"resume: {resume}: {len(saved.opt_leaves)} optimizer-state arrays, expected {treedef.num_leaves}")
-        opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in saved.opt_leaves])
+        opt_state = with_accumulators(optimizer.init(params), jax.tree.map(jnp.asarray, saved.accumulators))
         losses, seconds, start_epoch = list(saved.step_losses), list(saved.epoch_seconds), saved.epochs_done
     else:
         if params is None:
@@ -206,8 +203,8 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         if checkpoint is not None:
             ckpt_io.save(checkpoint, ckpt_io.Checkpoint(
                 dataclasses.asdict(c), epoch + 1, jax.tree.map(np.asarray, params),
-                [np.asarray(a) for a in jax.tree.leaves(opt_state)], np.stack(losses), seconds,
-                np.asarray([c.seed]), rows[: epoch + 1] if rows else ["generated"]))
+                jax.tree.map(np.asarray, accumulators(opt_state)), np.stack(losses), seconds,
+                {"writer": "fit", "data_rows": rows[: epoch + 1] if rows else ["generated"]}))
         if callback is not None:
             callback(epoch, epoch_losses)
     return _result(params, opt_state, losses, c, seconds)
@@ -220,6 +217,8 @@ def _result(params, opt_state, losses, c: FitConfig, seconds) -> FitResult:
 
 def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     """A checkpoint continues only the same training: same config (but ``epochs``), same data."""
+    if saved.meta.get("writer") != "fit":
+        raise ValueError(f"resume: {path} was written by {saved.meta.get('writer')!r}, not by fit")
     mine = dataclasses.asdict(c)
     fields = sorted(set(mine) | set(saved.config))
     differ = [f for f in fields if f != "epochs" and saved.config.get(f) != mine.get(f)]
@@ -231,12 +230,9 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     if saved.step_losses.shape != (saved.epochs_done, c.epoch_size):
         raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
                          f"{(saved.epochs_done, c.epoch_size)}")
-    if not np.array_equal(saved.rng, [c.seed]):
-        raise ValueError(f"resume: {path}: its data stream is not the one of seed={c.seed} (a checkpoint "
-                         f"written before rnn-scan made fit's data with jax_rnn.data cannot be resumed)")
-    if rows is None and saved.data_rows != ["generated"]:
+    if rows is None and saved.meta["data_rows"] != ["generated"]:
         raise ValueError(f"resume: {path} was trained on caller data; pass the same data")
-    if rows is not None and saved.data_rows != rows[: saved.epochs_done]:
+    if rows is not None and saved.meta["data_rows"] != rows[: saved.epochs_done]:
         raise ValueError(f"resume: {path} was trained on other data than the first {saved.epochs_done} "
                          f"epoch(s) of the data passed now")
 

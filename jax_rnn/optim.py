@@ -36,3 +36,14 @@ def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = 0.1) 
 @functools.cache
 def _adagrad(learning_rate: float, initial_accumulator_value: float) -> optax.GradientTransformation:
     return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=0.0)
+
+
+def accumulators(opt_state):
+    """Adagrad's accumulators (optax's ``sum_of_squares``), a pytree in the layout of the parameters: the
+    optimizer state that TensorFlow's ``AdagradOptimizer`` keeps in its ``accumulator`` slots."""
+    return opt_state[0].sum_of_squares
+
+
+def with_accumulators(opt_state, accumulators):
+    """``opt_state`` (of `adagrad`) with its accumulators replaced, e.g. to resume from a checkpoint."""
+    return (opt_state[0]._replace(sum_of_squares=accumulators), *opt_state[1:])

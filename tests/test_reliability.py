@@ -223,6 +223,22 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys, truncation):
         assert "backprop_steps=7 there vs 9 here" in capsys.readouterr().err
 
 
+def test_fit_and_the_cli_write_one_checkpoint_format(tmp_path):
+    """`fit`'s checkpoint and ``rnn-compare run``'s are one format (`jax_rnn.checkpoint`): both load with the
+    same reader and hold the same parameters and Adagrad accumulators after the same training; each
+    writer refuses the other's file by name."""
+    config = jax_rnn.FitConfig(batch_size=20, data_size=20_000, epochs=1, seed=3)
+    jax_rnn.fit(config, checkpoint=tmp_path / "fit.npz")
+    assert main(["run", "--impl", "jax", "--batch-size", "20", "--data-size", "20000", "--seed", "3", "--quiet",
+                 "--out", str(tmp_path), "--checkpoint", str(tmp_path / "ck")]) == 0
+    from_fit, from_cli = jax_rnn.checkpoint.load(tmp_path / "fit.npz"), jax_rnn.checkpoint.load(tmp_path / "ck" / "jax.npz")
+    for a, b in zip(jax.tree.leaves((from_fit.params, from_fit.accumulators, from_fit.step_losses)),
+                    jax.tree.leaves((from_cli.params, from_cli.accumulators, from_cli.step_losses))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="was written by 'rnn-compare run', not by fit"):
+        jax_rnn.fit(config, resume=tmp_path / "ck" / "jax.npz")
+
+
 def test_an_interrupted_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
     ckpt = tmp_path / "fit.npz"
     config = jax_rnn.FitConfig(data_size=2_000, batch_size=20, epochs=1)
@@ -250,7 +266,7 @@ big = np.zeros((1000, 10000), np.float32)
 params = {{"rnn_cell": {{"W": np.zeros((6, 4), np.float32), "b": np.zeros(4, np.float32)}},
           "softmax": {{"W": np.zeros((4, 2), np.float32), "b": np.zeros(2, np.float32)}}}}
 for i in range(10**6):
-    c.save({str(target)!r}, c.Checkpoint({{"i": i}}, 1, params, [], big, [0.0], np.zeros(2, np.uint32), ["generated"]))
+    c.save({str(target)!r}, c.Checkpoint({{"i": i}}, 1, params, params, big, [0.0], {{}}))
     if i == 0:
         print("ready", flush=True)
 """
