@@ -5,8 +5,9 @@ checkpoint format (`jax_rnn.checkpoint`, shared with `jax_rnn.fit`): ``config`` 
 plus the input files; ``meta`` holds ``writer`` ("rnn-compare run"), ``impl``, ``initial_params`` (the
 fingerprint), ``data`` (the data source), ``build_seconds`` and ``first_step_seconds``. Parameters and
 Adagrad's accumulators are in the shared layout, the same arrays for JAX and TensorFlow. ``sweep`` writes
-one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell (`save_cell`: its losses, not
-parameters; a resumed sweep loads the finished cells and trains the others).
+one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell, in the same format without
+parameters (`save_cell`: every seed's losses; a resumed sweep loads the finished cells and trains the
+others).
 
 Every file is written atomically (`jax_rnn.checkpoint.atomic_write`), no pickle. The data stream needs
 no saved state: epochs come from one ``default_rng(seed)`` stream (or the rows of ``--data``), so a
@@ -15,16 +16,12 @@ resumed run regenerates and skips the epochs already done (`compare.io.epoch_str
 
 from __future__ import annotations
 
-import io as _io
-import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from jax_rnn import checkpoint as ckpt_io
-from jax_rnn.checkpoint import read_npz
 
-from . import io
 from .config import Config, UsageError
 
 WRITER = "rnn-compare run"
@@ -42,27 +39,6 @@ def save(directory, impl: str, config: dict, params: dict, accumulators: dict, s
             "build_seconds": build_seconds, "first_step_seconds": first_step_seconds}
     return ckpt_io.save(path(directory, impl), ckpt_io.Checkpoint(config, len(step_losses), params, accumulators,
                                                                   np.stack(step_losses), list(epoch_seconds), meta))
-
-
-def _write(file: Path, arrays: dict) -> Path:
-    """``arrays`` as one ``.npz`` (no pickle), written atomically."""
-    buffer = _io.BytesIO()
-    np.savez(buffer, **arrays)
-    return io.write_bytes(file, buffer.getvalue())
-
-
-def _read(file: Path, file_format: str, what: str) -> Optional[dict]:
-    """The arrays of checkpoint ``file``, None if there is none yet; UsageError if it is unreadable or
-    not of ``file_format``."""
-    if not file.is_file():
-        return None
-    try:
-        arrays = read_npz(file)
-    except ValueError as err:
-        raise UsageError(f"--resume: cannot read {file} ({err})") from None
-    if str(arrays.get("format", "")) != file_format:
-        raise UsageError(f"--resume: {file} is not {what}")
-    return arrays
 
 
 def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[dict]:
@@ -108,7 +84,7 @@ def config_record(config: Config, init_params: Optional[str], data: Optional[str
     return {**config.as_dict(), "init_params": init_params, "data": data, "deterministic": deterministic}
 
 
-CELL_FORMAT = "rnn-compare sweep cell v1"
+CELL_WRITER = "rnn-compare sweep"
 
 
 def _with_defaults(saved: dict) -> dict:
@@ -124,25 +100,30 @@ def cell_path(directory, record: dict) -> Path:
 
 
 def save_cell(directory, record: dict, step_losses, diverged: list, seconds: float, time_spent: dict) -> Path:
-    """One finished sweep cell: ``record`` (what the cell is: grid config, impl, seeds), ``step_losses:
-    f32[seeds, epochs, epoch_size]``, ``diverged`` per seed, its seconds and time split."""
-    arrays = {"format": np.array(CELL_FORMAT), "config": np.array(json.dumps(record)),
-              "step_losses": np.asarray(step_losses, np.float32), "diverged": np.array(json.dumps(diverged)),
-              "seconds": np.array(seconds), "time": np.array(json.dumps(time_spent))}
-    return _write(cell_path(directory, record), arrays)
+    """One finished sweep cell, in the one checkpoint format without parameters: ``record`` (what the cell
+    is: grid config, impl, seeds), ``step_losses: f32[seeds, epochs, epoch_size]``; ``meta``: ``diverged``
+    per seed, its seconds and time split."""
+    meta = {"writer": CELL_WRITER, "diverged": diverged, "seconds": seconds, "time": time_spent}
+    return ckpt_io.save(cell_path(directory, record), ckpt_io.Checkpoint(
+        record, np.shape(step_losses)[1], None, None, step_losses, [], meta))
 
 
 def load_cell(directory, record: dict) -> Optional[tuple]:
     """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
     if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
     file = cell_path(directory, record)
-    a = _read(file, CELL_FORMAT, "an rnn-compare sweep checkpoint")
-    if a is None:
+    if not file.is_file():
         return None
-    saved = _with_defaults(json.loads(str(a["config"])))
-    differ = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
+    try:
+        saved = ckpt_io.load(file, where="--resume")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if saved.meta.get("writer") != CELL_WRITER:
+        raise UsageError(f"--resume: {file} is not an rnn-compare sweep checkpoint")
+    there = _with_defaults(saved.config)
+    differ = [k for k in sorted(set(there) | set(record)) if there.get(k) != record.get(k)]
     if differ:
-        detail = ", ".join(f"{k}={saved.get(k)!r} there vs {record.get(k)!r} here" for k in differ)
+        detail = ", ".join(f"{k}={there.get(k)!r} there vs {record.get(k)!r} here" for k in differ)
         raise UsageError(f"--resume: {file} was written by another sweep ({detail}); refusing to resume from it")
-    return (np.asarray(a["step_losses"], np.float32), json.loads(str(a["diverged"])), float(a["seconds"]),
-            json.loads(str(a["time"])))
+    meta = saved.meta
+    return np.asarray(saved.step_losses, np.float32), meta["diverged"], float(meta["seconds"]), meta["time"]

@@ -1,12 +1,12 @@
-"""The project's one checkpoint format (`fit` and ``rnn-compare run``), and its one atomic writer.
+"""The project's one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``), and its one atomic writer.
 
 A checkpoint is one ``.npz`` file (no pickle), written at the end of every epoch. Contents: ``format``;
 ``config`` (JSON: the training's configuration, `FitConfig` fields or ``rnn-compare``'s record);
 ``epochs_done``; ``params/<scope>/<name>`` and ``accumulators/<scope>/<name>`` (Adagrad's state), both
-in the shared layout, float32, so a JAX checkpoint and a TensorFlow one hold the same arrays;
-``step_losses: f32[epochs_done, epoch_size]``; ``epoch_seconds``; ``meta`` (JSON: what the writer needs
-to check on resume, e.g. `fit`'s data seed and data hashes, ``rnn-compare``'s implementation, initial
-parameters' fingerprint and timings). The data stream needs no state: the epochs of a seed come from
+in the shared layout, float32, so a JAX checkpoint and a TensorFlow one hold the same arrays (absent
+from a record of losses only: a finished sweep cell); ``step_losses: f32[..., epochs_done, epoch_size]``;
+``epoch_seconds``; ``meta`` (JSON: the ``writer`` and what it checks on resume, e.g. `fit`'s data
+hashes, ``rnn-compare``'s implementation, initial parameters' fingerprint and timings). The data stream needs no state: the epochs of a seed come from
 one ``default_rng(seed)`` stream (`jax_rnn.data.epochs`), so a resumed run regenerates and skips them.
 
 Atomic: the bytes go to a temporary file in the same directory (``.NAME.<random>.tmp``), are flushed
@@ -36,9 +36,9 @@ FORMAT = "rnn-scan checkpoint v1"  # replaces "jax_rnn.fit checkpoint v2" and "r
 class Checkpoint(NamedTuple):
     config: dict               # the configuration it continues (JSON-able)
     epochs_done: int
-    params: dict               # shared layout, float32 numpy
-    accumulators: dict         # Adagrad's accumulators, shared layout (`jax_rnn.optim.accumulators`)
-    step_losses: np.ndarray    # f32[epochs_done, epoch_size]
+    params: dict | None        # shared layout, float32 numpy (None: a record of losses only)
+    accumulators: dict | None  # Adagrad's accumulators, shared layout (`jax_rnn.optim.accumulators`)
+    step_losses: np.ndarray    # f32[..., epochs_done, epoch_size]
     epoch_seconds: list
     meta: dict                 # the writer's own record (JSON-able)
 
@@ -97,7 +97,7 @@ def save(path, ckpt: Checkpoint) -> Path:
               "epoch_seconds": np.asarray(ckpt.epoch_seconds, np.float64),
               "meta": np.array(json.dumps(ckpt.meta, sort_keys=True))}
     for group in ("params", "accumulators"):
-        for key in PARAM_KEYS:
+        for key in PARAM_KEYS if getattr(ckpt, group) is not None else ():
             scope, name = key.split("/")
             arrays[f"{group}/{key}"] = np.asarray(getattr(ckpt, group)[scope][name], np.float32)
     buffer = io.BytesIO()
@@ -119,7 +119,7 @@ def load(path, where: str = "resume") -> Checkpoint:
     if fmt != FORMAT:
         raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r}; checkpoints of "
                          f"rnn-scan before TBPTT cannot be resumed)")
-    groups = {"params": {}, "accumulators": {}}
+    groups = {g: {} for g in ("params", "accumulators") if any(k.startswith(g + "/") for k in arrays)}
     required = {"config", "epochs_done", "step_losses", "epoch_seconds", "meta",
                 *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)}
     missing = sorted(required - set(arrays))
@@ -132,6 +132,6 @@ def load(path, where: str = "resume") -> Checkpoint:
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"{where}: {path}: {group} {key} contains NaN or inf")
             tree.setdefault(scope, {})[name] = value
-    return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), groups["params"],
-                      groups["accumulators"], arrays["step_losses"], list(arrays["epoch_seconds"]),
+    return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), groups.get("params"),
+                      groups.get("accumulators"), arrays["step_losses"], list(arrays["epoch_seconds"]),
                       json.loads(str(arrays["meta"])))

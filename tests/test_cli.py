@@ -13,6 +13,7 @@ from compare import io
 from compare.cli import main
 from jax_rnn.model import glorot_params
 from compare.run import agreement
+from jax_rnn import checkpoint as jax_rnn_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--data-size", "20000", "--batch-size", "20", "--quiet"]  # 200 windows of [20, 5] per epoch
@@ -290,7 +291,7 @@ def test_sweep_killed_part_way_and_resumed_gives_the_same_results(tmp_path):
     full, resumed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("full", "resumed"))
     assert [(c["final_losses"], c["avg_losses"]) for c in full["cells"]] == \
            [(c["final_losses"], c["avg_losses"]) for c in resumed["cells"]]
-    saved = np.load(finished[0])
+    saved = jax_rnn_checkpoint.load(finished[0]).meta
     cell = next(c for c in resumed["cells"] if finished[0].name == f"sweep-{c['num_steps']}-{c['state_size']}-jax.npz")
     assert cell["seconds"] == float(saved["seconds"])  # loaded from the checkpoint, not trained again
     assert len(list(ck.glob("*.npz"))) == 3            # and the resumed sweep checkpointed the rest
