@@ -46,20 +46,11 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     UsageError naming what differs if it was written by another config, other starting parameters or
     other data, or if it is unreadable."""
     file = path(directory, impl)
-    if not file.is_file():
+    saved = _open(file, WRITER, f"an rnn-compare checkpoint of {impl}", lambda meta: meta.get("impl") == impl)
+    if saved is None:
         return None
-    try:
-        saved = ckpt_io.load(file, where="--resume")
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    _same(file, saved.config, config, MATCHED, "config")
     meta = saved.meta
-    if meta.get("writer") != WRITER or meta.get("impl") != impl:
-        raise UsageError(f"--resume: {file} is not an rnn-compare checkpoint of {impl}")
-    config_there = _with_defaults(saved.config)
-    differ = [k for k in MATCHED if config_there.get(k) != config.get(k)]
-    if differ:
-        detail = ", ".join(f"{k}={config_there.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
-        raise UsageError(f"--resume: {file} was written by another config ({detail}); refusing to resume from it")
     if meta["initial_params"] != initial_params or meta["data"] != data:
         raise UsageError(f"--resume: {file} started from other parameters or data than this run")
     if saved.epochs_done > config["epochs"]:
@@ -112,18 +103,32 @@ def load_cell(directory, record: dict) -> Optional[tuple]:
     """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
     if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
     file = cell_path(directory, record)
+    saved = _open(file, CELL_WRITER, "an rnn-compare sweep checkpoint")
+    if saved is None:
+        return None
+    _same(file, saved.config, record, sorted(set(saved.config) | set(record)), "sweep")
+    meta = saved.meta
+    return np.asarray(saved.step_losses, np.float32), meta["diverged"], float(meta["seconds"]), meta["time"]
+
+
+def _open(file: Path, writer: str, what: str, belongs=lambda meta: True) -> Optional[ckpt_io.Checkpoint]:
+    """Checkpoint ``file`` (`jax_rnn.checkpoint`), None if there is none yet; UsageError if it is unreadable
+    or not ``what`` (its writer, and ``belongs(meta)``)."""
     if not file.is_file():
         return None
     try:
         saved = ckpt_io.load(file, where="--resume")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if saved.meta.get("writer") != CELL_WRITER:
-        raise UsageError(f"--resume: {file} is not an rnn-compare sweep checkpoint")
-    there = _with_defaults(saved.config)
-    differ = [k for k in sorted(set(there) | set(record)) if there.get(k) != record.get(k)]
+    if saved.meta.get("writer") != writer or not belongs(saved.meta):
+        raise UsageError(f"--resume: {file} is not {what}")
+    return saved
+
+
+def _same(file: Path, there: dict, here: dict, keys, what: str) -> None:
+    """UsageError naming every key of ``keys`` whose value differs between the checkpoint and this run."""
+    there = _with_defaults(there)
+    differ = [k for k in keys if there.get(k) != here.get(k)]
     if differ:
-        detail = ", ".join(f"{k}={there.get(k)!r} there vs {record.get(k)!r} here" for k in differ)
-        raise UsageError(f"--resume: {file} was written by another sweep ({detail}); refusing to resume from it")
-    meta = saved.meta
-    return np.asarray(saved.step_losses, np.float32), meta["diverged"], float(meta["seconds"]), meta["time"]
+        detail = ", ".join(f"{k}={there.get(k)!r} there vs {here.get(k)!r} here" for k in differ)
+        raise UsageError(f"--resume: {file} was written by another {what} ({detail}); refusing to resume from it")
