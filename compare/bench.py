@@ -22,9 +22,9 @@ import time
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.driver import train
 from jax_rnn.model import glorot_params
 
-from . import io
 from .config import BASELINE, Config
 from .environment import describe
 from .run import json_safe, targets
@@ -72,22 +72,21 @@ class PeakRss:
 
 
 def time_one(impl: str, config: Config, params: dict, windows: list, device: str, bar) -> dict:
-    """Build ``impl``, run the warm-up epoch ``windows[0]``, time the rest; the figures of one row."""
+    """Build ``impl``, train the warm-up epoch ``windows[0]`` and time the rest (`jax_rnn.driver.train`);
+    the figures of one row."""
     with PeakRss() as memory:
         trainer = make_trainer(impl, config, params, device)
         try:
-            first = trainer.train_epoch(*windows[0])
-            bar.update(1)
-            seconds = []
-            for xw, yw in windows[1:]:
-                seconds.append(trainer.train_epoch(xw, yw).seconds)
-                bar.update(1)
+            history = train(trainer, windows, after_epoch=lambda h, t: bar.update(1))
         finally:
             trainer.close()
+    if history.stopped:
+        raise RuntimeError(f"bench: {impl} diverged at {history.diverged[0]}; lower --learning-rate")
+    first, seconds = history.epoch_seconds[0] + (history.first_step_seconds or 0.0), history.epoch_seconds[1:]
     median = statistics.median(seconds)
     return {
-        "build_seconds": trainer.build_seconds, "first_step_seconds": first.first_step_seconds,
-        "first_epoch_seconds": first.seconds, "epoch_seconds": seconds, "median_epoch_seconds": median,
+        "build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
+        "first_epoch_seconds": first, "epoch_seconds": seconds, "median_epoch_seconds": median,
         "min_epoch_seconds": min(seconds), "max_epoch_seconds": max(seconds),
         "spread": (max(seconds) - min(seconds)) / median,
         "steps_per_second": config.epoch_size / median, "points_per_second": config.points_per_epoch / median,
@@ -105,7 +104,7 @@ def bench(config: Config, devices, quiet: bool = False) -> dict:
     """
 
     params = glorot_params(config.num_classes, config.state_size, config.seed)
-    windows = [task.windows(x, y, config.batch_size, config.num_steps) for x, y in io.epoch_stream(config)]
+    windows = list(task.epoch_windows(config))
     results = {}
     with tqdm(total=len(config.impls) * config.epochs, desc="bench", unit="epoch", disable=quiet) as bar:
         for impl in config.impls:

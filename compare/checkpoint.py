@@ -5,13 +5,13 @@ checkpoint format (`jax_rnn.checkpoint`, shared with `jax_rnn.fit`): ``config`` 
 plus the input files; ``meta`` holds ``writer`` ("rnn-compare run"), ``impl``, ``initial_params`` (the
 fingerprint), ``data`` (the data source), ``build_seconds`` and ``first_step_seconds``. Parameters and
 Adagrad's accumulators are in the shared layout, the same arrays for JAX and TensorFlow. ``sweep`` writes
-one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per finished cell, in the same format without
-parameters (`save_cell`: every seed's losses; a resumed sweep loads the finished cells and trains the
-others).
+one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per cell (`save_cell`): a JAX cell after every
+epoch, with every seed's parameters; when the cell is done, its losses only. A resumed sweep loads the
+finished cells and continues the others.
 
 Every file is written atomically (`jax_rnn.checkpoint.atomic_write`), no pickle. The data stream needs
 no saved state: epochs come from one ``default_rng(seed)`` stream (or the rows of ``--data``), so a
-resumed run regenerates and skips the epochs already done (`compare.io.epoch_stream` with ``start``).
+resumed run regenerates and skips the epochs already done (`jax_rnn.data.epoch_windows` with ``start``).
 """
 
 from __future__ import annotations
@@ -33,15 +33,13 @@ def path(directory, impl: str) -> Path:
     return Path(directory) / f"{impl}.npz"
 
 
-def save(directory, impl: str, config: dict, params: dict, accumulators: dict, step_losses, epoch_seconds,
-         build_seconds: float, first_step_seconds: Optional[float], initial_params: str, data: str) -> Path:
-    meta = {"writer": WRITER, "impl": impl, "initial_params": initial_params, "data": data,
-            "build_seconds": build_seconds, "first_step_seconds": first_step_seconds}
-    return ckpt_io.save(path(directory, impl), ckpt_io.Checkpoint(config, len(step_losses), params, accumulators,
-                                                                  np.stack(step_losses), list(epoch_seconds), meta))
+def save(directory, impl: str, record: dict, history, trainer, initial_params: str, data: str) -> Path:
+    """``DIR/<impl>.npz``: the training so far (a `jax_rnn.driver.History` and its trainer's parameters)."""
+    meta = {"writer": WRITER, "impl": impl, "initial_params": initial_params, "data": data}
+    return ckpt_io.save(path(directory, impl), history.checkpoint(record, trainer, meta))
 
 
-def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[dict]:
+def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[ckpt_io.Checkpoint]:
     """The checkpoint of ``impl`` in ``directory`` (None if there is none yet), checked against this run:
     UsageError naming what differs if it was written by another config, other starting parameters or
     other data, or if it is unreadable."""
@@ -50,14 +48,11 @@ def load(directory, impl: str, config: dict, initial_params: str, data: str) -> 
     if saved is None:
         return None
     _same(file, saved.config, config, MATCHED, "config")
-    meta = saved.meta
-    if meta["initial_params"] != initial_params or meta["data"] != data:
+    if saved.meta["initial_params"] != initial_params or saved.meta["data"] != data:
         raise UsageError(f"--resume: {file} started from other parameters or data than this run")
     if saved.epochs_done > config["epochs"]:
         raise UsageError(f"--resume: {file} holds {saved.epochs_done} epochs, more than --epochs {config['epochs']}")
-    return {"epochs_done": saved.epochs_done, "params": saved.params, "accumulators": saved.accumulators,
-            "step_losses": list(saved.step_losses), "epoch_seconds": [float(s) for s in saved.epoch_seconds],
-            "build_seconds": meta["build_seconds"], "first_step_seconds": meta["first_step_seconds"], "file": str(file)}
+    return saved
 
 
 def check_dirs(checkpoint, resume) -> None:
@@ -90,25 +85,23 @@ def cell_path(directory, record: dict) -> Path:
     return Path(directory) / f"sweep-{n}{'' if k2 == n else f'x{k2}'}-{record['state_size']}-{record['impl']}.npz"
 
 
-def save_cell(directory, record: dict, step_losses, diverged: list, seconds: float, time_spent: dict) -> Path:
-    """One finished sweep cell, in the one checkpoint format without parameters: ``record`` (what the cell
-    is: grid config, impl, seeds), ``step_losses: f32[seeds, epochs, epoch_size]``; ``meta``: ``diverged``
-    per seed, its seconds and time split."""
-    meta = {"writer": CELL_WRITER, "diverged": diverged, "seconds": seconds, "time": time_spent}
-    return ckpt_io.save(cell_path(directory, record), ckpt_io.Checkpoint(
-        record, np.shape(step_losses)[1], None, None, step_losses, [], meta))
+def save_cell(directory, record: dict, cell: ckpt_io.Checkpoint) -> Path:
+    """Sweep cell ``record`` (grid config, impl, seeds) in the one checkpoint format, as its config: in
+    progress, the trainer's checkpoint (parameters of every seed, `jax_rnn.driver.History.checkpoint`);
+    finished, without parameters, ``step_losses: f32[seeds, epochs, epoch_size]`` and in ``meta`` its
+    ``diverged`` per seed, ``seconds`` and ``time`` split."""
+    return ckpt_io.save(cell_path(directory, record), cell._replace(config=record, meta={**cell.meta,
+                                                                                       "writer": CELL_WRITER}))
 
 
-def load_cell(directory, record: dict) -> Optional[tuple]:
-    """The finished cell ``record`` from ``directory``: ``(step_losses, diverged, seconds, time)``, or None
-    if it has not finished; UsageError if the file is unreadable or was written by another sweep."""
+def load_cell(directory, record: dict) -> Optional[ckpt_io.Checkpoint]:
+    """Sweep cell ``record`` from ``directory``: finished (``params`` None) or in progress, or None if it is
+    not there; UsageError if the file is unreadable or was written by another sweep."""
     file = cell_path(directory, record)
     saved = _open(file, CELL_WRITER, "an rnn-compare sweep checkpoint")
-    if saved is None:
-        return None
-    _same(file, saved.config, record, sorted(set(saved.config) | set(record)), "sweep")
-    meta = saved.meta
-    return np.asarray(saved.step_losses, np.float32), meta["diverged"], float(meta["seconds"]), meta["time"]
+    if saved is not None:
+        _same(file, saved.config, record, sorted(set(saved.config) | set(record)), "sweep")
+    return saved
 
 
 def _open(file: Path, writer: str, what: str, belongs=lambda meta: True) -> Optional[ckpt_io.Checkpoint]:

@@ -18,12 +18,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from jax_rnn import data as task
 from jax_rnn import layout
 from jax_rnn.checkpoint import atomic_write, read_npz
 from jax_rnn.layout import PARAM_KEYS
 
-from .config import Config, UsageError
+from .config import UsageError
 
 # --- parameters ----------------------------------------------------------------------------------
 
@@ -106,21 +105,6 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     if x.shape != y.shape:
         raise UsageError(f"--data: {path}: x and y must have one shape, got {list(x.shape)} and {list(y.shape)}")
     return x.astype(np.int32), y.astype(np.int32)
-
-
-def epoch_stream(config: Config, data: tuple[np.ndarray, np.ndarray] | None = None, seed: int | None = None,
-                 start: int = 0):
-    """Yield ``(x, y)``, ``int32[data_size]`` each, for every epoch: rows of ``data``, or fresh data.
-
-    Fresh data comes from ``jax_rnn.data.epochs``: `gen_data` on one ``np.random.default_rng(seed)`` stream for
-    all epochs (the tutorial's ``gen_epochs``); a new call restarts the stream, so every implementation
-    sees the same epochs. ``seed`` defaults to ``config.seed``. ``start``: skip the first epochs (a
-    resumed run: they are generated and dropped, so the stream continues exactly where it was).
-    """
-    if data is not None:
-        yield from zip(data[0][start: config.epochs], data[1][start: config.epochs])
-        return
-    yield from task.epochs(config.data_size, config.seed if seed is None else seed, config.epochs, start)
 
 
 # --- outputs -------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from tqdm import tqdm
 from jax_rnn.fit import running_averages  # noqa: F401  (re-exported: compare's one averaging rule)
 
 from jax_rnn import data as task
+from jax_rnn.checkpoint import Checkpoint
+from jax_rnn.driver import History, train
 
 from . import checkpoint, io
 from .config import AGREEMENT_TOLERANCE, Config
@@ -63,70 +65,54 @@ def final_loss(step_losses: np.ndarray, last: int = LOG_EVERY) -> float:
 
 
 def train_one(impl: str, config: Config, params: dict, data, device: str, quiet: bool = False,
-              checkpoint_dir=None, resume: Optional[dict] = None, record: Optional[dict] = None,
+              checkpoint_dir=None, resume: Optional[Checkpoint] = None, record: Optional[dict] = None,
               deterministic: bool = False):
-    """Train one implementation; returns ``(result dict, final params)``. See the README for the keys.
+    """Train one implementation (`jax_rnn.driver.train`); returns ``(result dict, final params)``. See the
+    README for the keys.
 
     ``checkpoint_dir``: save ``<dir>/<impl>.npz`` after every epoch (`compare.checkpoint`); ``resume``:
     a loaded checkpoint to continue from; ``record``: the config record stored in checkpoints. Training
     stops at the first non-finite loss or update (``result["diverged"]``: epoch, step, loss); the final
     parameters are then the last finite ones.
     """
-    steps = config.epochs * config.epoch_size
     fingerprint = io.fingerprint(params)
     data_source = "file" if data is not None else f"gen_data(seed={config.seed})"
-    done = resume["epochs_done"] if resume else 0
-    losses = list(resume["step_losses"]) if resume else []
-    seconds = list(resume["epoch_seconds"]) if resume else []
-    first_step = resume["first_step_seconds"] if resume else None
-    diverged = None
-    with tqdm(total=steps, initial=done * config.epoch_size, desc=f"{impl:>10}", unit="step", disable=quiet,
-              leave=False) as bar:
-        if done < config.epochs:
-            start_params = resume["params"] if resume else params
-            trainer = make_trainer(impl, config, start_params, device,
-                                   accumulators=resume["accumulators"] if resume else None, deterministic=deterministic)
-            build_seconds = trainer.build_seconds if not resume else resume["build_seconds"]
+    history = History.from_checkpoint(resume) if resume else History()
+    final_params = resume.params if resume else params
+
+    def after_epoch(history: History, trainer) -> None:
+        if checkpoint_dir is not None:
+            checkpoint.save(checkpoint_dir, impl, record or {}, history, trainer, fingerprint, data_source)
+
+    with tqdm(total=config.epochs * config.epoch_size, initial=history.epochs * config.epoch_size, desc=f"{impl:>10}",
+              unit="step", disable=quiet, leave=False) as bar:
+        if history.epochs < config.epochs:
+            trainer = make_trainer(impl, config, final_params, device, resume.accumulators if resume else None,
+                                   deterministic)
             try:
-                for epoch, (x, y) in enumerate(io.epoch_stream(config, data, start=done), start=done):
-                    xw, yw = task.windows(x, y, config.batch_size, config.num_steps)
-                    stats = trainer.train_epoch(xw, yw, progress=bar.update)
-                    losses.append(stats.losses)
-                    if first_step is None and stats.first_step_seconds is not None:
-                        first_step = stats.first_step_seconds  # counted in compile_seconds, not here
-                        seconds.append(stats.seconds - first_step)
-                    else:
-                        seconds.append(stats.seconds)
-                    if stats.diverged_at is not None:
-                        k = stats.diverged_at
-                        diverged = {"epoch": epoch, "step": k, "global_step": epoch * config.epoch_size + k,
-                                    "loss": float(stats.losses[k])}
-                        break
-                    if checkpoint_dir is not None:
-                        checkpoint.save(checkpoint_dir, impl, record or {}, trainer.get_params(),
-                                        trainer.get_accumulators(), losses, seconds, build_seconds, first_step,
-                                        fingerprint, data_source)
+                windows = task.epoch_windows(config, data, start=history.epochs)
+                history = train(trainer, windows, history, after_epoch, progress=bar.update)
                 final_params = trainer.get_params()
             finally:
                 trainer.close()
-        else:  # the checkpoint already holds every epoch
-            final_params, build_seconds = resume["params"], resume["build_seconds"]
-    step_losses = np.stack(losses).reshape(-1)
+    step_losses = history.losses().reshape(-1)
+    d = history.diverged[0]
+    diverged = None if d is None else {**d._asdict(), "global_step": d.epoch * config.epoch_size + d.step}
     if diverged is not None:
         step_losses = step_losses[: diverged["global_step"] + 1]  # up to the diverged window (NaN after it)
+    seconds = history.epoch_seconds
     total = float(sum(seconds))
-    finite = step_losses[np.isfinite(step_losses)]
-    loss = final_loss(finite) if diverged is None else None
-    compile_seconds = build_seconds + (first_step or 0.0)
+    loss = final_loss(step_losses) if diverged is None else None
+    first_step = history.first_step_seconds
     timed = len(step_losses) - (1 if first_step is not None else 0)  # TF's first step is in compile_seconds
     result = {
         "step_losses": [float(v) for v in step_losses],
-        "avg_losses": [float(v) for v in running_averages(np.stack(losses))] if diverged is None else [],
+        "avg_losses": [float(v) for v in running_averages(history.losses())] if diverged is None else [],
         "final_loss": loss,
         "level": task.level(loss) if diverged is None else "diverged",
         "diverged": diverged,
-        "compile_seconds": compile_seconds,
-        "build_seconds": build_seconds,
+        "compile_seconds": history.build_seconds + (first_step or 0.0),
+        "build_seconds": history.build_seconds,
         "first_step_seconds": first_step,
         "epoch_seconds": seconds,
         "timed_steps": timed,
@@ -136,8 +122,6 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
         "initial_params": fingerprint,
         "data": data_source,
     }
-    if resume:
-        result["resumed_from"] = {"file": resume["file"], "epochs_done": resume["epochs_done"]}
     return result, final_params
 
 
@@ -191,6 +175,9 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
         device = devices.jax if impl == "jax" else devices.tf
         results[impl], final_params = train_one(impl, config, params, data, device, quiet, checkpoint_dir,
                                                 resumes[impl], record, deterministic)
+        if resumes[impl] is not None:
+            results[impl]["resumed_from"] = {"file": str(checkpoint.path(resume_dir, impl)),
+                                             "epochs_done": resumes[impl].epochs_done}
         if save_params and impl in save_params:
             io.save_params(save_params[impl], final_params)
             results[impl]["saved_params"] = str(save_params[impl])

@@ -4,7 +4,7 @@ A third axis, ``--backprop-steps``, trains each num_steps k1 as TBPTT(k1, k2) fo
 (r2rt's "Styles of Truncated Backpropagation"); a cell is then (num_steps, backprop_steps, state_size).
 
 Seed ``s`` fixes both the initial parameters (numpy Glorot, `jax_rnn.glorot_params`) and the data stream
-(`io.epoch_stream`), so every implementation sees the same runs. With ``jax`` all seeds of a cell
+(`jax_rnn.data.epochs`), so every implementation sees the same runs. With ``jax`` all seeds of a cell
 train together: one ``jax_rnn.train_runs`` call (``vmap`` over a leading seed axis) per epoch. The
 TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs, or CPU devices made
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the seeds are split over them with a
@@ -15,7 +15,7 @@ thread; every seed's epochs are generated once and shared by all cells. The resu
 went (``time``: data, compile, training, per cell and added up).
 
 Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
-``diverged`` (per seed: ``{"epoch", "step"}`` of the first such window, 0-based, or None) and counts
+``diverged`` (per seed: ``{"epoch", "step", "loss"}`` of the first such window, 0-based, or None) and counts
 as level ``"diverged"``; every seed stops learning there (``tf_rnn``'s guard; JAX's guarded vmapped
 runs, `jax_rnn.train_runs` with ``guard=True``). A cell's final-loss statistics are over the seeds that did not
 diverge, and its level is ``"diverged"`` if any seed did. Non-finite floats are None in the result.
@@ -31,6 +31,7 @@ import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import jax
 import jax.monitoring
@@ -39,6 +40,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.checkpoint import Checkpoint
+from jax_rnn.driver import History, JaxTrainer, train
 from jax_rnn.model import glorot_params
 
 from . import checkpoint, io
@@ -95,23 +98,23 @@ class SharedData:
 
     def __init__(self, config: Config, seeds: list[int], timings: Timings):
         start = time.perf_counter()
-        self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in io.epoch_stream(config, seed=s)]
+        self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in task.epochs(config.data_size, s, config.epochs)]
                        for s in seeds}
         self.timings = timings
         timings.add("data", time.perf_counter() - start)
 
-    def windows(self, config: Config, seed: int):
-        """Seed ``seed``'s epochs cut for ``config``: ``(x_windows, y_windows)`` per epoch, ``int32[epoch_size,
-        batch, num_steps]`` each."""
-        for x, y in self.epochs[seed]:
+    def windows(self, config: Config, seed: int, start: int = 0):
+        """Seed ``seed``'s epochs from ``start`` cut for ``config``: ``(x_windows, y_windows)`` per epoch,
+        ``int32[epoch_size, batch, num_steps]`` each."""
+        for x, y in self.epochs[seed][start:]:
             start = time.perf_counter()
             cut = task.windows(x, y, config.batch_size, config.num_steps)
             self.timings.add("data", time.perf_counter() - start)
             yield cut
 
-    def stacked_windows(self, config: Config, seeds: list[int]):
-        """Per epoch, the windows of every seed: ``int32[seeds, epoch_size, batch, num_steps]`` x2."""
-        for epoch in zip(*(self.windows(config, s) for s in seeds)):
+    def stacked_windows(self, config: Config, seeds: list[int], start: int = 0):
+        """Per epoch from ``start``, the windows of every seed: ``int32[seeds, epoch_size, batch, num_steps]`` x2."""
+        for epoch in zip(*(self.windows(config, s, start) for s in seeds)):
             start = time.perf_counter()
             stacked = np.stack([w[0] for w in epoch]), np.stack([w[1] for w in epoch])
             self.timings.add("data", time.perf_counter() - start)
@@ -124,38 +127,28 @@ def run_devices(kind: str) -> list:
     return jax.devices(kind)
 
 
-def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData):
+def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData, saved=None, save=None):
     """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
-    (`jax_rnn.train_runs_sharded`; one device: plain `train_runs`). The next epoch's windows are cut
-    while the device trains (JAX dispatches asynchronously). Every run is guarded
-    (``train_runs_sharded(guard=True)``): a seed stops learning at the first window whose loss or update is
-    not finite, and its later losses are NaN, as TensorFlow's. Returns ``(float32[seeds, epochs,
-    epoch_size], diverged)``, ``diverged`` per seed: None, or ``{"epoch", "step"}`` of that window."""
-    mesh = jax_rnn.run_mesh(run_devices(device))
-    runs = [glorot_params(config.num_classes, config.state_size, s) for s in seeds]
-    params = jax.tree.map(lambda *leaves: np.stack(leaves), *runs)
-    optimizer = jax_rnn.adagrad(config.learning_rate)
-    opt_state = jax.vmap(optimizer.init)(params)
-    losses, diverged, pending = [], [None] * len(seeds), None
+    (`jax_rnn.train_runs_sharded`, with the guard: a seed stops learning at the first window whose loss or
+    update is not finite, and its later losses are NaN, as TensorFlow's). ``saved``: a checkpoint of this
+    cell in progress to continue from; ``save(checkpoint)``: called after every epoch (the cell so far).
+    Returns ``(float32[seeds, epochs, epoch_size], diverged)``, ``diverged`` per seed: None, or its
+    divergence (`_as_json`)."""
+    if saved is None:
+        runs = [glorot_params(config.num_classes, config.state_size, s) for s in seeds]
+        params, accumulators, history = jax.tree.map(lambda *leaves: np.stack(leaves), *runs), None, History()
+    else:
+        params, accumulators, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
+    trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(run_devices(device)))
 
-    def collect(epoch_out) -> None:
-        epoch_losses, at = np.array(epoch_out.losses, np.float32), np.asarray(epoch_out.diverged_at)
-        for s in range(len(seeds)):
-            if diverged[s] is not None:            # stopped in an earlier epoch
-                epoch_losses[s] = np.nan
-            elif at[s] >= 0:
-                diverged[s] = {"epoch": len(losses), "step": int(at[s])}
-        losses.append(epoch_losses)
+    def after_epoch(history: History, trainer: JaxTrainer) -> None:
         bar.update(len(seeds))
+        if save is not None:
+            save(history.checkpoint(None, trainer, {}))
 
-    for xw, yw in data.stacked_windows(config, seeds):   # cuts epoch e+1 while epoch e trains
-        if pending is not None:
-            collect(pending)
-        pending = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, optimizer, mesh=mesh, guard=True,
-                                             backprop_steps=config.backprop_steps)
-        params, opt_state = pending.params, pending.opt_state
-    collect(pending)
-    return np.stack(losses, axis=1), diverged
+    history = train(trainer, data.stacked_windows(config, seeds, start=history.epochs), history, after_epoch)
+    bar.update(len(seeds) * (config.epochs - history.epochs + 1) if history.stopped else 0)
+    return history.losses(config.epochs), _as_json(history.diverged)
 
 
 def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, data: SharedData):
@@ -164,22 +157,19 @@ def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, dat
     out, diverged = [], []
     for s in seeds:
         trainer = make_trainer(impl, config, glorot_params(config.num_classes, config.state_size, s), device)
-        losses = np.full((config.epochs, config.epoch_size), np.nan, np.float32)
-        where = None
         try:
-            for epoch, (xw, yw) in enumerate(data.windows(config, s)):
-                stats = trainer.train_epoch(xw, yw)
-                losses[epoch] = stats.losses
-                bar.update(1)
-                if stats.diverged_at is not None:
-                    where = {"epoch": epoch, "step": stats.diverged_at}
-                    bar.update(config.epochs - epoch - 1)
-                    break
+            history = train(trainer, data.windows(config, s), after_epoch=lambda h, t: bar.update(1))
         finally:
             trainer.close()
-        out.append(losses)
-        diverged.append(where)
+        bar.update(config.epochs - history.epochs + 1 if history.stopped else 0)
+        out.append(history.losses(config.epochs))
+        diverged.extend(_as_json(history.diverged))
     return np.stack(out), diverged
+
+
+def _as_json(diverged: list) -> list:
+    """Per seed, None or the `jax_rnn.driver.Divergence` as a dict (``epoch``, ``step``, ``loss``)."""
+    return [None if d is None else d._asdict() for d in diverged]
 
 
 def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, diverged: list,
@@ -226,10 +216,11 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
 
     ``workers``: how many JAX cells train at once, each in its own thread (JAX releases the GIL while it
     compiles and runs; the longest cells start first). The results do not depend on it. TensorFlow cells
-    train afterwards, one after another on the calling thread. ``checkpoint_dir``: save every finished cell there
-    (`compare.checkpoint.save_cell`, atomically); ``resume_dir``: load the cells finished there instead of
-    training them again (a sweep killed part-way recomputes only the cells that were in progress, and
-    ends with the same results).
+    train afterwards, one after another on the calling thread. ``checkpoint_dir``: save every cell there
+    (`compare.checkpoint.save_cell`, atomically): a JAX cell after every epoch, a TensorFlow cell when it
+    is done; ``resume_dir``: load the cells found there, and continue those in progress (a sweep killed
+    part-way recomputes at most the epoch each JAX cell was in, and a TensorFlow cell in progress, and ends
+    with the same results: ``resumed_epochs`` per cell says how many epochs came from the checkpoint).
 
     **Returns:** ``command``, ``config`` (the grid), ``environment``, ``targets``, ``cells`` (one per
     num_steps x state_size x impl, with ``diverged`` per seed, and ``time``: its data, compile and training
@@ -250,20 +241,27 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
         def train_cell(job):
             _, config, impl = job
             record = {**config.as_dict(), "impl": impl, "impls": None, "seeds": seeds}
-            if resume_dir is not None and (done := checkpoint.load_cell(resume_dir, record)) is not None:
+            saved = checkpoint.load_cell(resume_dir, record) if resume_dir is not None else None
+            resumed = saved.epochs_done if saved is not None else 0
+            if saved is not None and saved.params is None:  # finished
                 bar.update(len(seeds) * config.epochs)
-                return done
+                meta = saved.meta
+                return saved.step_losses, meta["diverged"], meta["seconds"], meta["time"], resumed
+            save = None if checkpoint_dir is None else partial(checkpoint.save_cell, checkpoint_dir, record)
+            if saved is not None:
+                bar.update(len(seeds) * resumed)
             start, before = time.perf_counter(), timings.mine()
             if impl == "jax":
-                losses, diverged = _train_jax(config, seeds, devices.jax, bar, data)
+                losses, diverged = _train_jax(config, seeds, devices.jax, bar, data, saved, save)
             else:
                 losses, diverged = _train_tf(impl, config, seeds, devices.tf, bar, data)
             seconds = time.perf_counter() - start
             spent = {k: v - before[k] for k, v in timings.mine().items()}
             spent["train"] = seconds - spent["data"] - spent["compile"]
-            if checkpoint_dir is not None:
-                checkpoint.save_cell(checkpoint_dir, record, losses, diverged, seconds, spent)
-            return losses, diverged, seconds, spent
+            if save is not None:
+                save(Checkpoint(None, config.epochs, None, None, losses, [],
+                                {"diverged": diverged, "seconds": seconds, "time": spent}))
+            return losses, diverged, seconds, spent, resumed
 
         jax_jobs = sorted((j for j in jobs if j[2] == "jax"), key=_cost, reverse=True)
         pool = ThreadPoolExecutor(max_workers=max(1, workers))
@@ -280,10 +278,10 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
     for i, config in enumerate(configs):
         by_impl, levels = {}, {}
         for impl in config.impls:
-            losses, diverged, seconds, spent = done[(i, config, impl)]
+            losses, diverged, seconds, spent, resumed = done[(i, config, impl)]
             by_impl[impl] = losses
             cells.append(_cell(config, impl, seeds, losses, diverged, seconds))
-            cells[-1]["time"] = spent
+            cells[-1].update(time=spent, resumed_epochs=resumed)
             levels[impl] = tuple(cells[-1]["levels"])
         for a, b in itertools.combinations(by_impl, 2):
             both = np.isfinite(by_impl[a]) & np.isfinite(by_impl[b])

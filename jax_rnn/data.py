@@ -146,6 +146,18 @@ def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int) -> tu
     return cut(x), cut(y)
 
 
+def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0):
+    """Every epoch's windows from ``start`` to ``config.epochs``: ``(x_windows, y_windows)``,
+    ``int32[epoch_size, batch_size, num_steps]`` each (`windows`), cut from the rows of ``rows = (x, y)``
+    (``int[epochs, data_size]``), or from the epochs ``config.seed`` stands for (`epochs`). ``config``: a
+    ``FitConfig`` (``epochs``, ``data_size``, ``seed``, ``batch_size``, ``num_steps``)."""
+    c = config
+    stream = (zip(rows[0][start: c.epochs], rows[1][start: c.epochs]) if rows is not None
+              else epochs(c.data_size, c.seed, c.epochs, start))
+    for x, y in stream:
+        yield windows(x, y, c.batch_size, c.num_steps)
+
+
 def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The tutorial's generator form: yields ``(x, y)`` windows ``int32[batch_size, num_steps]``."""
     x_windows, y_windows = windows(raw_data[0], raw_data[1], batch_size, num_steps)

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import data as task
 from . import validate
+from .driver import Divergence, History, JaxTrainer, train
 from .model import Params, glorot_params
-from .optim import accumulators, adagrad, with_accumulators
-from .train import train_epoch_guarded
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
@@ -88,22 +84,14 @@ class FitResult(NamedTuple):
     opt_state: object         # Adagrad's accumulators
     step_losses: np.ndarray   # f32[epochs, epoch_size]: the loss of every window
     avg_losses: np.ndarray    # f64[epochs * (epoch_size // log_every)]: the tutorial's log lines
-    epoch_seconds: list       # wall time of each epoch (the first includes compilation)
-    diverged: Optional["Divergence"] = None   # set on the result carried by `TrainingDiverged`
+    epoch_seconds: list       # wall time of each epoch (compilation is ``build_seconds``)
+    diverged: Optional[Divergence] = None   # set on the result carried by `TrainingDiverged`
+    build_seconds: Optional[float] = None    # compiling the epoch, ahead of time
 
     @property
     def final_loss(self) -> float:
         """Mean of the last ``log_every`` step losses (the tutorial's last log line, computed right)."""
         return float(self.avg_losses[-1]) if len(self.avg_losses) else float(np.mean(self.step_losses[-1]))
-
-
-class Divergence(NamedTuple):
-    """Where training stopped: window ``step`` (0-based) of epoch ``epoch`` (0-based) had a non-finite
-    loss, or its update made a parameter or Adagrad accumulator non-finite; ``loss`` is that window's loss."""
-
-    epoch: int
-    step: int
-    loss: float
 
 
 class TrainingDiverged(RuntimeError):
@@ -161,19 +149,16 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
-    optimizer = adagrad(c.learning_rate)
     if data is not None:
         data = _check_data(data, c)
     rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
-    losses, seconds, start_epoch = [], [], 0
+    history, acc = None, None
     if resume is not None:
         if params is not None:
             raise ValueError("fit: pass either params or resume, not both (the checkpoint holds the parameters)")
         saved = ckpt_io.load(resume)
         _check_resumable(saved, c, resume, rows)
-        params = jax.tree.map(jnp.asarray, saved.params)
-        opt_state = with_accumulators(optimizer.init(params), jax.tree.map(jnp.asarray, saved.accumulators))
-        losses, seconds, start_epoch = list(saved.step_losses), list(saved.epoch_seconds), saved.epochs_done
+        params, acc, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
     else:
         if params is None:
             params = glorot_params(c.num_classes, c.state_size, c.seed)
@@ -182,37 +167,23 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
             raise ValueError(f"fit: params are for num_classes={n}, state_size={d}, but the config has "
                              f"num_classes={c.num_classes}, state_size={c.state_size}")
         validate.check_finite_params("fit", params)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-        opt_state = optimizer.init(params)
-    stream = (task.epochs(c.data_size, c.seed, c.epochs, start_epoch) if data is None
-              else zip(data[0][start_epoch:], data[1][start_epoch:]))
-    for epoch, (x, y) in enumerate(stream, start=start_epoch):
-        start = time.perf_counter()
-        x_windows, y_windows = task.windows(x, y, c.batch_size, c.num_steps)
-        out = train_epoch_guarded.top_level(params, opt_state, x_windows, y_windows, optimizer,
-                                            backprop_steps=c.backprop_steps)
-        epoch_losses = np.asarray(out.losses)  # waits for the device
-        seconds.append(time.perf_counter() - start)
-        losses.append(epoch_losses)
-        params, opt_state = out.params, out.opt_state
-        step = int(out.diverged_at)
-        if step >= 0:
-            divergence = Divergence(epoch, step, float(epoch_losses[step]))
-            partial = _result(params, opt_state, losses, c, seconds)._replace(diverged=divergence)
-            raise TrainingDiverged(divergence, partial, c.learning_rate)
+    trainer = JaxTrainer(c, params, acc)
+
+    def after_epoch(history: History, trainer: JaxTrainer) -> None:
         if checkpoint is not None:
-            ckpt_io.save(checkpoint, ckpt_io.Checkpoint(
-                dataclasses.asdict(c), epoch + 1, jax.tree.map(np.asarray, params),
-                jax.tree.map(np.asarray, accumulators(opt_state)), np.stack(losses), seconds,
-                {"writer": "fit", "data_rows": rows[: epoch + 1] if rows else ["generated"]}))
+            meta = {"writer": "fit", "data_rows": rows[: history.epochs] if rows else ["generated"]}
+            ckpt_io.save(checkpoint, history.checkpoint(dataclasses.asdict(c), trainer, meta))
         if callback is not None:
-            callback(epoch, epoch_losses)
-    return _result(params, opt_state, losses, c, seconds)
+            callback(history.epochs - 1, history.step_losses[-1])
 
-
-def _result(params, opt_state, losses, c: FitConfig, seconds) -> FitResult:
-    step_losses = np.stack(losses)
-    return FitResult(params, opt_state, step_losses, running_averages(step_losses, c.log_every), list(seconds))
+    start = history.epochs if history else 0
+    history = train(trainer, task.epoch_windows(c, data, start=start), history, after_epoch)
+    step_losses = history.losses()
+    result = FitResult(trainer.params, trainer.opt_state, step_losses, running_averages(step_losses, c.log_every),
+                       history.epoch_seconds, history.diverged[0], history.build_seconds)
+    if result.diverged is not None:
+        raise TrainingDiverged(result.diverged, result, c.learning_rate)
+    return result
 
 
 def _check_resumable(saved, c: FitConfig, path, rows) -> None:

@@ -219,6 +219,14 @@ class Model(abc.ABC):
         losses[k + 1:] = np.nan
         return EpochResult(losses, final_state, first, time.perf_counter() - start, k)
 
+    def start_epoch(self, x_windows: np.ndarray, y_windows: np.ndarray,
+                    progress: Optional[Callable[[int], None]] = None) -> Callable[[], EpochResult]:
+        """`train_epoch` from the zero state, as a trainer of ``jax_rnn.driver.train`` (``rnn-compare``'s
+        one training loop): TensorFlow steps from Python, so the epoch runs here and the callable it
+        returns only hands over the result; ``progress(1)`` after every step."""
+        result = self.train_epoch(x_windows, y_windows, progress=None if progress is None else lambda k: progress(1))
+        return lambda: result
+
     def _updates(self, x_windows: np.ndarray, y_windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         """Each update's ``_step`` arguments but the state: ``(x, y, extra)``, ``x[k], y[k]`` the window
         and ``extra[k]`` ``()``, or ``(start,)`` in TBPTT(k1, k2 > k1) mode (`tbptt_windows`)."""

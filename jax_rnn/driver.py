@@ -1,0 +1,220 @@
+"""The one training loop of rnn-scan: every epoch that `fit`, ``rnn-compare run``, ``sweep`` and ``bench``
+train, in JAX or in any of the four TensorFlow versions, goes through `train`.
+
+A *trainer* holds one implementation's parameters and optimizer state (one run, or many at once) and
+trains an epoch at a time::
+
+    finish = trainer.start_epoch(x_windows, y_windows, progress)   # may return before the work is done
+    stats = finish()          # .losses, .seconds, .first_step_seconds, .diverged_at
+    trainer.get_params(), trainer.get_accumulators(), trainer.build_seconds, trainer.close()
+
+`JaxTrainer` (here) compiles the guarded epoch ahead of time; ``tf_rnn.build`` returns TensorFlow
+models with the same methods. `train` feeds the epochs, records losses and times in a `History`,
+stops when every run has diverged, and calls ``after_epoch(history, trainer)`` after every epoch it
+goes on from (a checkpoint, a callback, a progress bar). JAX returns before the device is done, so the
+next epoch's data is generated and cut while the current one trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterable, NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from .checkpoint import Checkpoint
+from . import optim
+from .parallel import run_mesh, train_runs_sharded
+from .train import train_epoch_guarded
+
+
+class Divergence(NamedTuple):
+    """Where a run stopped: window ``step`` (0-based) of epoch ``epoch`` (0-based) had a non-finite loss,
+    or its update made a parameter or Adagrad accumulator non-finite; ``loss`` is that window's loss."""
+
+    epoch: int
+    step: int
+    loss: float
+
+
+class EpochStats(NamedTuple):
+    """One epoch of a trainer. ``losses: f32[epoch_size]`` (``f32[runs, epoch_size]`` for many runs): each
+    window's loss before its update; ``seconds``: wall time, the inputs as numpy to the losses back as
+    numpy; ``first_step_seconds``: TensorFlow's first step (included in ``seconds``), None for JAX;
+    ``diverged_at``: the first window that was not finite, per run, -1 (or None) where none was."""
+
+    losses: np.ndarray
+    seconds: float
+    first_step_seconds: Optional[float] = None
+    diverged_at: object = None
+
+
+@dataclasses.dataclass
+class History:
+    """What training produced so far (a resumed run starts from its checkpoint's, `from_checkpoint`).
+
+    ``step_losses``: per epoch, ``f32[epoch_size]`` (``f32[runs, epoch_size]`` for many runs; a run's
+    losses after its divergence are NaN); ``epoch_seconds``: training time of each epoch, TensorFlow's
+    first step excluded (it is ``first_step_seconds``: TF1 optimises its graph there, tf2 traces);
+    ``build_seconds``: compile / graph build; ``diverged``: per run, None or its `Divergence`.
+    """
+
+    step_losses: list = dataclasses.field(default_factory=list)
+    epoch_seconds: list = dataclasses.field(default_factory=list)
+    build_seconds: Optional[float] = None
+    first_step_seconds: Optional[float] = None
+    diverged: list = dataclasses.field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.step_losses)
+
+    @property
+    def stopped(self) -> bool:
+        """Every run has diverged: nothing is left to train."""
+        return bool(self.diverged) and all(d is not None for d in self.diverged)
+
+    def losses(self, epochs: int | None = None) -> np.ndarray:
+        """``f32[(runs,) epochs, epoch_size]``, NaN for the epochs after training stopped."""
+        losses = np.stack(self.step_losses, axis=-2)
+        missing = (epochs or self.epochs) - self.epochs
+        if missing > 0:
+            pad = [(0, 0)] * losses.ndim
+            pad[-2] = (0, missing)
+            losses = np.pad(losses, pad, constant_values=np.nan)
+        return losses
+
+    def record(self, stats) -> None:
+        epoch = self.epochs
+        losses = np.array(stats.losses, np.float32)
+        at = np.atleast_1d(-1 if stats.diverged_at is None else np.asarray(stats.diverged_at))
+        self.diverged = self.diverged or [None] * len(at)
+        rows = losses.reshape(len(at), -1)  # a view: runs x epoch_size
+        for run, step in enumerate(at):
+            if self.diverged[run] is not None:  # stopped in an earlier epoch
+                rows[run] = np.nan
+            elif step >= 0:
+                self.diverged[run] = Divergence(epoch, int(step), float(rows[run, step]))
+        seconds = stats.seconds
+        if self.first_step_seconds is None and stats.first_step_seconds is not None:
+            self.first_step_seconds = stats.first_step_seconds
+            seconds -= stats.first_step_seconds
+        self.step_losses.append(losses)
+        self.epoch_seconds.append(seconds)
+
+    def checkpoint(self, config: dict, trainer, meta: dict) -> Checkpoint:
+        """This history and the trainer's parameters as a `jax_rnn.checkpoint.Checkpoint`."""
+        meta = {**meta, "build_seconds": self.build_seconds, "first_step_seconds": self.first_step_seconds,
+                "diverged": [None if d is None else d._asdict() for d in self.diverged]}
+        return Checkpoint(config, self.epochs, trainer.get_params(), trainer.get_accumulators(), self.losses(),
+                          list(self.epoch_seconds), meta)
+
+    @classmethod
+    def from_checkpoint(cls, saved: Checkpoint) -> "History":
+        losses = np.asarray(saved.step_losses, np.float32)
+        runs = losses.shape[0] if losses.ndim == 3 else 1
+        diverged = [None if d is None else Divergence(**d) for d in saved.meta.get("diverged") or [None] * runs]
+        return cls(list(np.moveaxis(losses, -2, 0)),
+                   [float(s) for s in saved.epoch_seconds], saved.meta.get("build_seconds"),
+                   saved.meta.get("first_step_seconds"), diverged)
+
+
+def train(trainer, windows: Iterable[tuple], history: History | None = None,
+          after_epoch: Callable[[History, object], None] | None = None,
+          progress: Callable[[int], None] | None = None) -> History:
+    """Train ``trainer`` on every epoch of ``windows`` and return the `History` (``history``, extended).
+
+    **Arguments:** ``windows``: per epoch ``(x_windows, y_windows)``, ``int32[(runs,) epoch_size, batch,
+    num_steps]`` (the next one is taken while the trainer works on the current one); ``history``: the
+    epochs already done (a resumed run); ``after_epoch(history, trainer)``: called after every epoch
+    unless every run has diverged in it; ``progress(n)``: called with the steps just trained.
+    """
+    history = history if history is not None else History()
+    if history.build_seconds is None:
+        history.build_seconds = trainer.build_seconds
+    pending = None
+    for xw, yw in windows:  # the next epoch is generated here, while the last one trains
+        if pending is not None and not _finish(pending, history, trainer, after_epoch):
+            return history
+        pending = trainer.start_epoch(xw, yw, progress)
+    if pending is not None:
+        _finish(pending, history, trainer, after_epoch)
+    return history
+
+
+def _finish(pending, history: History, trainer, after_epoch) -> bool:
+    history.record(pending())
+    if history.stopped:
+        return False
+    if after_epoch is not None:
+        after_epoch(history, trainer)
+    return True
+
+
+class JaxTrainer:
+    """``jax_rnn``'s trainer: the whole epoch is one compiled call.
+
+    One run: `train_epoch_guarded`, compiled ahead of time (``build_seconds``) for ``config``'s window
+    shape on ``device`` (default: JAX's first). Many runs (``mesh`` given, every leaf of ``params`` with a
+    leading run axis): `train_runs_sharded` with the guard, the runs split over the mesh's devices,
+    compiled on the first epoch. ``config`` needs ``learning_rate``, ``epoch_size``, ``batch_size``,
+    ``num_steps`` and ``backprop_steps`` (a `FitConfig`); ``accumulators``: Adagrad's state to start from
+    (a resumed run), in the shared layout. ``params`` and ``opt_state``: where training stands (JAX arrays).
+    """
+
+    def __init__(self, config, params, accumulators: dict | None = None, device=None, mesh=None):
+        start = time.perf_counter()
+        self._optimizer, self._mesh, self._k2 = optim.adagrad(config.learning_rate), mesh, config.backprop_steps
+        params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+        init = self._optimizer.init if mesh is None else jax.vmap(self._optimizer.init)
+        opt_state = init(params)
+        if accumulators is not None:
+            opt_state = optim.with_accumulators(opt_state, jax.tree.map(lambda a: np.asarray(a, np.float32), accumulators))
+        if mesh is not None:
+            self.params, self.opt_state, self._epoch = params, opt_state, None
+            self.build_seconds = 0.0
+            return
+        self._device = device if device is not None else jax.devices()[0]
+        self.params, self.opt_state = jax.device_put((params, opt_state), self._device)
+        sharding = jax.sharding.SingleDeviceSharding(self._device)
+        spec = jax.ShapeDtypeStruct((config.epoch_size, config.batch_size, config.num_steps), np.int32,
+                                    sharding=sharding)
+        self._epoch = train_epoch_guarded.lower(self.params, self.opt_state, spec, spec, self._optimizer,
+                                                backprop_steps=self._k2).compile()
+        self.build_seconds = time.perf_counter() - start
+
+    def start_epoch(self, x_windows, y_windows, progress=None):
+        """Dispatch one epoch and return ``finish() -> EpochStats`` (which waits for it)."""
+        start = time.perf_counter()
+        if self._mesh is None:
+            xw, yw = jax.device_put((np.asarray(x_windows, np.int32), np.asarray(y_windows, np.int32)), self._device)
+            out = self._epoch(self.params, self.opt_state, xw, yw)
+        else:
+            out = train_runs_sharded(self.params, self.opt_state, np.asarray(x_windows, np.int32),
+                                     np.asarray(y_windows, np.int32), self._optimizer, mesh=self._mesh, guard=True,
+                                     backprop_steps=self._k2)
+        self.params, self.opt_state = out.params, out.opt_state
+
+        def finish() -> EpochStats:
+            losses = np.asarray(jax.block_until_ready(out.losses), np.float32)
+            seconds = time.perf_counter() - start
+            if progress is not None:
+                progress(losses.size)
+            return EpochStats(losses, seconds, None, np.asarray(out.diverged_at))
+
+        return finish
+
+    def get_params(self) -> dict:
+        return jax.tree.map(lambda a: np.asarray(a, np.float32), self.params)
+
+    def get_accumulators(self) -> dict:
+        """Adagrad's accumulators in the shared layout (optax's ``sum_of_squares``), float32 numpy."""
+        return jax.tree.map(lambda a: np.asarray(a, np.float32), optim.accumulators(self.opt_state))
+
+    def close(self) -> None:
+        pass
+
+
+__all__ = ["Divergence", "EpochStats", "History", "JaxTrainer", "run_mesh", "train"]
