@@ -1,29 +1,34 @@
-"""``rnn-compare bench``: speed only, every implementation on the same data and weights, one process.
+"""``rnn-compare bench``: speed only, every implementation on the same data and weights, in one process.
 
-Per implementation: ``build_seconds`` (JAX: ahead-of-time compile; TF: graph build + variable init, or
-tf2's tracing), one warm-up epoch (``first_epoch_seconds``: TF1's first ``session.run`` optimises the
-graph), then ``repeats`` timed epochs on fresh data: median, min and max seconds per epoch, steps/s and
-points/s from the median. Every epoch ends with its losses read back as numpy, which synchronises the
-device. The data of every epoch is generated and windowed before any clock starts.
+The timing is `jax_rnn.bench`'s harness, the project's one: `interleaved` rounds, `summary`, `PeakRss`
+and the C reference loop. Here each implementation is a timer of one epoch of the one training loop
+(`jax_rnn.driver.train`). Per implementation: ``build_seconds`` (JAX: ahead-of-time compile; TF: graph
+build + variable init, or tf2's tracing), one warm-up epoch (``first_epoch_seconds``: TF1's first
+``session.run`` optimises the graph), then ``repeats`` rounds in which every implementation trains one
+epoch, back to back, on the round's fresh epoch of data: median, min and max seconds per epoch, and
+steps/s and points/s from the median. Every epoch ends with its losses read back as numpy, which
+synchronises the device; every epoch's data is made before any clock starts (JAX's already on its device).
 
-Memory: ``peak_rss_mib`` is the largest increase of this process's resident set size (``/proc/self/
-statm``, sampled every 5 ms by a thread) over its value when the implementation started building. It
-counts native allocations (XLA, TensorFlow) that ``tracemalloc`` cannot see; memory freed by an earlier
+Memory: ``peak_rss_mib`` is the largest increase of the process's resident memory while that
+implementation built and trained its warm-up epoch (`jax_rnn.bench.PeakRss`); memory freed by an earlier
 implementation and reused is not counted again, so read it as "extra memory this one needed".
+
+``--grid``: the same for every cell of ``--states`` x ``--steps`` (1M points each), with the C loop
+(`jax_rnn.bench.c_epoch`, the limit for small states) in every round, then the large states of
+``--large-states`` at num_steps 10 on 100,000 points (without the C loop, whose plain loops take minutes
+there): per cell JAX, C and every TF version asked for, JAX / C, and how many times faster JAX is than the
+fastest TF version.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-import threading
 import time
 
 from tqdm import tqdm
 
-from jax_rnn import data as task
-from jax_rnn.driver import train
-from jax_rnn.model import glorot_params
+from jax_rnn import bench as jax_bench
+from jax_rnn.bench import (GRID_STATES, GRID_STEPS, LARGE_DATA_SIZE, LARGE_NUM_STEPS, LARGE_STATES, grid_cells,
+                           time_trainers)
 
 from .config import BASELINE, Config
 from .environment import describe
@@ -32,89 +37,63 @@ from .runners import make_trainer
 
 NOTES = ("build s: JAX ahead-of-time compile, TF graph build + variable init (tf2: + tracing); 1st epoch: the "
          "warm-up epoch (TF1's first session.run optimises the graph); epoch s: steady state, median of the "
-         "timed epochs; peak RSS MiB: largest increase of resident memory while that implementation built "
-         "and trained (sampled); x vs {baseline}: its median epoch time divided by this one's.")
+         "timed epochs, every implementation one epoch per round; peak RSS MiB: largest increase of resident "
+         "memory while that implementation built and trained its warm-up epoch (sampled); x vs {baseline}: its "
+         "median epoch time divided by this one's.")
+GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions at every size measured (README)
 
 
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+def _make(devices):
+    """`jax_rnn.bench`'s trainer factory for any implementation, each on its framework's device."""
+    return lambda impl, config, params: make_trainer(impl, config, params, devices.jax if impl == "jax" else devices.tf)
 
 
-class PeakRss:
-    """Context manager: ``peak_mib`` = the largest RSS increase seen while inside (None where
-    ``/proc`` is unavailable, e.g. macOS)."""
-
-    def __init__(self, interval: float = 0.005):
-        self.interval, self.peak_mib = interval, None
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _rss_bytes() or 0)
-
-    def __enter__(self) -> "PeakRss":
-        self._start = _rss_bytes()
-        self._peak = self._start or 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self._start is not None:
-            self._peak = max(self._peak, _rss_bytes() or 0)
-            self.peak_mib = (self._peak - self._start) / 2**20
-
-
-def time_one(impl: str, config: Config, params: dict, windows: list, device: str, bar) -> dict:
-    """Build ``impl``, train the warm-up epoch ``windows[0]`` and time the rest (`jax_rnn.driver.train`);
-    the figures of one row."""
-    with PeakRss() as memory:
-        trainer = make_trainer(impl, config, params, device)
-        try:
-            history = train(trainer, windows, after_epoch=lambda h, t: bar.update(1))
-        finally:
-            trainer.close()
-    if history.stopped:
-        raise RuntimeError(f"bench: {impl} diverged at {history.diverged[0]}; lower --learning-rate")
-    first, seconds = history.epoch_seconds[0] + (history.first_step_seconds or 0.0), history.epoch_seconds[1:]
-    median = statistics.median(seconds)
-    return {
-        "build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
-        "first_epoch_seconds": first, "epoch_seconds": seconds, "median_epoch_seconds": median,
-        "min_epoch_seconds": min(seconds), "max_epoch_seconds": max(seconds),
-        "spread": (max(seconds) - min(seconds)) / median,
-        "steps_per_second": config.epoch_size / median, "points_per_second": config.points_per_epoch / median,
-        "peak_rss_mib": memory.peak_mib, "device": device,
-    }
+def time_cell(config: Config, devices, repeats: int, c_loop: bool = False, bar=None) -> dict:
+    """`jax_rnn.bench.time_trainers` for every implementation of ``config.impls``, each figure with its device."""
+    figures = time_trainers(config, _make(devices), config.impls, repeats, c_loop, bar)
+    for impl in config.impls:
+        figures[impl]["device"] = devices.jax if impl == "jax" else devices.tf
+    return figures
 
 
 def bench(config: Config, devices, quiet: bool = False) -> dict:
-    """Time every implementation of ``config.impls``: one warm-up epoch, then ``config.epochs - 1`` timed.
+    """Time every implementation of ``config.impls``: one warm-up epoch, then ``config.epochs - 1`` rounds.
 
     **Returns:** ``command``, ``config`` (with ``repeats``), ``environment``, ``targets``, ``baseline``,
-    ``results.<impl>`` (see `time_one`, plus ``speedup_vs_baseline``) and ``notes``; non-finite floats as
+    ``results.<impl>`` (see `time_cell`, plus ``speedup_vs_baseline``) and ``notes``; non-finite floats as
     None. TF's first step (graph optimisation / function instantiation) falls in the warm-up epoch,
     never in the timed ones, so steady-state figures do not include it.
     """
-
-    params = glorot_params(config.num_classes, config.state_size, config.seed)
-    windows = list(task.epoch_windows(config))
-    results = {}
+    repeats = config.epochs - 1
     with tqdm(total=len(config.impls) * config.epochs, desc="bench", unit="epoch", disable=quiet) as bar:
-        for impl in config.impls:
-            bar.set_postfix_str(impl)
-            device = devices.jax if impl == "jax" else devices.tf
-            results[impl] = time_one(impl, config, params, windows, device, bar)
+        results = time_cell(config, devices, repeats, bar=bar)
     base = results.get(BASELINE)
     for r in results.values():
         r["speedup_vs_baseline"] = base["median_epoch_seconds"] / r["median_epoch_seconds"] if base else None
-    return json_safe({"command": "bench", "config": {**config.as_dict(), "repeats": config.epochs - 1},
+    return json_safe({"command": "bench", "config": {**config.as_dict(), "repeats": repeats},
                       "environment": describe(devices), "targets": targets(), "baseline": BASELINE,
                       "results": results, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "notes": NOTES.format(baseline=BASELINE) + ("" if base else f" ({BASELINE} was not run: no speed-ups.)")})
+
+
+def grid(base: Config, devices, repeats: int = 3, states=GRID_STATES, steps=GRID_STEPS, large_states=LARGE_STATES,
+         quiet: bool = False) -> dict:
+    """``--grid``: `jax_rnn.bench.grid` over every implementation of ``base.impls``, on the cells of
+    `jax_rnn.bench.grid_cells` (``states`` x ``steps`` at ``base.data_size`` with the C loop, then
+    ``large_states``), in one run.
+
+    **Returns:** ``command`` ("bench --grid"), ``config``, ``environment``, ``targets``, ``cells`` (the rows of
+    `jax_rnn.bench.grid`), ``notes``, ``measured_at``; non-finite floats as None.
+    """
+    cells = grid_cells(states, steps, base.data_size, large_states)
+    with tqdm(total=len(cells) * len(base.impls) * (repeats + 1), desc="bench --grid", unit="epoch",
+              disable=quiet) as bar:
+        rows = jax_bench.grid(base, _make(devices), base.impls, repeats, cells, bar)
+    notes = (f"Every cell: the implementations and the C loop one epoch each per round, {repeats} rounds after a "
+             f"warm-up epoch, on the same data and weights; seconds per epoch, median [min, max]. Large states "
+             f"(num_steps {LARGE_NUM_STEPS}, {LARGE_DATA_SIZE:,} points) without the C loop.")
+    return json_safe({"command": "bench --grid", "config": {**base.as_dict(), "repeats": repeats,
+                                                             "states": list(states), "steps": list(steps),
+                                                             "large_states": list(large_states)},
+                      "environment": describe(devices), "targets": targets(), "cells": rows, "notes": notes,
+                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})

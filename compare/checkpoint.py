@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from jax_rnn import checkpoint as ckpt_io
 
 from .config import Config, UsageError

@@ -8,7 +8,7 @@ Three one-parameter sweeps around the tutorial's defaults (state 4, num_steps 5,
 
 Every point trains on the same data (``data_size`` points, 100,000 by default: a tenth of the
 tutorial's epoch, so the default study takes about 3 minutes on 2 cores; 20,000 x 5 is the
-largest window, hence the minimum). Each point is timed like ``bench`` (`compare.bench.time_one`):
+largest window, hence the minimum). Each point is timed like ``bench`` (`compare.bench.time_cell`):
 build, one warm-up epoch, then ``repeats`` timed epochs; the median is reported. The fitted slope of
 log(seconds) against log(parameter) says how time grows: 1 is linear, 0 flat (fixed costs dominate).
 
@@ -33,12 +33,12 @@ import numpy as np
 from tqdm import tqdm
 
 from jax_rnn import data as task
+from jax_rnn.bench import PeakRss
 from jax_rnn.model import glorot_params
 
-from . import io
-from .bench import PeakRss, time_one
+from .bench import time_cell
 from .config import Config
-from .environment import describe, jax_device
+from .environment import Devices, describe, jax_device
 from .run import json_safe, targets
 
 SWEEPS = {
@@ -80,13 +80,12 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
     """Run the scaling sweeps for ``base.impls`` around ``base``, then the memory study (if ``jax``).
 
     **Returns:** ``command`` ("bench --scaling"), ``config``, ``environment``, ``targets``, ``points``
-    (one per parameter x value x implementation x device: the `time_one` figures), ``fits`` (slope
+    (one per parameter x value x implementation x device: the `time_cell` figures), ``fits`` (slope
     per parameter, implementation and device; GPU crossover where measured), ``memory`` and ``notes``;
     non-finite floats as None. `compare.report.scaling_markdown` makes its tables.
     """
 
     sweeps = SWEEPS if sweeps is None else sweeps
-    x, y = task.gen_data(base.data_size, np.random.default_rng(base.seed))
     runs = [(param, value, impl, kind) for param, values in sweeps.items() for value in values
             for impl in base.impls for kind in _device_kinds(devices, impl)]
     points = []
@@ -94,9 +93,7 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
         for param, value, impl, kind in runs:
             bar.set_postfix_str(f"{param}={value} {impl} ({kind})")
             config = dataclasses.replace(base, impls=(impl,), **{param: value})
-            windows = [task.windows(x, y, config.batch_size, config.num_steps)] * (repeats + 1)
-            params = glorot_params(config.num_classes, config.state_size, config.seed)
-            figures = time_one(impl, config, params, windows, kind, bar)
+            figures = time_cell(config, Devices(devices.requested, kind, kind), repeats, bar=bar)[impl]
             points.append({"parameter": param, "value": value, "impl": impl, "device": kind,
                            "epoch_size": config.epoch_size, **figures})
     fits = []

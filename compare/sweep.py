@@ -44,7 +44,7 @@ from jax_rnn.checkpoint import Checkpoint
 from jax_rnn.driver import History, JaxTrainer, train
 from jax_rnn.model import glorot_params
 
-from . import checkpoint, io
+from . import checkpoint
 from .config import Config
 from .environment import describe
 from .run import final_loss, json_safe, running_averages, targets

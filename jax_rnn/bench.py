@@ -10,8 +10,13 @@ epoch, the compile time, then median, min and max seconds of ``--repeats`` timed
   same arithmetic (built once per process with ``cc -O3 -march=native -ffast-math``), on the same windows
   and weights; its per-step losses are checked against ``train_epoch``'s: the speed reference.
 
-``--grid``: ``train_epoch`` against the C loop on every state_size x num_steps cell (``--states``,
-``--steps``; default {4, 16, 64} x {1, 5, 10}), one Markdown row per cell. ``--json FILE`` writes the rows.
+``--grid``: JAX's trainer (`jax_rnn.driver.JaxTrainer`: the guarded epoch, as ``fit`` trains) against the
+C loop on every state_size x num_steps cell (``--states``, ``--steps``; default {4, 16, 64} x {1, 5, 10}),
+one Markdown row per cell (`grid`); ``rnn-compare bench --grid`` runs the same with the TensorFlow
+versions beside them and the large states. ``--json FILE`` writes the rows.
+
+This module is the project's one benchmark harness: `interleaved` rounds of timers, `summary`, `PeakRss`,
+the C loop (`c_epoch`), and `time_trainers` / `grid` for trainers of any implementation.
 
 ``--truncation``: the price of TBPTT(k1, k2): for every state (``--states``, default 4,16) and k1
 (``--steps``, default 1,3,5), ``train_epoch(backprop_steps=k2)`` for each k2 of ``--backprop-steps``
@@ -28,13 +33,16 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import dataclasses
 import functools
 import importlib.resources
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .compile_cache import enable_compile_cache
-from .data import gen_data, windows
-from .model import init_params
+from .data import epoch_windows, gen_data, windows
+from .driver import History, JaxTrainer, train
+from .fit import FitConfig
+from .model import glorot_params, init_params
 from .optim import adagrad
 from .train import train_epoch, train_runs, train_step
 
@@ -52,7 +62,7 @@ C_FLAGS = ["-O3", "-march=native", "-ffast-math"]  # see the header of reference
 LEARNING_RATE = 0.1
 
 
-def _wall(fn):
+def wall(fn):
     """``fn`` as a timer: a callable that runs it, synchronises, and returns the seconds it took."""
     def timer() -> float:
         start = time.perf_counter()
@@ -61,17 +71,62 @@ def _wall(fn):
     return timer
 
 
-def _interleaved(timers: dict, repeats: int) -> dict[str, dict]:
-    """One warm-up round, then ``repeats`` rounds calling every timer once, back to back.
-    **Returns:** per name, ``{"median", "min", "max"}`` seconds of the timed rounds."""
-    rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
-    seconds = {name: [r[name] for r in rounds] for name in timers}
-    return {name: dict(median=statistics.median(s), min=min(s), max=max(s)) for name, s in seconds.items()}
+def summary(seconds) -> dict:
+    """``{"median", "min", "max", "spread", "seconds"}`` of timed runs; spread = (max - min) / median."""
+    seconds = list(seconds)
+    median = statistics.median(seconds)
+    return dict(median=median, min=min(seconds), max=max(seconds), spread=(max(seconds) - min(seconds)) / median,
+                seconds=seconds)
+
+
+def interleaved(timers: dict, repeats: int, warmup: bool = True) -> dict[str, dict]:
+    """The project's one way to time: a warm-up round (unless ``warmup=False``), then ``repeats`` rounds
+    calling every timer once, back to back, so that their ratios are measured side by side on a noisy
+    machine. A timer is a callable returning the seconds of one run (`wall`, `c_epoch`, or
+    ``compare.bench``'s epochs of any implementation). **Returns:** per name, its `summary`."""
+    rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + warmup)][warmup:]
+    return {name: summary(r[name] for r in rounds) for name in timers}
 
 
 def _timed(fn, repeats: int) -> dict:
-    """One function alone: `_interleaved` of ``fn`` timed by the wall clock."""
-    return _interleaved({"": _wall(fn)}, repeats)[""]
+    """One function alone: `interleaved` of ``fn`` timed by the wall clock."""
+    return interleaved({"": wall(fn)}, repeats)[""]
+
+
+class PeakRss:
+    """Context manager: ``peak_mib`` = the largest increase of this process's resident memory seen while
+    inside (``/proc/self/statm``, sampled every ``interval`` seconds by a thread; None where ``/proc`` is
+    unavailable, e.g. macOS). It counts native allocations (XLA, TensorFlow) that ``tracemalloc`` cannot see."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval, self.peak_mib = interval, None
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss_bytes() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._rss_bytes() or 0)
+
+    def __enter__(self) -> "PeakRss":
+        self._start = self._rss_bytes()
+        self._peak = self._start or 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._start is not None:
+            self._peak = max(self._peak, self._rss_bytes() or 0)
+            self.peak_mib = (self._peak - self._start) / 2**20
 
 
 def _compiled(fn, *args, **kwargs):
@@ -138,10 +193,10 @@ def _setup(state_size: int, num_steps: int, batch_size: int, data):
 def _jax_and_c(params, opt, opt_state, x_windows, y_windows, repeats: int, c_loop: bool) -> dict:
     """``train_epoch`` (and the C loop, interleaved) on one cell: compile time, timings, loss difference."""
     compiled, compile_seconds = _compiled(train_epoch, params, opt_state, x_windows, y_windows, opt)
-    timers = {"jax": _wall(lambda: compiled(params, opt_state, x_windows, y_windows))}
+    timers = {"jax": wall(lambda: compiled(params, opt_state, x_windows, y_windows))}
     if c_loop:
         timers["c"] = c_epoch(params, x_windows, y_windows)
-    cell = dict(jax_compile_seconds=compile_seconds, **_interleaved(timers, repeats))
+    cell = dict(jax_compile_seconds=compile_seconds, **interleaved(timers, repeats))
     if c_loop:
         losses = np.asarray(compiled(params, opt_state, x_windows, y_windows)[3])
         cell.update(c_compile_seconds=c_program()[1], max_loss_diff=float(np.max(np.abs(timers["c"].losses - losses))))
@@ -191,18 +246,95 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
     return rows
 
 
-def grid(states=(4, 16, 64), steps=(1, 5, 10), batch_size=200, data_size=1_000_000, repeats=5) -> list[dict]:
-    """``--grid``: ``train_epoch`` against the C loop (interleaved) on every state_size x num_steps cell,
-    on the same data (one `gen_data` sequence) and weights; one row per cell."""
-    data = gen_data(data_size, seed=1)
+def _epoch_timer(trainer, history: History, windows: list, bar):
+    """A timer that trains the next epoch of ``windows`` (`jax_rnn.driver.train`) and returns its seconds."""
+    epochs = iter(windows)
+
+    def timer() -> float:
+        train(trainer, [next(epochs)], history)
+        if bar is not None:
+            bar.update(1)
+        return history.epoch_seconds[-1]
+    return timer
+
+
+def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=None) -> dict:
+    """Trainers ``make(name, config, params)`` for every name of ``names`` (JAX's, or any implementation's:
+    ``compare.bench`` passes TensorFlow's) and the C loop (``c_loop``), on the same ``repeats + 1`` epochs
+    from the same weights (`glorot_params` of ``config.seed``): each trainer builds and trains the warm-up
+    epoch (under `PeakRss`), then ``repeats`` `interleaved` rounds of one epoch each.
+
+    **Returns:** per name: ``build_seconds``, ``first_step_seconds``, ``first_epoch_seconds``, ``peak_rss_mib``,
+    ``epoch_seconds`` (the timed ones), their ``median_epoch_seconds``, ``min_...``, ``max_...``, ``spread``,
+    ``steps_per_second`` and ``points_per_second``; ``"c"``: the C loop's `summary` and ``max_loss_diff``
+    (its per-step losses against the first name's on the warm-up epoch).
+    """
+    params = glorot_params(config.num_classes, config.state_size, config.seed)
+    epochs = list(epoch_windows(dataclasses.replace(config, epochs=repeats + 1)))
+    points = config.epoch_size * config.batch_size * config.num_steps
+    trainers, histories, timers, figures = {}, {}, {}, {}
+    try:
+        for name in names:
+            with PeakRss() as memory:
+                trainer = trainers[name] = make(name, config, params)
+                device = getattr(trainer, "device", None)  # JAX: the windows go to its device before any clock
+                mine = epochs if device is None else jax.device_put(epochs, device)
+                history = histories[name] = train(trainer, mine[:1])
+            if bar is not None:
+                bar.update(1)
+            figures[name] = {"build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
+                             "first_epoch_seconds": history.epoch_seconds[0] + (history.first_step_seconds or 0.0),
+                             "peak_rss_mib": memory.peak_mib}
+            timers[name] = _epoch_timer(trainer, history, mine[1:], bar)
+        if c_loop:
+            timers["c"] = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
+        times = interleaved(timers, repeats, warmup=False)
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+    for name, history in histories.items():
+        if history.stopped:
+            raise RuntimeError(f"bench: {name} diverged at {history.diverged[0]}; lower the learning rate")
+        t = times[name]
+        figures[name].update(epoch_seconds=t["seconds"], median_epoch_seconds=t["median"], min_epoch_seconds=t["min"],
+                             max_epoch_seconds=t["max"], spread=t["spread"],
+                             steps_per_second=config.epoch_size / t["median"], points_per_second=points / t["median"])
+    if c_loop:
+        first = histories[names[0]].step_losses[0] if names else None
+        figures["c"] = {**times["c"], "max_loss_diff": None if first is None else
+                        float(np.max(np.abs(timers["c"].losses - first)))}
+    return figures
+
+
+GRID_STATES, GRID_STEPS = (4, 16, 64), (1, 5, 10)   # the tutorial's grid: every cell within 1.5x of C (issue)
+LARGE_STATES, LARGE_NUM_STEPS, LARGE_DATA_SIZE = (512, 1024), 10, 100_000
+
+
+def grid_cells(states=GRID_STATES, steps=GRID_STEPS, data_size=1_000_000, large_states=LARGE_STATES) -> list[tuple]:
+    """The cells of `grid`: ``states`` x ``steps`` on ``data_size`` points with the C loop, then
+    ``large_states`` at num_steps 10 on 100,000 points without it (its plain loops take minutes there)."""
+    return ([(d, n, data_size, True) for d in states for n in steps]
+            + [(d, LARGE_NUM_STEPS, LARGE_DATA_SIZE, False) for d in large_states])
+
+
+def grid(config, make, names, repeats: int, cells, bar=None, on_row=None) -> list[dict]:
+    """`time_trainers` on every cell ``(state_size, num_steps, data_size, c_loop)`` of ``cells`` (``config``
+    gives the rest), in one run; ``on_row(row)`` after each. **Returns:** one row per cell: ``state_size``,
+    ``num_steps``, ``data_size``, ``results`` (`time_trainers`), ``jax_over_c``, ``fastest_tf`` (the fastest
+    name other than ``jax``) and ``fastest_tf_over_jax``."""
     rows = []
-    for state_size in states:
-        for num_steps in steps:
-            params, opt, opt_state, (xw, yw) = _setup(state_size, num_steps, batch_size, data)
-            cell = _jax_and_c(params, opt, opt_state, xw, yw, repeats, c_loop=True)
-            rows.append(dict(state_size=state_size, num_steps=num_steps, epoch_size=int(xw.shape[0]), **cell,
-                             ratio_jax_over_c=cell["jax"]["median"] / cell["c"]["median"]))
-            print(format_grid(rows[-1:], header=len(rows) == 1), flush=True)
+    for state_size, num_steps, data_size, c_loop in cells:
+        cell = dataclasses.replace(config, state_size=state_size, num_steps=num_steps, data_size=data_size)
+        results = time_trainers(cell, make, names, repeats, c_loop, bar)
+        median = {name: r["median_epoch_seconds"] for name, r in results.items() if name != "c"}
+        others = {name: s for name, s in median.items() if name != "jax"}
+        fastest = min(others, key=others.get) if others else None
+        rows.append({"state_size": state_size, "num_steps": num_steps, "data_size": data_size, "results": results,
+                     "jax_over_c": median["jax"] / results["c"]["median"] if "c" in results and "jax" in median else None,
+                     "fastest_tf": fastest,
+                     "fastest_tf_over_jax": others[fastest] / median["jax"] if fastest and "jax" in median else None})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -218,8 +350,8 @@ def truncation(states=(4, 16), steps=(1, 3, 5), backprop=(9, 10, 15), batch_size
             timers, compile_seconds = {}, {}
             for k2 in (k1, *(k for k in backprop if k > k1)):
                 compiled, compile_seconds[k2] = _compiled(train_epoch, params, opt_state, xw, yw, opt, backprop_steps=k2)
-                timers[k2] = _wall(functools.partial(compiled, params, opt_state, xw, yw))
-            times = _interleaved(timers, repeats)
+                timers[k2] = wall(functools.partial(compiled, params, opt_state, xw, yw))
+            times = interleaved(timers, repeats)
             for k2 in list(timers)[1:]:
                 rows.append(dict(state_size=state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1],
                                  tbptt=times[k2], compile_seconds=compile_seconds[k2],
@@ -236,15 +368,26 @@ def format_truncation(rows, header: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _spread(t: dict) -> str:
-    return f"{t['median']:.4f} [{t['min']:.4f}, {t['max']:.4f}]"
+def _spread(t: dict, suffix: str = "") -> str:
+    """``median [min, max]`` of a `summary` (or of `time_trainers`' figures, ``suffix="_epoch_seconds"``)."""
+    return f"{t['median' + suffix]:.4f} [{t['min' + suffix]:.4f}, {t['max' + suffix]:.4f}]"
 
 
 def format_grid(rows, header: bool = True) -> str:
-    lines = ["| state | num_steps | JAX compile s | JAX epoch s median [min, max] | C epoch s median [min, max] "
-             "| JAX/C | max loss diff |", "|---:|---:|---:|---:|---:|---:|---:|"] if header else []
-    lines += [f"| {r['state_size']} | {r['num_steps']} | {r['jax_compile_seconds']:.2f} | {_spread(r['jax'])} | "
-              f"{_spread(r['c'])} | {r['ratio_jax_over_c']:.2f}x | {r['max_loss_diff']:.1e} |" for r in rows]
+    """Markdown rows of `grid`: JAX, the C loop and the fastest other implementation, with the ratios."""
+    def seconds(name, r):
+        return _spread(r["results"][name], "_epoch_seconds") if name in r["results"] else ""
+
+    def ratio(value):
+        return "" if value is None else f"{value:.2f}x"
+
+    lines = ["| state | num_steps | points | JAX compile s | JAX epoch s | C epoch s | JAX / C | fastest TF | its epoch s "
+             "| JAX faster by |", "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"] if header else []
+    lines += [f"| {r['state_size']} | {r['num_steps']} | {r['data_size']:,} | "
+              f"{r['results']['jax']['build_seconds']:.2f} | {seconds('jax', r)} | "
+              f"{_spread(r['results']['c']) if 'c' in r['results'] else ''} | {ratio(r['jax_over_c'])} | "
+              f"{r['fastest_tf'] or ''} | {seconds(r['fastest_tf'], r) if r['fastest_tf'] else ''} | "
+              f"{ratio(r['fastest_tf_over_jax'])} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -316,7 +459,15 @@ def main(argv=None) -> None:
           + f"{args.data_size:,} points per epoch; {args.repeats} timed epochs after a warm-up; "
           + f"compile cache: {cache or 'off'}")
     if args.grid:
-        rows = grid(states, steps, args.batch_size, args.data_size, args.repeats)
+        shown = []
+
+        def show(row: dict) -> None:
+            print(format_grid([row], header=not shown), flush=True)
+            shown.append(row)
+
+        rows = grid(FitConfig(batch_size=args.batch_size, data_size=args.data_size),
+                    lambda _, config, params: JaxTrainer(config, params), ("jax",), args.repeats,
+                    grid_cells(states, steps, args.data_size, large_states=()), on_row=show)
     elif args.truncation:
         rows = truncation(states, steps, backprop, args.batch_size, args.data_size, args.repeats)
     else:

@@ -161,7 +161,8 @@ class JaxTrainer:
     leading run axis): `train_runs_sharded` with the guard, the runs split over the mesh's devices,
     compiled on the first epoch. ``config`` needs ``learning_rate``, ``epoch_size``, ``batch_size``,
     ``num_steps`` and ``backprop_steps`` (a `FitConfig`); ``accumulators``: Adagrad's state to start from
-    (a resumed run), in the shared layout. ``params`` and ``opt_state``: where training stands (JAX arrays).
+    (a resumed run), in the shared layout. ``params`` and ``opt_state``: where training stands (JAX arrays);
+    ``device``: the one device (None for many runs).
     """
 
     def __init__(self, config, params, accumulators: dict | None = None, device=None, mesh=None):
@@ -173,12 +174,12 @@ class JaxTrainer:
         if accumulators is not None:
             opt_state = optim.with_accumulators(opt_state, jax.tree.map(lambda a: np.asarray(a, np.float32), accumulators))
         if mesh is not None:
-            self.params, self.opt_state, self._epoch = params, opt_state, None
+            self.params, self.opt_state, self._epoch, self.device = params, opt_state, None, None
             self.build_seconds = 0.0
             return
-        self._device = device if device is not None else jax.devices()[0]
-        self.params, self.opt_state = jax.device_put((params, opt_state), self._device)
-        sharding = jax.sharding.SingleDeviceSharding(self._device)
+        self.device = device if device is not None else jax.devices()[0]
+        self.params, self.opt_state = jax.device_put((params, opt_state), self.device)
+        sharding = jax.sharding.SingleDeviceSharding(self.device)
         spec = jax.ShapeDtypeStruct((config.epoch_size, config.batch_size, config.num_steps), np.int32,
                                     sharding=sharding)
         self._epoch = train_epoch_guarded.lower(self.params, self.opt_state, spec, spec, self._optimizer,
@@ -186,10 +187,12 @@ class JaxTrainer:
         self.build_seconds = time.perf_counter() - start
 
     def start_epoch(self, x_windows, y_windows, progress=None):
-        """Dispatch one epoch and return ``finish() -> EpochStats`` (which waits for it)."""
+        """Dispatch one epoch and return ``finish() -> EpochStats`` (which waits for it). The windows may be
+        numpy or, already on the trainer's device, JAX arrays (int32)."""
         start = time.perf_counter()
         if self._mesh is None:
-            xw, yw = jax.device_put((np.asarray(x_windows, np.int32), np.asarray(y_windows, np.int32)), self._device)
+            xw, yw = jax.device_put(tuple(w if isinstance(w, jax.Array) else np.asarray(w, np.int32)
+                                          for w in (x_windows, y_windows)), self.device)
             out = self._epoch(self.params, self.opt_state, xw, yw)
         else:
             out = train_runs_sharded(self.params, self.opt_state, np.asarray(x_windows, np.int32),
