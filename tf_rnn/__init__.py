@@ -1,17 +1,10 @@
 """The TensorFlow versions of r2rt's "Recurrent Neural Networks in Tensorflow I", behind one interface.
 
-Four implementations of one model (../shared/TASK.md) and its truncated-BPTT training:
-
-* ``"raw"``: the tutorial's hand-written cell, ``tf.unstack`` inputs and a Python loop (TF1 graph);
-* ``"static"``: ``BasicRNNCell`` + ``static_rnn`` (TF1 graph);
-* ``"dynamic"``: ``BasicRNNCell`` + ``dynamic_rnn`` (TF1 graph);
-* ``"tf2"``: ``tf.Variable``s and a ``tf.function`` train step, the way one writes it today.
-
-Truncation: ``ModelConfig(num_steps=k1, backprop_steps=k2)`` trains TBPTT(k1, k2) (../shared/TASK.md,
-"Truncation styles"): one update per k1 new steps, its gradient through the last k2 >= k1 steps. The
-windows are still fed as ``int32[epoch_size, batch, k1]``; `Model.train_epoch` cuts the k2-step windows
-(`tf_rnn.base`), and each version masks the steps before the stream (a ``tf.where`` in the loop; for
-static/dynamic an ``RNNCell`` wrapper, ``graph.PresentWrapper``). k2 = k1 (the default) is the tutorial.
+Four implementations of one model (`tf_rnn.config`, ../shared/TASK.md) and its truncated-BPTT training
+(`tf_rnn.base`): ``"raw"``, ``"static"`` and ``"dynamic"``, the tutorial's hand-written cell,
+``static_rnn`` and ``dynamic_rnn`` in TF1 graphs (`tf_rnn.graph`), and ``"tf2"``, ``tf.Variable``s and a
+``tf.function`` train step (`tf_rnn.tf2`). ``ModelConfig(num_steps=k1, backprop_steps=k2)`` trains
+TBPTT(k1, k2) from the same windows; k2 = k1 (the default) is the tutorial.
 
 Example::
 
@@ -23,10 +16,8 @@ Example::
         result = model.train_epoch(xw, yw)     # result.losses: float32[1000]
         params = model.get_params()            # {"rnn_cell": {"W", "b"}, "softmax": {"W", "b"}}
 
-Importing this package prepares TensorFlow (see ``tf_rnn._env``): it sets ``TF_USE_LEGACY_KERAS=1``
-unless already set (so ``tf.keras`` is tf-keras / Keras 2 in this process; ``import keras`` is
-unaffected), requires the ``tf-keras`` package, and silences TensorFlow's log noise unless
-``RNN_SCAN_TF_VERBOSE=1`` is set (or ``tf_rnn.set_verbose(True)`` is called).
+Importing this package prepares TensorFlow (`tf_rnn._env`): ``tf.keras`` becomes tf-keras (Keras 2) in
+this process, and TensorFlow's logs are silenced unless ``RNN_SCAN_TF_VERBOSE=1`` or `set_verbose`.
 """
 
 from __future__ import annotations

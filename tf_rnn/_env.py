@@ -1,26 +1,19 @@
 """Environment set-up for TensorFlow 2.16+: legacy Keras for the TF1 cells, and quiet logs.
 
-TensorFlow >= 2.16 ships Keras 3, in which ``tf.compat.v1.nn.rnn_cell.BasicRNNCell`` raises "not
-available with Keras 3". The tutorial this package reimplements (r2rt, "Recurrent Neural Networks in
-Tensorflow I") needs that cell, so before TensorFlow is first imported this module
+TensorFlow >= 2.16 ships Keras 3, which lacks ``tf.compat.v1.nn.rnn_cell.BasicRNNCell`` ("not available
+with Keras 3"), the cell of the static and dynamic versions. So before TensorFlow is first imported,
+this module sets ``TF_USE_LEGACY_KERAS=1`` unless the caller set a non-empty value (other than 1: a
+RuntimeError), and checks that the ``tf-keras`` package (Keras 2) is installed (else a clear
+ImportError). In this process and its children, ``tf.keras`` and TensorFlow's lazily loaded
+Keras-backed symbols (``tf.compat.v1.nn.rnn_cell``) then resolve to Keras 2; a plain ``import keras``
+still imports Keras 3. TensorFlow reads the variable once, the first time such a symbol is touched: if
+that happened before ``tf_rnn`` was imported, `check_legacy_cells` raises a RuntimeError saying so.
 
-* sets ``TF_USE_LEGACY_KERAS=1`` unless it is set to a non-empty value (an explicit value of the caller
-  wins; a value other than 1 is a RuntimeError),
-  and checks that the ``tf-keras`` package (Keras 2) is installed: a clear ImportError if it is not.
-
-What that changes for the caller, in this process and in child processes that inherit the
-environment: ``tf.keras`` (and TensorFlow's lazily loaded Keras-backed symbols such as
-``tf.compat.v1.nn.rnn_cell``) resolve to ``tf_keras`` (Keras 2) instead of Keras 3. A plain
-``import keras`` is not affected: it still imports Keras 3. TensorFlow reads the variable once, the
-first time such a symbol is touched, so if the caller touched one before importing ``tf_rnn``,
-`check_legacy_keras` raises a RuntimeError saying to import ``tf_rnn`` first.
-
-Log noise is kept out of the way by default: ``TF_CPP_MIN_LOG_LEVEL=2`` (setdefault), the Python
-``tensorflow``/``absl`` loggers at ERROR, deprecation warnings off, and the C++ messages TensorFlow
-prints while loading (oneDNN, "could not find cuda drivers", CPU features) and while first listing
-devices (cuInit failures on machines without a GPU) captured from file descriptor 2; they are kept in
-`CAPTURED_STDERR` and replayed if the import fails. Set ``RNN_SCAN_TF_VERBOSE=1`` before importing
-``tf_rnn`` to see everything, or call ``set_verbose(True)`` afterwards (Python-side logs only).
+Log noise is off by default: ``TF_CPP_MIN_LOG_LEVEL=2`` (unless set), the ``tensorflow``/``absl``
+loggers at ERROR, deprecation warnings off, and the C++ messages of loading TensorFlow and of first
+listing devices (oneDNN, CUDA drivers, cuInit without a GPU) captured from file descriptor 2
+(`capture_fd2`). ``RNN_SCAN_TF_VERBOSE=1`` before importing ``tf_rnn`` shows everything;
+``set_verbose(True)`` later, the Python-side logs.
 """
 
 from __future__ import annotations
@@ -36,7 +29,7 @@ from typing import Callable, Iterator, MutableMapping
 
 LEGACY_KERAS_VAR = "TF_USE_LEGACY_KERAS"
 VERBOSE_VAR = "RNN_SCAN_TF_VERBOSE"
-CAPTURED_STDERR: list[str] = []  # C++ log lines swallowed while importing TensorFlow / listing devices
+CAPTURED_STDERR: list[str] = []  # what `capture_fd2` swallowed
 
 MISSING_TF_KERAS = (
     "tf_rnn needs the tf-keras package (pip install tf-keras, or pip install -e '.[tf]') because "
@@ -49,18 +42,10 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def verbose_requested(environ: MutableMapping[str, str] = os.environ) -> bool:
-    """True when ``RNN_SCAN_TF_VERBOSE`` asks for TensorFlow's full log output."""
-    return _truthy(environ.get(VERBOSE_VAR))
-
-
 def _check_legacy_keras(find_spec: Callable = importlib.util.find_spec,
                         environ: MutableMapping[str, str] = os.environ) -> None:
     """Set ``TF_USE_LEGACY_KERAS=1`` unless the caller chose a value; fail clearly if it cannot work.
-
-    Raises ImportError if ``tf_keras`` cannot be found (``find_spec`` is injectable to simulate it) and
-    RuntimeError if the caller set the variable to something other than 1.
-    """
+    ``find_spec`` and ``environ`` are injectable to simulate a missing ``tf_keras`` or a set variable."""
     if not environ.get(LEGACY_KERAS_VAR, "").strip():  # unset or empty: ours to set
         environ[LEGACY_KERAS_VAR] = "1"
     if not _truthy(environ.get(LEGACY_KERAS_VAR)):
@@ -77,11 +62,7 @@ def _check_legacy_keras(find_spec: Callable = importlib.util.find_spec,
 
 
 def check_legacy_cells(tf) -> None:
-    """Raise RuntimeError if ``tf.compat.v1.nn.rnn_cell`` already resolved to the Keras 3 stubs.
-
-    That happens when TensorFlow was imported, and its rnn_cell module touched, before ``tf_rnn``
-    set ``TF_USE_LEGACY_KERAS`` (TensorFlow reads the variable once and caches the result).
-    """
+    """Raise RuntimeError if ``tf.compat.v1.nn.rnn_cell`` already resolved to the Keras 3 stubs."""
     try:
         tf.compat.v1.nn.rnn_cell.BasicRNNCell  # noqa: B018  (attribute access is the probe)
     except AttributeError as err:
@@ -93,15 +74,9 @@ def check_legacy_cells(tf) -> None:
 
 
 @contextlib.contextmanager
-def capture_fd2(enabled: bool = True) -> Iterator[None]:
-    """Redirect the process's file descriptor 2 (C++ logs) to a temporary file while the block runs.
-
-    The captured text is appended to `CAPTURED_STDERR`; if the block raises, it is written back to
-    stderr first so that nothing needed to understand the error is lost.
-    """
-    if not enabled:
-        yield
-        return
+def capture_fd2() -> Iterator[None]:
+    """Redirect file descriptor 2 (C++ logs) to `CAPTURED_STDERR` while the block runs; if the block
+    raises, the captured text is written back to stderr first."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -142,9 +117,8 @@ class _Settings:
 def set_verbose(verbose: bool) -> None:
     """Turn TensorFlow's Python-side logging and deprecation warnings on (True) or off (False).
 
-    Idempotent: the warning filters it installs (scoped to TensorFlow's and Keras' modules) replace the
-    ones of an earlier call instead of piling up. C++ messages printed at import time cannot be
-    recalled; see ``RNN_SCAN_TF_VERBOSE``.
+    Idempotent: its warning filters (scoped to TensorFlow's and Keras' modules) replace those of an
+    earlier call. C++ messages printed at import time cannot be recalled; see ``RNN_SCAN_TF_VERBOSE``.
     """
     _Settings.verbose = bool(verbose)
     level = logging.INFO if verbose else logging.ERROR
@@ -167,8 +141,8 @@ def set_verbose(verbose: bool) -> None:
 
 @contextlib.contextmanager
 def quiet_warnings() -> Iterator[None]:
-    """Ignore Python warnings inside the block unless verbose (the deprecated-cell warnings of graph
-    building are raised each time and otherwise survive test runners that reset warning filters)."""
+    """Ignore Python warnings inside the block unless verbose (graph building's deprecation warnings
+    otherwise survive test runners that reset warning filters)."""
     if _Settings.verbose:
         yield
         return
@@ -179,15 +153,13 @@ def quiet_warnings() -> Iterator[None]:
 
 def import_tensorflow():
     """Prepare the environment, import TensorFlow quietly (unless verbose) and return the module."""
-    verbose = verbose_requested()
+    verbose = _truthy(os.environ.get(VERBOSE_VAR))
     _check_legacy_keras()
     if not verbose and not os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip():
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # INFO and WARNING off, errors still shown
-    with capture_fd2(enabled=not verbose):
+    with contextlib.nullcontext() if verbose else capture_fd2():
         import tensorflow as tf
-        # Listing devices initialises the CUDA platform; on a machine without a GPU it logs a cuInit
-        # ERROR that is pure noise for a CPU run. Capture it here once, with the import messages.
-        tf.config.list_physical_devices()
+        tf.config.list_physical_devices()  # its cuInit errors without a GPU, captured here once
     check_legacy_cells(tf)
     set_verbose(verbose)
     return tf

@@ -1,6 +1,6 @@
 """Model configuration and the shared parameter layout (numpy only, no TensorFlow).
 
-The model is the one of r2rt's "Recurrent Neural Networks in Tensorflow I" (see ../shared/TASK.md):
+The model of r2rt's "Recurrent Neural Networks in Tensorflow I" (../shared/TASK.md) is
 ``S_t = tanh([X_t, S_{t-1}] @ W + b)``, ``logits_t = S_t @ U + b_p``. Parameters travel between the
 implementations (and to ``jax_rnn``) as nested dicts of float32 numpy arrays::
 
@@ -19,16 +19,22 @@ import numpy as np
 
 Params = dict[str, dict[str, np.ndarray]]
 
+# The layout's (scope, key) pairs, in the order the models create and list their variables.
+LAYOUT = (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Sizes and learning rate of the tutorial's model; validated once, at construction.
 
-    **Arguments:** ``num_classes`` n (>= 1, 2 for the binary task), ``state_size`` d (>= 1),
-    ``batch_size`` (>= 1), ``num_steps`` (k1: the steps between two updates, each update's new steps,
-    >= 1), ``learning_rate`` (finite, > 0; Adagrad's), ``backprop_steps`` (k2: the steps each update
-    backpropagates through, an integer >= num_steps; None means num_steps, the tutorial's "TensorFlow
-    style" TBPTT(n, n)). With k2 > k1 training is TBPTT(k1, k2), see `tf_rnn.base`.
+    **Arguments:** ``num_classes`` n (2 for the binary task), ``state_size`` d, ``batch_size`` and
+    ``num_steps`` k1 (each update's new steps), integers >= 1; ``learning_rate`` (Adagrad's, finite,
+    > 0); ``backprop_steps`` k2, the steps each update backpropagates through (an integer >= num_steps;
+    None means num_steps, the tutorial's TBPTT(n, n); k2 > k1: see `tf_rnn.base`).
     """
 
     num_classes: int = 2
@@ -41,14 +47,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("num_classes", "state_size", "batch_size", "num_steps"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
         lr = self.learning_rate
         if (not isinstance(lr, (int, float, np.floating, np.integer)) or isinstance(lr, bool)
                 or not math.isfinite(lr) or lr <= 0):
             raise ValueError(f"ModelConfig.learning_rate must be a finite number > 0, got {lr!r}")
         k2 = self.backprop_steps
-        if k2 is not None and (not isinstance(k2, (int, np.integer)) or isinstance(k2, bool) or k2 < self.num_steps):
+        if k2 is not None and (not _is_int(k2) or k2 < self.num_steps):
             raise ValueError(f"ModelConfig.backprop_steps must be None or an integer >= num_steps "
                              f"({self.num_steps}), got {k2!r}")
 
@@ -68,16 +74,17 @@ def check_params(params: Mapping, config: ModelConfig) -> Params:
 
     Raises ValueError naming the missing/unexpected key or the bad shape (e.g. ``rnn_cell/W``).
     """
+    def check_keys(mapping, want: dict, what: str) -> None:
+        if not isinstance(mapping, Mapping) or set(mapping) != set(want):
+            got = sorted(mapping) if isinstance(mapping, Mapping) else type(mapping).__name__
+            raise ValueError(f"{what} {sorted(want)}, got {got}")
+
     shapes = config.param_shapes()
-    if not isinstance(params, Mapping) or set(params) != set(shapes):
-        got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-        raise ValueError(f"params must have the top-level keys {sorted(shapes)}, got {got}")
+    check_keys(params, shapes, "params must have the top-level keys")
     out: Params = {}
     for scope, leaves in shapes.items():
         group = params[scope]
-        if not isinstance(group, Mapping) or set(group) != set(leaves):
-            got = sorted(group) if isinstance(group, Mapping) else type(group).__name__
-            raise ValueError(f"params[{scope!r}] must have the keys {sorted(leaves)}, got {got}")
+        check_keys(group, leaves, f"params[{scope!r}] must have the keys")
         out[scope] = {}
         for key, shape in leaves.items():
             value = np.asarray(group[key], dtype=np.float32)

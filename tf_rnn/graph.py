@@ -1,30 +1,22 @@
 """The tutorial's three TF1-graph versions (raw, static, dynamic), each in its own ``tf.Graph``.
 
-Reimplements the TensorFlow code of r2rt, "Recurrent Neural Networks in Tensorflow I"
-(https://r2rt.com/recurrent-neural-networks-in-tensorflow-i.html) through ``tf.compat.v1``:
+The TensorFlow code of r2rt, "Recurrent Neural Networks in Tensorflow I"
+(https://r2rt.com/recurrent-neural-networks-in-tensorflow-i.html), through ``tf.compat.v1``:
 
-* ``raw``: the cell written by hand (``variable_scope('rnn_cell')``, ``get_variable('W', [n+d, d])``,
-  ``get_variable('b', [d])``), the one-hot inputs ``tf.unstack``-ed over time and the outputs appended
-  in a Python loop; one logits/loss tensor per step, ``total_loss = reduce_mean(losses)``.
+* ``raw``: the cell written by hand (`_raw_rnn`) on the one-hot inputs ``tf.unstack``-ed over time, the
+  outputs appended in a Python loop; one logits/loss tensor per step, ``total_loss = reduce_mean(losses)``.
 * ``static``: ``BasicRNNCell(d)`` + ``static_rnn`` on the same list of per-step inputs.
 * ``dynamic``: ``BasicRNNCell(d)`` + ``dynamic_rnn`` on a ``[batch, num_steps, n]`` one-hot tensor.
 
 All three: placeholders ``x, y: int32[batch, num_steps]`` and ``init_state: float32[batch, d]``,
-``AdagradOptimizer(lr)`` (initial accumulator 0.1, no epsilon), and the state carried window to window
-through ``feed_dict``. Every graph is private (``with graph.as_default()``, ``Session(graph=graph)``), so
-nothing is added to the caller's default graph and ``disable_eager_execution`` (global) is not needed.
+``AdagradOptimizer(lr)`` (initial accumulator 0.1, no epsilon), the state carried window to window
+through ``feed_dict``, and a private graph and session, so nothing is added to the caller's default
+graph and ``disable_eager_execution`` (global) is not needed.
 
-TBPTT(k1, k2 > k1) (``ModelConfig.backprop_steps``, see `tf_rnn.base`): ``x, y`` hold k2 steps and an
-int32 scalar placeholder ``window_start`` the stream position of the first; `present` turns it into a
-``[k2]`` mask and `keep_absent` keeps the state through the absent steps. ``raw`` does that in its
-loop; ``static`` and ``dynamic`` wrap ``BasicRNNCell`` in `PresentWrapper`, whose input is the pair
-(one-hot step, present flag), so ``static_rnn`` and ``dynamic_rnn`` still run the cell and its variables
-keep their names. Logits and loss only for the window's last k1 steps; the next state is the output at
-step k1 - 1. With k2 == k1 none of these ops exist.
-
-Timing: ``build_seconds`` = graph construction + session creation + variable initialisation (and the
-assignment of given parameters). The first ``session.run`` of the train step (Grappler optimisation,
-executor creation) is counted in ``EpochResult.first_step_seconds``.
+TBPTT(k1, k2 > k1) (`tf_rnn.base`): ``x, y`` hold k2 steps and an int32 scalar placeholder
+``window_start`` the stream position of the first; `present` and `keep_absent` keep the state through
+the absent steps, in ``raw``'s loop or in `PresentWrapper` around ``BasicRNNCell``. Logits and loss only
+for the last k1 steps; the next state is the one after step k1 - 1. With k2 == k1 none of these ops exist.
 """
 
 from __future__ import annotations
@@ -32,34 +24,21 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-import numpy as np
-
 from ._env import import_tensorflow, quiet_warnings
 from .base import Model
-from .config import ModelConfig, Params, check_accumulators, check_params
+from .config import LAYOUT, ModelConfig, Params, check_params
 
 tf = import_tensorflow()
 v1 = tf.compat.v1
 
-# Shared layout key -> variable name (without ":0") in each graph.
-VARIABLE_NAMES = {
-    "raw": {("rnn_cell", "W"): "rnn_cell/W", ("rnn_cell", "b"): "rnn_cell/b"},
-    "static": {("rnn_cell", "W"): "rnn/basic_rnn_cell/kernel", ("rnn_cell", "b"): "rnn/basic_rnn_cell/bias"},
-    "dynamic": {("rnn_cell", "W"): "rnn/basic_rnn_cell/kernel", ("rnn_cell", "b"): "rnn/basic_rnn_cell/bias"},
-}
-for _names in VARIABLE_NAMES.values():
-    _names.update({("softmax", "W"): "softmax/W", ("softmax", "b"): "softmax/b"})
-
 
 def present(start, steps: int):
-    """``bool[steps]``: which steps of a TBPTT window starting at stream position ``start`` (int32
-    scalar) exist; those before the stream (position < 0) are absent."""
+    """``bool[steps]``: which steps of a TBPTT window from stream position ``start`` exist (position >= 0)."""
     return start + tf.range(steps) >= 0
 
 
 def keep_absent(present_t, new_state, state):
-    """The state after one step: ``new_state`` where the step is present, ``state`` (unchanged) where not.
-    ``present_t``: a bool scalar or ``[batch, 1]``."""
+    """The state after a step: ``new_state`` where ``present_t`` (bool scalar or ``[batch, 1]``), else ``state``."""
     return tf.where(present_t, new_state, state)
 
 
@@ -88,8 +67,7 @@ class PresentWrapper(v1.nn.rnn_cell.RNNCell):
 
 
 def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig, present_steps=None) -> tuple[list, object]:
-    """The tutorial's hand-written cell: ``state = tanh(concat([x_t, state], 1) @ W + b)`` per step;
-    with ``present_steps`` (TBPTT) the state is kept through the absent steps."""
+    """The tutorial's hand-written cell, ``state = tanh(concat([x_t, state], 1) @ W + b)``, step by step."""
     n, d = config.num_classes, config.state_size
     with v1.variable_scope("rnn_cell"):
         v1.get_variable("W", [n + d, d])
@@ -118,14 +96,9 @@ def _softmax_variables(config: ModelConfig):
 
 
 def build_graph(name: str, config: ModelConfig, seed: int = 0) -> dict:
-    """Build one version's training graph in the *current* default graph; return its endpoints.
-
-    **Returns:** a dict with placeholders ``x, y: int32[batch, window_steps]``, ``init_state:
-    float32[batch, d]``, ``start`` (TBPTT only: int32 scalar, the window's stream position; else None)
-    and tensors/ops ``total_loss`` (scalar), ``final_state: [batch, d]`` (the state the next window
-    starts from), ``train_step`` (the Adagrad update), ``init`` (variable initialiser), ``optimizer``
-    (the ``AdagradOptimizer``: its ``"accumulator"`` slots are the optimizer state).
-    """
+    """Build one version's training graph in the *current* default graph; return its endpoints: the
+    placeholders ``x``, ``y``, ``init_state`` and ``start`` (None unless TBPTT), ``total_loss``,
+    ``final_state`` (the next window's initial state), ``train_step``, ``init`` and ``optimizer``."""
     b_size, n, d = config.batch_size, config.num_classes, config.state_size
     k1, steps = config.num_steps, config.window_steps
     tbptt = steps > k1
@@ -199,17 +172,18 @@ class GraphModel(Model):
         self.graph = tf.Graph()
         with self.graph.as_default(), tf.device(device_name), quiet_warnings():
             self._ends = build_graph(name, config, seed)
-            variables = {v.op.name: v for v in v1.global_variables()}
-            self._vars = {key: variables[var] for key, var in VARIABLE_NAMES[name].items()}
-            # One assign op per parameter, made now so that set_params never grows the graph.
-            self._assign_in = {key: v1.placeholder(tf.float32, v.shape, name="set_" + v.op.name.replace("/", "_"))
-                               for key, v in self._vars.items()}
-            self._assign = [v.assign(self._assign_in[key]) for key, v in self._vars.items()]
-            # Adagrad's accumulators (the optimizer state), readable and settable the same way.
-            self._accs = {key: self._ends["optimizer"].get_slot(v, "accumulator") for key, v in self._vars.items()}
-            self._acc_in = {key: v1.placeholder(tf.float32, v.shape, name="set_acc_" + v.op.name.replace("/", "_"))
-                            for key, v in self._vars.items()}
-            self._acc_assign = [self._accs[key].assign(self._acc_in[key]) for key in self._vars]
+            # Created in layout order: the cell's W and b (static, dynamic: rnn/basic_rnn_cell/kernel and
+            # bias), softmax/W, softmax/b; Adagrad's accumulators are their slots.
+            variables = dict(zip(LAYOUT, v1.trainable_variables()))
+            accumulators = {key: self._ends["optimizer"].get_slot(v, "accumulator") for key, v in variables.items()}
+            self._variables = {"params": variables, "accumulators": accumulators}
+            # One placeholder and assign op per variable, made now so that setting them never grows the graph.
+            names = {key: v.op.name.replace("/", "_") for key, v in variables.items()}
+            self._setters = {}
+            for kind, prefix in (("params", "set_"), ("accumulators", "set_acc_")):
+                feeds = {key: v1.placeholder(tf.float32, v.shape, name=prefix + names[key])
+                         for key, v in self._variables[kind].items()}
+                self._setters[kind] = feeds, [v.assign(feeds[key]) for key, v in self._variables[kind].items()]
         self.graph.finalize()  # any op created later is a bug: fail loudly
         session_config = v1.ConfigProto(device_count=device_count) if device_count else v1.ConfigProto()
         self.session = v1.Session(graph=self.graph, config=session_config)
@@ -230,27 +204,12 @@ class GraphModel(Model):
     def _forward(self, x, y, state, *start):
         return self._loss_callable(x, y, state, *start)
 
-    def _fetch(self, tensors: dict) -> Params:
-        """Run ``{(scope, key): tensor}`` and return it in the shared layout, float32 numpy copies."""
-        out: Params = {"rnn_cell": {}, "softmax": {}}
-        for (scope, key), value in self.session.run(tensors).items():
-            out[scope][key] = np.array(value, np.float32)
-        return out
+    def _read(self, kind):
+        return self.session.run(self._variables[kind])
 
-    def get_params(self) -> Params:
-        return self._fetch(self._vars)
-
-    def set_params(self, params: Params) -> None:
-        checked = check_params(params, self.config)
-        feed = {self._assign_in[key]: checked[key[0]][key[1]] for key in self._vars}
-        self.session.run(self._assign, feed)
-
-    def get_accumulators(self) -> Params:
-        return self._fetch(self._accs)
-
-    def set_accumulators(self, accumulators: Params) -> None:
-        checked = check_accumulators(accumulators, self.config)
-        self.session.run(self._acc_assign, {self._acc_in[key]: checked[key[0]][key[1]] for key in self._vars})
+    def _write(self, kind, values):
+        feeds, assign = self._setters[kind]
+        self.session.run(assign, {feed: values[scope][key] for (scope, key), feed in feeds.items()})
 
     def close(self) -> None:
         session = getattr(self, "session", None)

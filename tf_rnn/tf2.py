@@ -1,34 +1,19 @@
-"""The same model, trained the TensorFlow 2 way: ``tf.Variable``s and a ``tf.function`` train step.
+"""The ``tf2`` version: ``tf.Variable``s and a ``tf.function`` train step, the TensorFlow 2 way.
 
-The model and training of r2rt's "Recurrent Neural Networks in Tensorflow I" (see ../shared/TASK.md):
-``S_t = tanh(concat([onehot(x_t), S_{t-1}]) @ W + b)``, ``logits_t = S_t @ U + b_p``, loss the mean
-sparse softmax cross-entropy over batch and time, one Adagrad step per window, the state carried in
-Python from one window to the next (a tensor, never converted to numpy inside the loop).
+`forward` unrolls the model of `tf_rnn.config` at trace time like the raw graph (TBPTT: the window's
+start is a further int32 argument); the state is carried in Python, window to window, as a tensor.
+The variables live on the chosen device and the functions are traced inside its ``tf.device``, so no
+step enters a device scope.
 
-TBPTT(k1, k2 > k1) (``ModelConfig.backprop_steps``, see `tf_rnn.base`): the same loop over the k2 steps
-of the window, the window's start position a further int32 scalar argument of the traced functions, the
-state kept through the absent steps (``graph.present``, ``graph.keep_absent``), the loss over the last
-k1 steps, and the state after step k1 - 1 returned for the next window.
+Adagrad: TF1's ``AdagradOptimizer`` kernel, ``tf.raw_ops.ResourceApplyAdagrad``, on accumulators
+created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon (Keras 3's ``Adagrad`` adds
+``epsilon=1e-7``).
 
-Adagrad: applied with ``tf.raw_ops.ResourceApplyAdagrad``, the kernel that TF1's ``AdagradOptimizer``
-runs, on accumulators created at 0.1: ``acc += g*g; var -= lr * g / sqrt(acc)``, no epsilon. (Keras 3's
-``Adagrad`` adds ``epsilon=1e-7`` and is deliberately not used.)
-
-``jit_compile``: off (`JIT_COMPILE` = False), because it was slower here. Measured during development
-on the default config (batch 200, num_steps 5, state 4, 1000 steps per epoch), 2 shared CPU cores,
-TF 2.21, two runs: seconds per epoch, median of 3 / 5 epochs, ``jit_compile=False`` 0.59 / 0.73,
-``jit_compile=True`` 0.64 / 1.05, and XLA adds 0.8-1.4 s of compilation to the first step (0.06 s
-without). The model is so small that each step is dominated by per-call overhead, which XLA does not
-remove. Pass ``jit_compile=True`` to `EagerModel` to try it (e.g. on a GPU); ``rnn-compare bench --impl
-tf2`` times the default.
-
-Device: the variables are created on the chosen device and the train and loss functions are traced
-inside ``tf.device`` of it, so the placement is part of the traced graph and no step enters a device
-scope.
-
-Timing: ``build_seconds`` = variable creation + tracing the train and loss functions
-(``get_concrete_function``). The first call (function instantiation and, with XLA, compilation) is
-counted in ``EpochResult.first_step_seconds``.
+``jit_compile`` is off (`JIT_COMPILE`): slower here. On the default config (1000 steps per epoch), 2
+shared CPU cores, TF 2.21, two runs, median seconds per epoch of 3 / 5 epochs: 0.59 / 0.73 without,
+0.64 / 1.05 with, plus 0.8-1.4 s of XLA compilation on the first step (0.06 s without). Each step is
+per-call overhead, which XLA does not remove. Try ``EagerModel(..., jit_compile=True)`` (e.g. on a
+GPU); ``rnn-compare bench --impl tf2`` times the default.
 """
 
 from __future__ import annotations
@@ -40,25 +25,19 @@ import numpy as np
 
 from ._env import import_tensorflow
 from .base import Model
-from .config import ModelConfig, Params, check_accumulators, check_params
+from .config import LAYOUT, ModelConfig, Params, check_params
 from .graph import device_spec, keep_absent, present
 
 tf = import_tensorflow()
 
-# Measured during development on the default config; figures in the module docstring.
-JIT_COMPILE = False
-
-# The shared layout's (scope, key) pairs, in the order of the flat variable and accumulator lists.
-LAYOUT = (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))
+JIT_COMPILE = False  # slower here: figures in the module docstring
 
 
 def forward(params: dict, x, y, state, config: ModelConfig, start=None):
-    """``(total_loss, next_state)`` for ``x, y: int32[batch, window_steps]``, ``state: float32[batch, d]``;
-    ``start`` (TBPTT only, else None): int32 scalar, the window's stream position. The loss is over the
-    last ``num_steps`` steps, ``next_state`` the state after the first ``num_steps``."""
+    """``(total_loss, next_state)`` for ``x, y: int32[batch, window_steps]``, ``state: float32[batch, d]``,
+    ``params: {(scope, key): variable}`` and ``start`` (TBPTT only, else None), as in the graphs."""
     x_one_hot = tf.one_hot(x, config.num_classes)
-    W, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
-    U, b_p = params["softmax"]["W"], params["softmax"]["b"]
+    W, b, U, b_p = (params[key] for key in LAYOUT)
     k1, steps = config.num_steps, config.window_steps
     present_steps = None if start is None else present(start, steps)
     losses = []
@@ -74,7 +53,7 @@ def forward(params: dict, x, y, state, config: ModelConfig, start=None):
 
 
 class EagerModel(Model):
-    """The ``tf2`` version: variables + a compiled train step; no graph, no session."""
+    """The ``tf2`` version (see the module docstring); ``jit_compile`` None means `JIT_COMPILE`."""
 
     def __init__(self, config: ModelConfig, params: Optional[Params] = None, seed: int = 0,
                  device: str = "cpu", jit_compile: Optional[bool] = None) -> None:
@@ -85,11 +64,11 @@ class EagerModel(Model):
         start = time.perf_counter()
         with tf.device(self._device):
             initial = checked if checked is not None else self._initial_params(seed)
-            self._params = {scope: {key: tf.Variable(value, name=f"{scope}/{key}", dtype=tf.float32)
-                                    for key, value in group.items()} for scope, group in initial.items()}
-            self._flat = [self._params[scope][key] for scope, key in LAYOUT]
-            self._accumulators = [tf.Variable(tf.fill(v.shape, 0.1), name=v.name.split(":")[0] + "/Adagrad")
-                                  for v in self._flat]
+            variables = {(scope, key): tf.Variable(initial[scope][key], name=f"{scope}/{key}", dtype=tf.float32)
+                         for scope, key in LAYOUT}
+            accumulators = {key: tf.Variable(tf.fill(v.shape, 0.1), name=v.name.split(":")[0] + "/Adagrad")
+                            for key, v in variables.items()}
+            self._variables = {"params": variables, "accumulators": accumulators}
             self._lr = tf.constant(config.learning_rate, tf.float32)
         spec = (tf.TensorSpec([config.batch_size, config.window_steps], tf.int32),) * 2 + (
             tf.TensorSpec([config.batch_size, config.state_size], tf.float32),)
@@ -112,15 +91,16 @@ class EagerModel(Model):
     def _train_step(self, x, y, state, *start):  # start: TBPTT only (a concrete function has no defaults)
         with tf.device(self._device):  # at trace time: the placement is baked into the function
             with tf.GradientTape() as tape:
-                loss, final_state = forward(self._params, x, y, state, self.config, *start)
-            grads = tape.gradient(loss, self._flat)
-            for var, acc, grad in zip(self._flat, self._accumulators, grads):
+                loss, final_state = self._loss_step(x, y, state, *start)
+            variables = list(self._variables["params"].values())
+            grads = tape.gradient(loss, variables)
+            for var, acc, grad in zip(variables, self._variables["accumulators"].values(), grads):
                 tf.raw_ops.ResourceApplyAdagrad(var=var.handle, accum=acc.handle, lr=self._lr, grad=grad)
             return loss, final_state
 
     def _loss_step(self, x, y, state, *start):
         with tf.device(self._device):
-            return forward(self._params, x, y, state, self.config, *start)
+            return forward(self._variables["params"], x, y, state, self.config, *start)
 
     def _prepare_state(self, state):
         with tf.device(self._device):
@@ -134,23 +114,9 @@ class EagerModel(Model):
         loss, final_state = self._loss(x, y, state, *start)
         return loss.numpy(), final_state.numpy()
 
-    def get_params(self) -> Params:
-        return {scope: {key: v.numpy().astype(np.float32) for key, v in group.items()}
-                for scope, group in self._params.items()}
+    def _read(self, kind):
+        return {key: v.numpy() for key, v in self._variables[kind].items()}
 
-    def get_accumulators(self) -> Params:
-        out: Params = {"rnn_cell": {}, "softmax": {}}
-        for (scope, key), acc in zip(LAYOUT, self._accumulators):
-            out[scope][key] = acc.numpy().astype(np.float32)
-        return out
-
-    def set_accumulators(self, accumulators: Params) -> None:
-        checked = check_accumulators(accumulators, self.config)
-        for (scope, key), acc in zip(LAYOUT, self._accumulators):
-            acc.assign(checked[scope][key])
-
-    def set_params(self, params: Params) -> None:
-        checked = check_params(params, self.config)
-        for scope, group in self._params.items():
-            for key, var in group.items():
-                var.assign(checked[scope][key])
+    def _write(self, kind, values):
+        for (scope, key), v in self._variables[kind].items():
+            v.assign(values[scope][key])
