@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from jax_rnn import compile_cache
 from jax_rnn.model import glorot_params
 
-from . import bench, checkpoint, environment, io, report, rerun, run, scaling, sweep
-from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, is_tf, parse_impls, parse_ints
+from . import bench, checkpoint, environment, io, plots, report, rerun, run, scaling, sweep
+from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, at_least, is_tf, parse_impls, parse_ints
 from .environment import DEVICES
 
 OUTPUT_POLICY = (
@@ -26,14 +26,22 @@ OUTPUT_POLICY = (
     "'<command>-<date>-<time>', a new name each time, so nothing is ever replaced. An explicit --name or "
     "--json (or --save-params) that exists is refused unless --overwrite is given. Every file is written "
     "to a temporary file first and renamed into place, so none is ever half-written.")
+# What each command writes besides its JSON: the Markdown table and the plot (matplotlib loads only to draw).
+OUTPUTS = {"run": (report.run_markdown, plots.run_plot), "sweep": (report.sweep_markdown, plots.sweep_plot),
+           "bench": (report.bench_markdown, plots.bench_plot), "scaling": (report.scaling_markdown, plots.scaling_plot)}
+
+
+def _command(sub, name: str, summary: str, description: str, epilog: Optional[str] = OUTPUT_POLICY):
+    parser = sub.add_parser(name, help=summary, description=description, epilog=epilog)
+    parser.set_defaults(error=parser.error)  # reports a UsageError under that command's usage
+    return parser
 
 
 def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_default: Optional[int],
             data_size_default: Optional[int], with_epochs: bool = True, impl_help: Optional[str] = None,
             data_size_help: Optional[str] = None) -> None:
-    """The options every command shares. ``with_epochs=False``: no ``--epochs`` (bench has ``--repeats``);
-    ``impl_help`` / ``data_size_help``: what the help says the default is, where the default is worked out
-    later (None on the parser)."""
+    """The options every command shares (bench, ``with_epochs=False``, has ``--repeats`` instead of ``--epochs``);
+    ``impl_help`` / ``data_size_help``: the default the help names, where the parser's is None (worked out later)."""
     p.add_argument("--impl", default=impl_default,
                    help=f"comma-separated implementations, from: {', '.join(IMPLS)} "
                         f"(default: {impl_help or impl_default})")
@@ -55,12 +63,17 @@ def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_defa
     p.add_argument("--quiet", action="store_true", help="no progress bars (the table is still printed)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="compile JAX afresh: neither read nor write the persistent compilation cache (see "
-                        "'rnn-compare cache'; RNN_SCAN_COMPILE_CACHE=0 turns it off for good)")
+                        f"'rnn-compare cache'; {compile_cache.SWITCH_ENV}=0 turns it off for good)")
 
 
-BACKPROP_HELP = ("K2 of truncated BPTT TBPTT(num_steps, K2): one update per num_steps new steps, each "
-                 "backpropagating through the last K2 >= num_steps steps (default: num_steps, the tutorial's "
-                 "'TensorFlow style')")
+def _cell(p: argparse.ArgumentParser) -> None:
+    """The one cell that ``run`` and ``bench`` train (``sweep`` takes comma lists)."""
+    p.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
+    p.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    p.add_argument("--backprop-steps", type=int, default=None, metavar="K2",
+                   help="K2 of truncated BPTT TBPTT(num_steps, K2): one update per num_steps new steps, each "
+                        "backpropagating through the last K2 >= num_steps steps (default: num_steps, the "
+                        "tutorial's 'TensorFlow style')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,15 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=OUTPUT_POLICY)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
-    run = sub.add_parser("run", help="train implementations on the same data and weights; compare losses",
-                         description="Train each implementation in turn, from the same initial parameters "
-                                     "on the same data; report losses, levels, timings and whether they "
-                                     "agree (same params and data: every step's loss within 1e-4; exit "
-                                     "status 1 if not).", epilog=OUTPUT_POLICY)
+    run = _command(sub, "run", "train implementations on the same data and weights; compare losses",
+                   "Train each implementation in turn, from the same initial parameters on the same data; report "
+                   "losses, levels, timings and whether they agree (same params and data: every step's loss "
+                   "within 1e-4; exit status 1 if not).")
     _common(run, ",".join(DEFAULT_RUN_IMPLS), None, None)
-    run.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
-    run.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
-    run.add_argument("--backprop-steps", type=int, default=None, metavar="K2", help=BACKPROP_HELP)
+    _cell(run)
     run.add_argument("--init-params", metavar="FILE.npz",
                      help="initial parameters, keys rnn_cell/W, rnn_cell/b, softmax/W, softmax/b (default: "
                           "Glorot-uniform from --seed, drawn with numpy)")
@@ -103,19 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "CPU is deterministic already")
     run.set_defaults(option_defaults={a.dest: a.default for a in run._actions})
 
-    sweep = sub.add_parser("sweep", help="the tutorial's grid: num_steps x state_size (x backprop steps), several seeds",
-                           description="Train every (num_steps, state_size) cell for every seed and report the "
-                                       "final loss (mean and spread over seeds) and the level reached. With "
-                                       "jax, all seeds of a cell train in one vmapped call. Defaults take about "
-                                       "a minute with --impl jax on 2 CPU cores; TF implementations train "
-                                       "seed after seed and are much slower.", epilog=OUTPUT_POLICY)
+    sweep = _command(sub, "sweep", "the tutorial's grid: num_steps x state_size (x backprop steps), several seeds",
+                     "Train every (num_steps, state_size) cell for every seed and report the final loss (mean and "
+                     "spread over seeds) and the level reached. With jax, all seeds of a cell train in one vmapped "
+                     "call. Defaults take about a minute with --impl jax on 2 CPU cores; TF implementations train "
+                     "seed after seed and are much slower.")
     _common(sweep, "jax", 5, 1_000_000)
     sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
     sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
     sweep.add_argument("--backprop-steps", default="num_steps", metavar="K2S",
                        help="comma list, a third axis: each cell trains TBPTT(num_steps, K2) for every K2 >= its "
                             "num_steps ('num_steps': the tutorial's truncation; e.g. num_steps,9,15) "
-                            "(default: num_steps)"),
+                            "(default: num_steps)")
     sweep.add_argument("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
     sweep.add_argument("--checkpoint", metavar="DIR",
                        help="save every finished cell to DIR/sweep-<num_steps>-<state_size>-<impl>.npz, atomically")
@@ -126,17 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JAX cells trained at once, one thread each (default: the number of CPU cores with "
                             "--device cpu, else 1); the results do not depend on it")
 
-    bench = sub.add_parser("bench", help="speed only: build, first epoch, steady state, memory, speed-up",
-                           description=f"Time every implementation on the same data: build/compile seconds, "
-                                       f"the first epoch, then --repeats epochs (median, min-max), steps/s, "
-                                       f"points/s, peak resident memory, and the speed-up against {BASELINE} "
-                                       f"measured in the same run.", epilog=OUTPUT_POLICY)
+    bench = _command(sub, "bench", "speed only: build, first epoch, steady state, memory, speed-up",
+                     f"Time every implementation on the same data: build/compile seconds, the first epoch, then "
+                     f"--repeats epochs (median, min-max), steps/s, points/s, peak resident memory, and the "
+                     f"speed-up against {BASELINE} measured in the same run.")
+    scaling_impls = ",".join(scaling.DEFAULT_IMPLS)
     _common(bench, None, None, None, with_epochs=False,
-            impl_help=f"all five, {','.join(IMPLS)}; with --scaling {','.join(scaling.DEFAULT_IMPLS)}",
+            impl_help=f"all five, {','.join(IMPLS)}; with --scaling {scaling_impls}",
             data_size_help=f"1,000,000; with --scaling {scaling.DEFAULT_DATA_SIZE:,}")
-    bench.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
-    bench.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
-    bench.add_argument("--backprop-steps", type=int, default=None, metavar="K2", help=BACKPROP_HELP)
+    _cell(bench)
     bench.add_argument("--repeats", type=int, default=None,
                        help="timed epochs after the warm-up one (default: 3; 2 with --scaling)")
     bench.add_argument("--scaling", action="store_true",
@@ -144,19 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "num_steps (1..100) and batch_size (20..20,000) grow one at a time, on the same "
                             f"{scaling.DEFAULT_DATA_SIZE:,} points, with fitted log-log slopes; then JAX memory with "
                             "and without remat for num_steps 1,000 and 10,000 at state 256. Defaults to --impl "
-                            f"{','.join(scaling.DEFAULT_IMPLS)}; about 3 minutes on 2 cores. With --device auto "
-                            "on a GPU machine: CPU and GPU side by side, and where the GPU overtakes")
+                            f"{scaling_impls}; about 3 minutes on 2 cores. With --device auto on a GPU machine: CPU "
+                            "and GPU side by side, and where the GPU overtakes")
     bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
-    cache = sub.add_parser("cache", help="where JAX's compilation cache is, and its size; --clear empties it",
-                           description=f"JAX's persistent compilation cache: every command (unless "
-                                       f"--no-compile-cache) saves each compiled executable there, so the next "
-                                       f"run with the same shapes loads it instead of compiling. Directory: "
-                                       f"${compile_cache.DIR_ENV}, else $XDG_CACHE_HOME/rnn-scan/jax "
-                                       f"(~/.cache/rnn-scan/jax); {compile_cache.SWITCH_ENV}=0 turns it off.")
-    cache.add_argument("--clear", action="store_true", help="delete the cached executables (then the directory, "
-                                                            "once empty)")
-    for sub_parser in (run, sweep, bench, cache):
-        sub_parser.set_defaults(error=sub_parser.error)  # reports a UsageError under that command's usage
+
+    cache = _command(sub, "cache", "where JAX's compilation cache is, and its size; --clear empties it",
+                     f"JAX's persistent compilation cache: every command (unless --no-compile-cache) saves each "
+                     f"compiled executable there, so the next run with the same shapes loads it instead of "
+                     f"compiling. Directory: ${compile_cache.DIR_ENV}, else $XDG_CACHE_HOME/rnn-scan/jax "
+                     f"(~/.cache/rnn-scan/jax); {compile_cache.SWITCH_ENV}=0 turns it off.", epilog=None)
+    cache.add_argument("--clear", action="store_true",
+                       help="delete the cached executables (then the directory, once empty)")
     return parser
 
 
@@ -174,12 +179,18 @@ def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size
     return config
 
 
-def _paths(args, command: Optional[str] = None) -> dict:
-    return io.output_paths(command or args.command, args.out, args.name, args.json, args.overwrite,
-                           time.strftime("%Y%m%d-%H%M%S"))
+def _paths(args, kind: str) -> dict:
+    return io.output_paths(kind, args.out, args.name, args.json, args.overwrite, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def _write(result: dict, paths: dict, markdown: str, png: bytes) -> None:
+def _devices(args, impls) -> environment.Devices:
+    return environment.resolve(args.device, any(map(is_tf, impls)))
+
+
+def _write(result: dict, paths: dict, kind: str) -> None:
+    """Write the JSON, the table and the plot of ``kind`` (`OUTPUTS`); print the table."""
+    markdown, plot = OUTPUTS[kind]
+    markdown, png = markdown(result), plot(result)
     io.write_json(paths["json"], result)
     io.write_text(paths["md"], markdown)
     io.write_bytes(paths["png"], png)
@@ -188,8 +199,6 @@ def _write(result: dict, paths: dict, markdown: str, png: bytes) -> None:
 
 
 def _run(args) -> int:
-    from . import plots  # matplotlib loads only when a command draws
-
     original = rerun.apply(args) if args.from_json else None
     impls = parse_impls(args.impl)
     data = io.load_data(args.data) if args.data else None
@@ -208,14 +217,14 @@ def _run(args) -> int:
     else:
         params = glorot_params(config.num_classes, config.state_size, config.seed)
     checkpoint.check_dirs(args.checkpoint, args.resume)
-    paths = _paths(args)
+    paths = _paths(args, "run")
     save = None
     if args.save_params:
         save = {impl: io.check_writable(io.params_path(args.save_params, impl), args.overwrite, "--save-params")
                 for impl in impls}
         if len(set(save.values())) != len(save):
             raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
-    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    devices = _devices(args, impls)
     record = checkpoint.config_record(config, args.init_params, args.data, args.deterministic)
     result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet,
                      checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume, record=record,
@@ -224,22 +233,19 @@ def _run(args) -> int:
                             device=args.device)
     if original is not None:
         result["rerun_of"] = rerun.compare(args.from_json, original, result)
-    _write(result, paths, report.run_markdown(result), plots.run_plot(result))
+    _write(result, paths, "run")
     if original is not None:
         print(rerun.summary(result["rerun_of"]))
     return 1 if result["agreement"]["all_agree"] is False else 0
 
 
 def _sweep(args) -> int:
-    from . import plots  # matplotlib loads only when a command draws
-
     impls = parse_impls(args.impl)
     num_steps = parse_ints(args.num_steps, "--num-steps")
     state_sizes = parse_ints(args.state_size, "--state-size")
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    at_least(args.seeds, "--seeds")
+    if args.workers is not None:
+        at_least(args.workers, "--workers")
     checkpoint.check_dirs(args.checkpoint, args.resume)
     backprop = parse_ints(args.backprop_steps, "--backprop-steps", words=("num_steps",))
     # Every (num_steps, K2) with K2 >= num_steps, once each ("num_steps" is K2 = num_steps).
@@ -250,35 +256,31 @@ def _sweep(args) -> int:
                          f"each cell needs K2 >= its num_steps")
     configs = [_config(args, impls, n, d, args.epochs, args.data_size, None if k == n else k)
                for n, k in truncations for d in state_sizes]
-    paths = _paths(args)
-    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    paths = _paths(args, "sweep")
+    devices = _devices(args, impls)
     workers = args.workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
     result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet, workers=workers,
                          checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume)
-    _write(result, paths, report.sweep_markdown(result), plots.sweep_plot(result))
+    _write(result, paths, "sweep")
     return 0
 
 
 def _bench(args) -> int:
-    from . import plots  # matplotlib loads only when a command draws
-
     impls = parse_impls(args.impl or ",".join(scaling.DEFAULT_IMPLS if args.scaling else IMPLS))
-    repeats = args.repeats if args.repeats is not None else (2 if args.scaling else 3)
-    if repeats < 1:
-        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    repeats = at_least(args.repeats if args.repeats is not None else (2 if args.scaling else 3), "--repeats")
     data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else 1_000_000)
     if args.scaling and args.backprop_steps is not None:
         raise UsageError("--backprop-steps: the scaling study varies num_steps itself; give it without --scaling")
     config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size, args.backprop_steps)
-    paths = _paths(args, "scaling" if args.scaling else None)
-    devices = environment.resolve(args.device, any(map(is_tf, impls)))
+    kind = "scaling" if args.scaling else "bench"
+    paths = _paths(args, kind)
+    devices = _devices(args, impls)
     if args.scaling:
         result = scaling.study(config, devices, repeats, memory_steps=() if args.no_memory else scaling.MEMORY_NUM_STEPS,
                                quiet=args.quiet)
-        _write(result, paths, report.scaling_markdown(result), plots.scaling_plot(result))
-        return 0
-    result = bench.bench(config, devices, quiet=args.quiet)
-    _write(result, paths, report.bench_markdown(result), plots.bench_plot(result))
+    else:
+        result = bench.bench(config, devices, quiet=args.quiet)
+    _write(result, paths, kind)
     return 0
 
 

@@ -1,9 +1,5 @@
-"""The comparison's settings: implementation names, one frozen `Config` validated once, `UsageError`.
-
-Everything the command line accepts is checked here (or while loading a file, `compare.io`) before
-any work starts; a bad value raises `UsageError`, which the CLI turns into an argparse-style message
-and exit status 2.
-"""
+"""The comparison's settings: implementation names, one frozen `Config` validated once, `UsageError`
+for whatever the command line accepts (input files are checked in `compare.io`)."""
 
 from __future__ import annotations
 
@@ -21,16 +17,24 @@ class UsageError(ValueError):
     """A bad option or input file; the CLI reports it like argparse does and exits with status 2."""
 
 
+def at_least(value: int, option: str, minimum: int = 1) -> int:
+    """``value``, or a UsageError ``"--seeds must be >= 1, got 0"``."""
+    if value < minimum:
+        raise UsageError(f"{option} must be >= {minimum}, got {value}")
+    return value
+
+
 def parse_impls(text: str) -> tuple[str, ...]:
     """``"jax,tf-dynamic"`` -> ``("jax", "tf-dynamic")``; unknown, repeated or empty names are a UsageError."""
     names = [part.strip() for part in str(text).split(",")]
+    choices = ", ".join(IMPLS)
     if not any(names):
-        raise UsageError(f"--impl: give at least one implementation (choose from {', '.join(IMPLS)})")
+        raise UsageError(f"--impl: give at least one implementation (choose from {choices})")
     if not all(names):
-        raise UsageError(f"--impl: an empty item in {text!r} (a stray comma?); choose from {', '.join(IMPLS)}")
+        raise UsageError(f"--impl: an empty item in {text!r} (a stray comma?); choose from {choices}")
     for name in names:
         if name not in IMPLS:
-            raise UsageError(f"--impl: unknown implementation {name!r} (choose from {', '.join(IMPLS)})")
+            raise UsageError(f"--impl: unknown implementation {name!r} (choose from {choices})")
     if len(set(names)) != len(names):
         raise UsageError(f"--impl: an implementation is named twice in {text!r}")
     return tuple(names)
@@ -40,17 +44,15 @@ def parse_ints(text: str, option: str, minimum: int = 1, words: tuple[str, ...] 
     """``"1,5,10"`` -> ``(1, 5, 10)``; every value must be an integer >= ``minimum`` (or one of ``words``,
     kept as the string)."""
     values = []
-    for part in str(text).split(","):
-        if part.strip() in words:
-            values.append(part.strip())
+    for part in (part.strip() for part in str(text).split(",")):
+        if part in words:
+            values.append(part)
             continue
         try:
-            value = int(part.strip())
+            value = int(part)
         except ValueError:
-            raise UsageError(f"{option}: {part.strip()!r} is not an integer (expected e.g. 1,5,10)") from None
-        if value < minimum:
-            raise UsageError(f"{option} must be >= {minimum}, got {value}")
-        values.append(value)
+            raise UsageError(f"{option}: {part!r} is not an integer (expected e.g. 1,5,10)") from None
+        values.append(at_least(value, option, minimum))
     return tuple(values)
 
 
@@ -68,8 +70,6 @@ class Config(FitConfig):
     """One training setting, shared by every implementation of a run: `jax_rnn.FitConfig` (the one set of
     hyperparameters, with the tutorial's defaults and its checks) plus the implementations to run. A bad
     value is a UsageError naming the command-line option (``--num-steps must be an integer >= 1, got 0``).
-
-    ``epoch_size = (data_size // batch_size) // num_steps`` windows of ``[batch_size, num_steps]`` points.
     """
 
     impls: tuple[str, ...] = dataclasses.field(default=DEFAULT_RUN_IMPLS, kw_only=True)

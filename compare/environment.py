@@ -1,8 +1,5 @@
-"""Which device each framework runs on (``--device cpu|gpu|auto``), and what the machine is.
-
-TensorFlow is imported (through ``tf_rnn``, which prepares legacy Keras first) only when a TensorFlow
-implementation was asked for, so ``--impl jax`` never loads it.
-"""
+"""Which device each framework runs on (``--device cpu|gpu|auto``), and what the machine is. TensorFlow
+is imported (through ``tf_rnn``, which prepares legacy Keras first) only for a TensorFlow implementation."""
 
 from __future__ import annotations
 
@@ -33,7 +30,6 @@ class Devices:
 
 
 def _jax_gpus() -> list:
-
     try:
         return list(jax.devices("gpu"))
     except RuntimeError:  # no GPU backend
@@ -69,15 +65,17 @@ def resolve(requested: str, need_tf: bool) -> Devices:
 
 def jax_device(kind: str):
     """The first JAX device of that kind (``"cpu"`` or ``"gpu"``)."""
-
     return jax.devices(kind)[0]
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+def _version(*dists: str) -> str | None:
+    """The installed version of the first of ``dists`` that is installed (None if none is)."""
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return None
 
 
 def describe(devices: Devices) -> dict:
@@ -85,7 +83,6 @@ def describe(devices: Devices) -> dict:
     directory (None when off). The TensorFlow and tf-keras versions are always recorded, read from the
     installed packages' metadata without importing them (None if not installed); the TensorFlow device
     only if TensorFlow was used."""
-
     jd = jax_device(devices.jax)
     env = {
         "python": platform.python_version(),
@@ -93,7 +90,7 @@ def describe(devices: Devices) -> dict:
         "jax": jax.__version__,
         "jaxlib": _version("jaxlib"),
         "optax": _version("optax"),
-        "tensorflow": _version("tensorflow") or _version("tensorflow-cpu") or _version("tensorflow-macos"),
+        "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
         "tf_keras": _version("tf-keras"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -106,7 +103,7 @@ def describe(devices: Devices) -> dict:
     if tf is not None and devices.tf is not None:
         name = "cpu"
         if devices.tf == "gpu":
-            gpus = tf.config.list_physical_devices("GPU")
+            gpus = _tf_gpus()
             try:
                 name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
             except (ValueError, IndexError):

@@ -1,13 +1,6 @@
-"""Files in and out: input ``.npz`` files (validated), initial parameters, and atomic, no-clobber writes.
-
-Parameters travel as nested dicts of float32 numpy arrays in the layout shared by every implementation
-(``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``) and are stored in
-``.npz`` files under the flat keys ``rnn_cell/W``, ``rnn_cell/b``, ``softmax/W``, ``softmax/b``.
-
-Output policy (documented in the CLI help): every file is written to a temporary file in the target
-directory and moved into place with ``os.replace``, so a reader never sees half a file; an existing file
-is never replaced unless the caller passes ``overwrite=True`` (the ``--overwrite`` option).
-"""
+"""Files in and out: the input ``.npz`` files (validated), parameters as float32 numpy arrays in the shared
+layout (`jax_rnn.layout`, stored under its flat keys ``rnn_cell/W``...), and the outputs, written atomically
+and never over an existing file unless ``overwrite`` (``--overwrite``; the CLI's `OUTPUT_POLICY`)."""
 
 from __future__ import annotations
 
@@ -24,7 +17,7 @@ from jax_rnn.layout import PARAM_KEYS
 
 from .config import UsageError
 
-# --- parameters ----------------------------------------------------------------------------------
+OUTPUT_EXTS = ("json", "md", "png")
 
 
 def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]]:
@@ -57,26 +50,24 @@ def fingerprint(params: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-# --- input files ---------------------------------------------------------------------------------
-
-
-def _load_npz(path: str, option: str) -> dict:
+def _load_npz(path: str, option: str, keys: tuple[str, ...]) -> dict:
+    """The arrays of ``path``; UsageError unless it is a readable ``.npz`` file of exactly ``keys``."""
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
     try:
-        return read_npz(path)
+        arrays = read_npz(path)
     except ValueError as err:
         raise UsageError(f"{option}: cannot read {path} as an .npz file ({err})") from None
+    if set(arrays) != set(keys):
+        raise UsageError(f"{option}: {path} must hold exactly the keys {', '.join(keys)}; "
+                         f"got {', '.join(sorted(arrays)) or 'none'}")
+    return arrays
 
 
 def load_params(path: str, num_classes: int, state_size: int) -> dict:
     """Read initial parameters (``--init-params``); UsageError naming a missing/extra key or bad shape."""
-    arrays = _load_npz(path, "--init-params")
-    shapes = param_shapes(num_classes, state_size)
-    if set(arrays) != set(shapes):
-        raise UsageError(f"--init-params: {path} must hold exactly the keys {', '.join(PARAM_KEYS)}; "
-                         f"got {', '.join(sorted(arrays)) or 'none'}")
-    for key, shape in shapes.items():
+    arrays = _load_npz(path, "--init-params", PARAM_KEYS)
+    for key, shape in param_shapes(num_classes, state_size).items():
         a = arrays[key]
         if a.shape != shape:
             raise UsageError(f"--init-params: {path}: {key} must have shape {list(shape)} for state size "
@@ -91,9 +82,7 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
     **Returns:** ``(x, y)``, both ``int32[epochs, data_size]``.
     """
-    arrays = _load_npz(path, "--data")
-    if set(arrays) != {"x", "y"}:
-        raise UsageError(f"--data: {path} must hold exactly the keys x, y; got {', '.join(sorted(arrays)) or 'none'}")
+    arrays = _load_npz(path, "--data", ("x", "y"))
     x, y = arrays["x"], arrays["y"]
     for name, a in (("x", x), ("y", y)):
         if a.ndim != 2 or a.shape[0] < 1:
@@ -105,9 +94,6 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     if x.shape != y.shape:
         raise UsageError(f"--data: {path}: x and y must have one shape, got {list(x.shape)} and {list(y.shape)}")
     return x.astype(np.int32), y.astype(np.int32)
-
-
-# --- outputs -------------------------------------------------------------------------------------
 
 
 def check_writable(path: Path, overwrite: bool, option: str) -> Path:
@@ -123,10 +109,7 @@ def check_writable(path: Path, overwrite: bool, option: str) -> Path:
     return path
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write atomically: a temporary file in the same directory, fsync, then ``os.replace``
-    (``jax_rnn.checkpoint.atomic_write``, the one writer of the project)."""
-    return atomic_write(path, data)
+write_bytes = atomic_write  # the project's one writer: a temporary file in the same directory, then os.replace
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -150,29 +133,22 @@ def params_path(pattern: str, impl: str) -> Path:
     if "{impl}" in pattern:
         return Path(pattern.replace("{impl}", impl))
     path = Path(pattern)
-    suffix = path.suffix or ".npz"
-    return path.with_name(f"{path.stem if path.suffix else path.name}-{impl}{suffix}")
+    return path.with_name(f"{path.stem}-{impl}{path.suffix or '.npz'}")
 
 
 def output_paths(command: str, out_dir: str, name: str | None, json_path: str | None, overwrite: bool,
                  stamp: str) -> dict[str, Path]:
-    """Where a command writes: ``{"json", "md", "png"}`` -> path, checked before any work.
-
-    ``<out_dir>/<name>.{json,md,png}``; ``name`` defaults to ``<command>-<stamp>`` (a new name per
-    invocation: ``-2``, ``-3``... is appended if taken, so the default never replaces anything). An
-    explicit ``--name`` or ``--json`` that exists is a UsageError unless ``overwrite``.
-    """
+    """``{"json", "md", "png"}`` -> ``<out_dir>/<name>.<ext>``, checked before any work. ``name`` defaults to
+    ``<command>-<stamp>``, then ``-2``, ``-3``... until no file of that name exists."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is not a directory")
     if name is not None and (not name or "/" in name or name in (".", "..")):
         raise UsageError(f"--name: {name!r} must be a plain file name stem (no '/')")
-    stem, explicit = (name, True) if name else (f"{command}-{stamp}", False)
-    if not explicit:
-        base, k = stem, 2
-        while any((out / f"{stem}{ext}").exists() for ext in (".json", ".md", ".png")):
-            stem, k = f"{base}-{k}", k + 1
-    paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    stem, k = name or f"{command}-{stamp}", 2
+    while not name and any((out / f"{stem}.{ext}").exists() for ext in OUTPUT_EXTS):
+        stem, k = f"{command}-{stamp}-{k}", k + 1
+    paths = {ext: out / f"{stem}.{ext}" for ext in OUTPUT_EXTS}
     if json_path:
         paths["json"] = Path(json_path)
     for kind, path in paths.items():

@@ -1,12 +1,5 @@
-"""PNG figures of a result dict (matplotlib, Agg backend; nothing is shown, bytes are returned).
-
-* `run_plot`: the every-100-step loss curves of every implementation, the three targets labelled;
-* `sweep_plot`: one panel per (num_steps, state_size) cell, mean curve per implementation over seeds; for
-  a sweep with a backprop-steps axis, `truncation_plot` instead;
-* `truncation_plot`: final loss against the steps each update backpropagates through, one line per
-  num_steps (update interval), one panel per state size: r2rt's "Styles of Truncated Backpropagation";
-* `bench_plot`: bars of the steady-state seconds per epoch (median, min-max as error bars).
-"""
+"""PNG figures of a result dict, one function per command (matplotlib's Agg backend, loaded on the first
+plot; nothing is shown, the PNG's bytes are returned)."""
 
 from __future__ import annotations
 
@@ -15,10 +8,8 @@ import io
 import numpy as np
 
 from jax_rnn import data as task
-from .report import truncation
+from .report import fit_label, setting, truncation, truncation_steps
 from .run import LOG_EVERY
-
-TARGET_LABELS = (("none", "nothing learned"), ("first", "3-step dependency"), ("both", "both dependencies"))
 
 
 def _pyplot():
@@ -38,13 +29,19 @@ def _png(fig) -> bytes:
 
 
 def _targets(ax, labels: bool = True) -> None:
-    for (key, label), style in zip(TARGET_LABELS, (":", "--", "-.")):
+    """The three analytic targets as grey lines; ``labels``: named at the right end."""
+    for (key, name), style in zip(task.LEVEL_NAMES.items(), (":", "--", "-.")):
         value = getattr(task.TARGETS, key)
         ax.axhline(value, color="grey", linestyle=style, linewidth=1)
         if labels:
-            ax.annotate(f"{label} ({value:.4f})", (1.0, value), xycoords=("axes fraction", "data"),
+            ax.annotate(f"{name.removeprefix('the ')} ({value:.4f})", (1.0, value), xycoords=("axes fraction", "data"),
                         xytext=(-4, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8,
                         color="dimgrey")
+
+
+def _spread(mean: np.ndarray, records: list[dict], low: str, high: str) -> np.ndarray:
+    """Error bars ``[2, n]`` from ``mean`` down to each record's ``low`` and up to its ``high``."""
+    return np.array([[m - r[low], r[high] - m] for m, r in zip(mean, records)]).T
 
 
 def block_ends(epochs: int, epoch_size: int, every: int = LOG_EVERY) -> np.ndarray:
@@ -58,8 +55,7 @@ def block_ends(epochs: int, epoch_size: int, every: int = LOG_EVERY) -> np.ndarr
 
 def run_plot(result: dict) -> bytes:
     """Loss every 100 steps (x: training step) for each implementation, with the target lines."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     # Identical runs overlap exactly: distinct markers, shrinking, keep every curve visible.
     c = result["config"]
     x = block_ends(c["epochs"], c["epoch_size"])
@@ -68,21 +64,19 @@ def run_plot(result: dict) -> bytes:
         ax.plot(x[: len(avg)], avg, marker="osD^x"[k % 5], markersize=max(2, 7 - 1.2 * k),
                 fillstyle="none", linewidth=1.2, label=impl)
     _targets(ax)
-    ax.set(xlabel="training step", ylabel="mean loss of the last 100 steps",
-           title=f"{truncation(c)}, state_size {c['state_size']}, batch {c['batch_size']}, "
-                 f"lr {c['learning_rate']}")
+    ax.set(xlabel="training step", ylabel="mean loss of the last 100 steps", title=setting(c))
     ax.set_ylim(task.TARGETS.both - 0.03, max(0.72, ax.get_ylim()[1]))
     ax.legend(loc="upper center", ncol=min(5, len(result["results"])), fontsize=8)
     return _png(fig)
 
 
 def truncation_plot(result: dict) -> bytes:
-    """Final loss (seed mean, min-max bars) against backprop_steps k2, one line per num_steps k1 and
-    implementation (its first point, k2 = k1, is the tutorial's truncation), one panel per state size."""
-    plt = _pyplot()
+    """r2rt's "Styles of Truncated Backpropagation": final loss (seed mean, min-max bars) against
+    backprop_steps k2, one line per num_steps k1 and implementation (its first point, k2 = k1, is the
+    tutorial's truncation), one panel per state size."""
     c = result["config"]
-    fig, axes = plt.subplots(1, len(c["state_size"]), figsize=(5.5 * len(c["state_size"]), 4.2), sharey=True,
-                             squeeze=False, constrained_layout=True)
+    fig, axes = _pyplot().subplots(1, len(c["state_size"]), figsize=(5.5 * len(c["state_size"]), 4.2),
+                                   sharey=True, squeeze=False, constrained_layout=True)
     for ax, state_size in zip(axes[0], c["state_size"]):
         lines: dict = {}
         for cell in result["cells"]:
@@ -90,11 +84,10 @@ def truncation_plot(result: dict) -> bytes:
                 lines.setdefault((cell["num_steps"], cell["impl"]), []).append(cell)
         for (k1, impl), cells in sorted(lines.items()):
             cells.sort(key=lambda cell: cell["backprop_steps"])
-            x = [cell["backprop_steps"] for cell in cells]
             mean = np.array([cell["mean"] for cell in cells])
-            spread = np.array([[m - cell["min"], cell["max"] - m] for m, cell in zip(mean, cells)]).T
             label = f"update every {k1} step{'s' if k1 > 1 else ''}" + (f" ({impl})" if len(c["impls"]) > 1 else "")
-            ax.errorbar(x, mean, yerr=spread, marker="o", capsize=3, linewidth=1.2, label=label)
+            ax.errorbar([cell["backprop_steps"] for cell in cells], mean, yerr=_spread(mean, cells, "min", "max"),
+                        marker="o", capsize=3, linewidth=1.2, label=label)
         _targets(ax, labels=ax is axes[0][-1])
         ax.set(title=f"state {state_size}", xlabel="backprop steps k2 (first point of a line: k2 = k1, TF style)")
         ax.set_xticks(sorted({cell["backprop_steps"] for cell in result["cells"]}))
@@ -108,17 +101,16 @@ def truncation_plot(result: dict) -> bytes:
 def sweep_plot(result: dict) -> bytes:
     """A grid: rows the truncations (num_steps, backprop_steps), columns state_size; in each, the seed-mean
     curve of every implementation. A sweep with a backprop-steps axis: `truncation_plot`."""
-    plt = _pyplot()
     c = result["config"]
     if any(k1 != k2 for k1, k2 in c.get("truncations") or ()):
         return truncation_plot(result)
     rows = [tuple(t) for t in c.get("truncations") or [(n, n) for n in c["num_steps"]]]
     cols = c["state_size"]
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4 * len(cols), (2.8 if len(rows) <= 4 else 2.0) * len(rows)),
-                             sharey=True, squeeze=False, constrained_layout=True)
+    height = 2.8 if len(rows) <= 4 else 2.0
+    fig, axes = _pyplot().subplots(len(rows), len(cols), figsize=(4 * len(cols), height * len(rows)), sharey=True,
+                                   squeeze=False, constrained_layout=True)
     for cell in result["cells"]:
-        k1, k2 = cell["num_steps"], cell.get("backprop_steps", cell["num_steps"])
-        ax = axes[rows.index((k1, k2))][cols.index(cell["state_size"])]
+        ax = axes[rows.index(truncation_steps(cell))][cols.index(cell["state_size"])]
         curve = np.asarray(cell["avg_losses_mean"], np.float64)
         # One point per 100 steps (or one per epoch if an epoch is shorter): x in epochs.
         ax.plot(c["epochs"] * np.arange(1, len(curve) + 1) / len(curve), curve, linewidth=1.2, label=cell["impl"])
@@ -138,13 +130,12 @@ def sweep_plot(result: dict) -> bytes:
 
 def bench_plot(result: dict) -> bytes:
     """Steady-state seconds per epoch per implementation: median bars, min-max error bars."""
-    plt = _pyplot()
     names = list(result["results"])
     r = [result["results"][n] for n in names]
     median = np.array([x["median_epoch_seconds"] for x in r], np.float64)
-    err = np.array([[m - x["min_epoch_seconds"], x["max_epoch_seconds"] - m] for m, x in zip(median, r)]).T
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
-    bars = ax.bar(names, median, yerr=err, capsize=4, color="tab:blue")
+    fig, ax = _pyplot().subplots(figsize=(1.4 * len(names) + 2, 4))
+    bars = ax.bar(names, median, yerr=_spread(median, r, "min_epoch_seconds", "max_epoch_seconds"), capsize=4,
+                  color="tab:blue")
     for bar, x in zip(bars, r):
         label = f"{x['median_epoch_seconds']:.3f}s"
         if x.get("speedup_vs_baseline") is not None:
@@ -161,16 +152,13 @@ def bench_plot(result: dict) -> bytes:
 
 def scaling_plot(result: dict) -> bytes:
     """One log-log panel per swept parameter: median seconds per epoch, a line per implementation/device."""
-    plt = _pyplot()
     params = list(result["config"]["sweeps"])
-    fig, axes = plt.subplots(1, len(params), figsize=(5 * len(params), 4), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(params), figsize=(5 * len(params), 4), squeeze=False)
     for ax, param in zip(axes[0], params):
         for fit in (f for f in result["fits"] if f["parameter"] == param):
-            label = fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
-            if fit["slope"] is not None:
-                label += f", slope {fit['slope']:.2f}"
-            ax.loglog(fit["values"], np.asarray(fit["seconds"], np.float64), marker="o", linestyle="--" if fit["device"] == "gpu" else "-",
-                      label=label)
+            label = fit_label(fit) + ("" if fit["slope"] is None else f", slope {fit['slope']:.2f}")
+            ax.loglog(fit["values"], np.asarray(fit["seconds"], np.float64), marker="o",
+                      linestyle="--" if fit["device"] == "gpu" else "-", label=label)
         ax.set(xlabel=param, ylabel="seconds per epoch (median)", title=f"cost as {param} grows")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)

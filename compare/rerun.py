@@ -1,11 +1,8 @@
 """``rnn-compare run --from FILE.json``: rerun a saved ``run`` result and say whether it reproduced.
 
-A result records what is needed to rerun it: ``config`` (implementations, sizes, learning rate, epochs,
-data size, seed, the ``--init-params`` / ``--data`` files, ``--deterministic``, ``--device``), ``environment``
-(versions, device, machine) and, per implementation, the fingerprint of the initial parameters and the
-data source. `apply` turns that back into command-line options; `compare` checks the new step losses
-against the old ones (bit for bit, and the largest difference) and lists what differs in the
-environment, since a different JAX/TensorFlow/CPU may legitimately change the last bits.
+`apply` turns the result's ``config`` back into command-line options; `compare` checks the new step losses
+against the old ones and lists what differs in the ``environment``, since another JAX, TensorFlow or CPU
+may legitimately change the last bits.
 """
 
 from __future__ import annotations
@@ -18,11 +15,10 @@ import numpy as np
 from .config import UsageError
 from .run import json_safe
 
-# --from FILE.json option -> the config key it comes from
-OPTIONS = {"impl": "impls", "num_steps": "num_steps", "backprop_steps": "backprop_steps", "state_size": "state_size",
-           "batch_size": "batch_size",
-           "learning_rate": "learning_rate", "epochs": "epochs", "data_size": "data_size", "seed": "seed",
-           "init_params": "init_params", "data": "data", "deterministic": "deterministic", "device": "device"}
+# The options --from sets -> the config key each comes from.
+OPTIONS = {"impl": "impls", **{name: name for name in (
+    "num_steps", "backprop_steps", "state_size", "batch_size", "learning_rate", "epochs", "data_size", "seed",
+    "init_params", "data", "deterministic", "device")}}
 # Keys that results written before they were recorded lack, and where else to find them.
 OPTIONAL = {"deterministic": lambda result: False, "backprop_steps": lambda result: result["config"]["num_steps"],
             "device": lambda result: result.get("environment", {}).get("device", {}).get("requested", "cpu")}
