@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from jax_rnn import data as task
 from jax_rnn import layout
 from jax_rnn.checkpoint import atomic_write, read_npz
-from jax_rnn.layout import PARAM_KEYS
+from jax_rnn.layout import PARAM_KEYS, flatten, nest
 
 from .config import UsageError
 
@@ -24,21 +25,6 @@ def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]
     """Flat key -> shape (``jax_rnn.layout``'s, flattened) for ``n = num_classes``, ``d = state_size``."""
     return {f"{scope}/{name}": shape for scope, leaves in layout.param_shapes(num_classes, state_size).items()
             for name, shape in leaves.items()}
-
-
-def nest(flat: dict) -> dict:
-    """``{"rnn_cell/W": a, ...}`` -> ``{"rnn_cell": {"W": a, ...}, ...}`` (float32 numpy)."""
-    out: dict = {}
-    for key, value in flat.items():
-        scope, name = key.split("/")
-        out.setdefault(scope, {})[name] = np.asarray(value, np.float32)
-    return out
-
-
-def flatten(params: dict) -> dict:
-    """The inverse of `nest`: nested params -> ``{"rnn_cell/W": float32 array, ...}``."""
-    return {f"{scope}/{name}": np.asarray(params[scope][name], np.float32)
-            for scope, name in (key.split("/") for key in PARAM_KEYS)}
 
 
 def fingerprint(params: dict) -> str:
@@ -83,17 +69,10 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     **Returns:** ``(x, y)``, both ``int32[epochs, data_size]``.
     """
     arrays = _load_npz(path, "--data", ("x", "y"))
-    x, y = arrays["x"], arrays["y"]
-    for name, a in (("x", x), ("y", y)):
-        if a.ndim != 2 or a.shape[0] < 1:
-            raise UsageError(f"--data: {path}: {name} must be a 2-D array [epochs, data_size], got shape {list(a.shape)}")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise UsageError(f"--data: {path}: {name} must hold integers, got dtype {a.dtype}")
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise UsageError(f"--data: {path}: {name} values must lie in [0, {num_classes}), got [{a.min()}, {a.max()}]")
-    if x.shape != y.shape:
-        raise UsageError(f"--data: {path}: x and y must have one shape, got {list(x.shape)} and {list(y.shape)}")
-    return x.astype(np.int32), y.astype(np.int32)
+    try:
+        return task.check_rows(arrays["x"], arrays["y"], num_classes)
+    except ValueError as err:
+        raise UsageError(f"--data: {path}: {err}") from None
 
 
 def check_writable(path: Path, overwrite: bool, option: str) -> Path:

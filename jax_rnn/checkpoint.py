@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .layout import PARAM_KEYS
+from .layout import PARAM_KEYS, flatten, nest
 
 FORMAT = "rnn-scan checkpoint v1"  # replaces "jax_rnn.fit checkpoint v2" and "rnn-compare run checkpoint v1"
 
@@ -97,9 +97,8 @@ def save(path, ckpt: Checkpoint) -> Path:
               "epoch_seconds": np.asarray(ckpt.epoch_seconds, np.float64),
               "meta": np.array(json.dumps(ckpt.meta, sort_keys=True))}
     for group in ("params", "accumulators"):
-        for key in PARAM_KEYS if getattr(ckpt, group) is not None else ():
-            scope, name = key.split("/")
-            arrays[f"{group}/{key}"] = np.asarray(getattr(ckpt, group)[scope][name], np.float32)
+        if getattr(ckpt, group) is not None:
+            arrays.update({f"{group}/{key}": a for key, a in flatten(getattr(ckpt, group)).items()})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return atomic_write(path, buffer.getvalue())
@@ -125,13 +124,11 @@ def load(path, where: str = "resume") -> Checkpoint:
     missing = sorted(required - set(arrays))
     if missing:
         raise ValueError(f"{where}: {path} lacks {', '.join(missing)}")
-    for group, tree in groups.items():
+    for group in groups:
         for key in PARAM_KEYS:
-            scope, name = key.split("/")
-            value = arrays[f"{group}/{key}"]
-            if not np.all(np.isfinite(value)):
+            if not np.all(np.isfinite(arrays[f"{group}/{key}"])):
                 raise ValueError(f"{where}: {path}: {group} {key} contains NaN or inf")
-            tree.setdefault(scope, {})[name] = value
+        groups[group] = nest({key: arrays[f"{group}/{key}"] for key in PARAM_KEYS})
     return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), groups.get("params"),
                       groups.get("accumulators"), arrays["step_losses"], list(arrays["epoch_seconds"]),
                       json.loads(str(arrays["meta"])))

@@ -146,6 +146,25 @@ def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int) -> tu
     return cut(x), cut(y)
 
 
+def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of task data, one per epoch (`fit`'s ``data``, ``rnn-compare --data``): ``x, y: int[epochs,
+    data_size]`` of one shape (``shape`` if given), values in ``[0, num_classes)``. **Returns:** both as
+    int32; ValueError starting with ``x`` or ``y`` and saying what is wrong."""
+    x, y = np.asarray(x), np.asarray(y)
+    for name, a in (("x", x), ("y", y)):
+        if a.ndim != 2 or a.shape[0] < 1:
+            raise ValueError(f"{name} must be a 2-D array [epochs, data_size], got shape {list(a.shape)}")
+        if shape is not None and a.shape != tuple(shape):
+            raise ValueError(f"{name} must have shape [epochs, data_size] = {list(shape)}, got {list(a.shape)}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integers (class indices), got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} values must lie in [0, {num_classes}), got [{a.min()}, {a.max()}]")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have one shape, got {list(x.shape)} and {list(y.shape)}")
+    return x.astype(np.int32), y.astype(np.int32)
+
+
 def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0):
     """Every epoch's windows from ``start`` to ``config.epochs``: ``(x_windows, y_windows)``,
     ``int32[epoch_size, batch_size, num_steps]`` each (`windows`), cut from the rows of ``rows = (x, y)``

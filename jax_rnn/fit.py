@@ -213,12 +213,7 @@ def _check_data(data, c: FitConfig):
         x, y = data
     except (TypeError, ValueError):
         raise TypeError("fit: data must be None or a pair (x, y) of int arrays [epochs, data_size]") from None
-    x, y = np.asarray(x), np.asarray(y)
-    for name, a in (("x", x), ("y", y)):
-        if a.shape != (c.epochs, c.data_size):
-            raise ValueError(f"fit: data {name} must have shape [epochs, data_size] = {[c.epochs, c.data_size]}, got {list(a.shape)}")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"fit: data {name} must be integers (class indices), got dtype {a.dtype}")
-        if a.size and (a.min() < 0 or a.max() >= c.num_classes):
-            raise ValueError(f"fit: data {name} values must lie in [0, {c.num_classes}), got [{a.min()}, {a.max()}]")
-    return x, y
+    try:
+        return task.check_rows(x, y, c.num_classes, shape=(c.epochs, c.data_size))
+    except ValueError as err:
+        raise ValueError(f"fit: data {err}") from None

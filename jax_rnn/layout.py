@@ -23,6 +23,20 @@ def param_shapes(num_classes: int, state_size: int) -> dict[str, dict[str, tuple
     return {"rnn_cell": {"W": (n + d, d), "b": (d,)}, "softmax": {"W": (d, n), "b": (n,)}}
 
 
+def flatten(params: dict) -> dict[str, np.ndarray]:
+    """Nested params -> ``{"rnn_cell/W": f32 array, ...}`` (`PARAM_KEYS`: the ``.npz`` form)."""
+    return {key: np.asarray(params[key.split("/")[0]][key.split("/")[1]], np.float32) for key in PARAM_KEYS}
+
+
+def nest(flat: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The inverse of `flatten`: ``{"rnn_cell/W": a, ...}`` -> ``{"rnn_cell": {"W": a, ...}, ...}`` (float32)."""
+    out: dict = {}
+    for key, value in flat.items():
+        scope, name = key.split("/")
+        out.setdefault(scope, {})[name] = np.asarray(value, np.float32)
+    return out
+
+
 def check_params(params: Any, num_classes: int, state_size: int) -> None:
     """Raise ValueError naming the key if ``params`` is not the layout and shapes of the config."""
     expected = param_shapes(num_classes, state_size)
