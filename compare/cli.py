@@ -18,6 +18,7 @@ from jax_rnn import compile_cache
 from jax_rnn.model import glorot_params
 
 from . import bench, checkpoint, environment, io, plots, report, rerun, run, scaling, sweep
+from .bench import GRID_IMPLS
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, at_least, is_tf, parse_impls, parse_ints
 from .environment import DEVICES
 
@@ -28,7 +29,8 @@ OUTPUT_POLICY = (
     "to a temporary file first and renamed into place, so none is ever half-written.")
 # What each command writes besides its JSON: the Markdown table and the plot (matplotlib loads only to draw).
 OUTPUTS = {"run": (report.run_markdown, plots.run_plot), "sweep": (report.sweep_markdown, plots.sweep_plot),
-           "bench": (report.bench_markdown, plots.bench_plot), "scaling": (report.scaling_markdown, plots.scaling_plot)}
+           "bench": (report.bench_markdown, plots.bench_plot), "scaling": (report.scaling_markdown, plots.scaling_plot),
+           "grid": (report.grid_markdown, plots.grid_plot)}
 
 
 def _command(sub, name: str, summary: str, description: str, epilog: Optional[str] = OUTPUT_POLICY):
@@ -154,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
                             f"{scaling_impls}; about 3 minutes on 2 cores. With --device auto on a GPU machine: CPU "
                             "and GPU side by side, and where the GPU overtakes")
     bench.add_argument("--no-memory", action="store_true", help="with --scaling: skip the memory study")
+    bench.add_argument("--grid", action="store_true",
+                       help="every cell of --states x --steps (1,000,000 points each) with the C reference loop, "
+                            "then --large-states at num_steps 10 on 100,000 points: JAX, C and the TF versions in one "
+                            f"run, JAX / C and JAX against the fastest TF. Defaults to --impl {','.join(GRID_IMPLS)}; "
+                            "about 3 minutes on 2 cores")
+    bench.add_argument("--states", default="4,16,64", help="with --grid: state sizes (default: 4,16,64)")
+    bench.add_argument("--steps", default="1,5,10", help="with --grid: num_steps values (default: 1,5,10)")
+    bench.add_argument("--large-states", default="512,1024",
+                       help="with --grid: large state sizes, without the C loop (default: 512,1024; none: skip)")
 
     cache = _command(sub, "cache", "where JAX's compilation cache is, and its size; --clear empties it",
                      f"JAX's persistent compilation cache: every command (unless --no-compile-cache) saves each "
@@ -266,16 +277,28 @@ def _sweep(args) -> int:
 
 
 def _bench(args) -> int:
-    impls = parse_impls(args.impl or ",".join(scaling.DEFAULT_IMPLS if args.scaling else IMPLS))
+    if args.grid and args.scaling:
+        raise UsageError("--grid and --scaling: choose one")
+    if args.grid and args.backprop_steps is not None:
+        raise UsageError("--backprop-steps: the grid times the tutorial's truncation (the C loop's); give it without --grid")
+    default_impls = scaling.DEFAULT_IMPLS if args.scaling else GRID_IMPLS if args.grid else IMPLS
+    impls = parse_impls(args.impl or ",".join(default_impls))
     repeats = at_least(args.repeats if args.repeats is not None else (2 if args.scaling else 3), "--repeats")
     data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else 1_000_000)
     if args.scaling and args.backprop_steps is not None:
         raise UsageError("--backprop-steps: the scaling study varies num_steps itself; give it without --scaling")
     config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size, args.backprop_steps)
-    kind = "scaling" if args.scaling else "bench"
+    kind = "scaling" if args.scaling else "grid" if args.grid else "bench"
+    if args.grid:
+        states, steps = parse_ints(args.states, "--states"), parse_ints(args.steps, "--steps")
+        large = () if args.large_states == "none" else parse_ints(args.large_states, "--large-states")
+        if "jax" not in impls:
+            raise UsageError("--impl: --grid compares JAX with the C loop and TF; include jax")
     paths = _paths(args, kind)
     devices = _devices(args, impls)
-    if args.scaling:
+    if args.grid:
+        result = bench.grid(config, devices, repeats, states, steps, large, quiet=args.quiet)
+    elif args.scaling:
         result = scaling.study(config, devices, repeats, memory_steps=() if args.no_memory else scaling.MEMORY_NUM_STEPS,
                                quiet=args.quiet)
     else:

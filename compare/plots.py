@@ -150,6 +150,23 @@ def bench_plot(result: dict) -> bytes:
     return _png(fig)
 
 
+def grid_plot(result: dict) -> bytes:
+    """``bench --grid``: seconds per epoch per cell (log scale) of JAX, the C loop and the fastest TF version."""
+    cells = result["cells"]
+    labels = [f"{c['state_size']}/{c['num_steps']}" for c in cells]
+    fig, ax = _pyplot().subplots(figsize=(1.0 * len(cells) + 3, 4))
+    series = {"jax": [c["results"]["jax"]["median_epoch_seconds"] for c in cells],
+              "C loop": [c["results"]["c"]["median"] if "c" in c["results"] else np.nan for c in cells],
+              "fastest TF": [c["results"][c["fastest_tf"]]["median_epoch_seconds"] if c["fastest_tf"] else np.nan
+                             for c in cells]}
+    for (name, seconds), marker in zip(series.items(), "os^"):
+        ax.semilogy(labels, np.asarray(seconds, np.float64), marker=marker, linestyle="", label=name)
+    ax.set(xlabel="state size / num_steps", ylabel="seconds per epoch (median)",
+           title="rnn-compare bench --grid (large states: 100,000 points, no C loop)")
+    ax.legend()
+    return _png(fig)
+
+
 def scaling_plot(result: dict) -> bytes:
     """One log-log panel per swept parameter: median seconds per epoch, a line per implementation/device."""
     params = list(result["config"]["sweeps"])

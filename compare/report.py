@@ -5,6 +5,7 @@ prints as ``-``."""
 from __future__ import annotations
 
 from jax_rnn import data as task
+from jax_rnn.bench import format_grid
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -130,6 +131,13 @@ def bench_markdown(result: dict) -> str:
     c = result["config"]
     return _page(f"bench: {_full_setting(c)}, {c['repeats']} timed epoch(s) after one warm-up", result,
                  _table(header, rows), result["notes"])
+
+
+def grid_markdown(result: dict) -> str:
+    """The ``bench --grid`` table (`jax_rnn.bench.format_grid`, the one for ``python -m jax_rnn.bench --grid``)."""
+    c = result["config"]
+    return _page(f"bench --grid: batch {c['batch_size']}, {c['repeats']} timed epoch(s) after one warm-up", result,
+                 format_grid(result["cells"]), result["notes"])
 
 
 def scaling_markdown(result: dict) -> str:

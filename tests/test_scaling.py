@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,26 @@ def test_crossover_is_where_the_gpu_stays_faster():
     assert scaling.crossover(values, cpu_seconds=[1, 2, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
     assert scaling.crossover(values, cpu_seconds=[1, 2, 3, 4], gpu_seconds=[5, 5, 5, 5]) is None
     assert scaling.crossover(values, cpu_seconds=[9, 1, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
+
+
+@pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+def test_bench_grid_times_jax_c_and_tf_in_one_run(tmp_path, capsys):
+    """``bench --grid``: one row per cell with JAX, the C loop (same losses as JAX) and the fastest TF version;
+    the large states without the C loop."""
+    assert cli.main(["bench", "--grid", "--impl", "jax,tf-raw,tf2", "--states", "3", "--steps", "2,4",
+                     "--large-states", "8", "--data-size", "4000", "--batch-size", "20", "--repeats", "1",
+                     "--out", str(tmp_path), "--name", "g", "--quiet"]) == 0
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert [(c["state_size"], c["num_steps"], c["data_size"]) for c in result["cells"]] == \
+           [(3, 2, 4000), (3, 4, 4000), (8, 10, 100_000)]
+    small, large = result["cells"][:2], result["cells"][2]
+    for cell in small:
+        assert cell["results"]["c"]["max_loss_diff"] < 1e-5 and cell["jax_over_c"] > 0
+        assert cell["fastest_tf"] in ("tf-raw", "tf2") and cell["fastest_tf_over_jax"] > 0
+        assert len(cell["results"]["jax"]["epoch_seconds"]) == 1
+    assert "c" not in large["results"] and large["jax_over_c"] is None
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out.count("\n| 3 | ") == 2
 
 
 def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):

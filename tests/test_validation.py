@@ -128,6 +128,10 @@ CLI_CASES = [  # every command's bad input: exit status 2, the usage, a message 
     (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
     (["sweep", "--resume", "{tmp}/no-dir"], "--resume: {tmp}/no-dir is not a directory of checkpoints"),
     (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
+    (["bench", "--grid", "--scaling"], "--grid and --scaling: choose one"),
+    (["bench", "--grid", "--impl", "tf-raw"], "--impl: --grid compares JAX with the C loop and TF; include jax"),
+    (["bench", "--grid", "--states", "4,0"], "--states must be >= 1"),
+    (["bench", "--grid", "--large-states", "big"], "--large-states: 'big' is not an integer"),
     # TBPTT(k1, k2): K2 below num_steps, below 1, not an integer, longer than a row of data
     (["run", "--num-steps", "5", "--backprop-steps", "3"],
      "--backprop-steps must be an integer from num_steps (5) to the steps in a row of data (5000), got 3"),
