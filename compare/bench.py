@@ -4,8 +4,8 @@ The timing is `jax_rnn.bench`'s harness, the project's one: `interleaved` rounds
 and the C reference loop. Here each implementation is a timer of one epoch of the one training loop
 (`jax_rnn.driver.train`). Per implementation: ``build_seconds`` (JAX: ahead-of-time compile; TF: graph
 build + variable init, or tf2's tracing), one warm-up epoch (``first_epoch_seconds``: TF1's first
-``session.run`` optimises the graph), then ``repeats`` rounds in which every implementation trains one
-epoch, back to back, on the round's fresh epoch of data: median, min and max seconds per epoch, and
+``session.run`` optimises the graph), then ``repeats`` timed epochs on fresh data (`time_trainers`: JAX
+and the C loop side by side, each TF version after them): median, min and max seconds per epoch, and
 steps/s and points/s from the median. Every epoch ends with its losses read back as numpy, which
 synchronises the device; every epoch's data is made before any clock starts (JAX's already on its device).
 
@@ -37,7 +37,7 @@ from .runners import make_trainer
 
 NOTES = ("build s: JAX ahead-of-time compile, TF graph build + variable init (tf2: + tracing); 1st epoch: the "
          "warm-up epoch (TF1's first session.run optimises the graph); epoch s: steady state, median of the "
-         "timed epochs, every implementation one epoch per round; peak RSS MiB: largest increase of resident "
+         "timed epochs (JAX first, each TF version after it); peak RSS MiB: largest increase of resident "
          "memory while that implementation built and trained its warm-up epoch (sampled); x vs {baseline}: its "
          "median epoch time divided by this one's.")
 GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions at every size measured (README)
@@ -89,8 +89,9 @@ def grid(base: Config, devices, repeats: int = 3, states=GRID_STATES, steps=GRID
     with tqdm(total=len(cells) * len(base.impls) * (repeats + 1), desc="bench --grid", unit="epoch",
               disable=quiet) as bar:
         rows = jax_bench.grid(base, _make(devices), base.impls, repeats, cells, bar)
-    notes = (f"Every cell: the implementations and the C loop one epoch each per round, {repeats} rounds after a "
-             f"warm-up epoch, on the same data and weights; seconds per epoch, median [min, max]. Large states "
+    notes = (f"Every cell: JAX and the C loop one epoch each per round, {repeats} rounds after a warm-up epoch, then "
+             f"each TF version's {repeats} epochs, on the same data and weights; seconds per epoch, median [min, max]. "
+             f"Large states "
              f"(num_steps {LARGE_NUM_STEPS}, {LARGE_DATA_SIZE:,} points) without the C loop.")
     return json_safe({"command": "bench --grid", "config": {**base.as_dict(), "repeats": repeats,
                                                              "states": list(states), "steps": list(steps),

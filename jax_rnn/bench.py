@@ -262,7 +262,8 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
     """Trainers ``make(name, config, params)`` for every name of ``names`` (JAX's, or any implementation's:
     ``compare.bench`` passes TensorFlow's) and the C loop (``c_loop``), on the same ``repeats + 1`` epochs
     from the same weights (`glorot_params` of ``config.seed``): each trainer builds and trains the warm-up
-    epoch (under `PeakRss`), then ``repeats`` `interleaved` rounds of one epoch each.
+    epoch (under `PeakRss`); then the first name and the C loop train ``repeats`` `interleaved` rounds of
+    one epoch each, and every other name its ``repeats`` epochs after them.
 
     **Returns:** per name: ``build_seconds``, ``first_step_seconds``, ``first_epoch_seconds``, ``peak_rss_mib``,
     ``epoch_seconds`` (the timed ones), their ``median_epoch_seconds``, ``min_...``, ``max_...``, ``spread``,
@@ -288,7 +289,13 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
             timers[name] = _epoch_timer(trainer, history, mine[1:], bar)
         if c_loop:
             timers["c"] = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
-        times = interleaved(timers, repeats, warmup=False)
+        # The first name (JAX) and the C loop side by side; every other one in its own block after them:
+        # interleaved with JAX, TensorFlow's thread pools, still spinning after its epoch, slowed the JAX
+        # epoch that followed by up to 3x on 2 cores.
+        first = {name: timers[name] for name in (*names[:1], "c") if name in timers}
+        times = interleaved(first, repeats, warmup=False)
+        for name in names[1:]:
+            times.update(interleaved({name: timers[name]}, repeats, warmup=False))
     finally:
         for trainer in trainers.values():
             trainer.close()
