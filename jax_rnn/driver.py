@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checkpoint import Checkpoint
 from . import optim
+from .checkpoint import Checkpoint
 from .parallel import run_mesh, train_runs_sharded
-from .train import train_epoch, train_epoch_guarded
+from .train import COMPILER_OPTIONS, _train_epoch, train_epoch_guarded
 
 
 class Divergence(NamedTuple):
@@ -156,18 +156,28 @@ def _finish(pending, history: History, trainer, after_epoch) -> bool:
     return True
 
 
-@partial(jax.jit, static_argnames="runs")
-def _finite(losses, params, opt_state, runs: bool = False) -> jax.Array:
+def _all_finite(losses, params, opt_state, runs: bool = False) -> jax.Array:
     """Whether an epoch stayed finite: its losses and its final parameters and optimizer state (per run)."""
     leaves = [a for a in (losses, *jax.tree.leaves((params, opt_state))) if jnp.issubdtype(a.dtype, jnp.floating)]
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a), axis=tuple(range(int(runs), a.ndim)))
                                               for a in leaves])
 
 
+def _checked_epoch(params, opt_state, x_windows, y_windows, optimizer, backprop_steps=None):
+    """`train_epoch` and `_all_finite` of its result, one compiled program (one dispatch per epoch)."""
+    out = _train_epoch(params, opt_state, x_windows, y_windows, optimizer, backprop_steps=backprop_steps)
+    return out, _all_finite(out[3], out[0], out[1])
+
+
+_checked_epoch = jax.jit(_checked_epoch, static_argnames=("optimizer", "backprop_steps"),
+                         compiler_options=COMPILER_OPTIONS)
+_runs_finite = jax.jit(partial(_all_finite, runs=True))
+
+
 class JaxTrainer:
     """``jax_rnn``'s trainer: the whole epoch is one compiled call.
 
-    One run: `train_epoch`, compiled ahead of time (``build_seconds``) for ``config``'s window shape on
+    One run: `train_epoch` (with the check below), compiled ahead of time (``build_seconds``) for ``config``'s window shape on
     ``device`` (default: JAX's first). Many runs (``mesh`` given, every leaf of ``params`` with a leading
     run axis): `train_runs_sharded`, the runs split over the mesh's devices, compiled on the first epoch.
     ``config`` needs ``learning_rate``, ``epoch_size``, ``batch_size``, ``num_steps`` and ``backprop_steps``
@@ -178,7 +188,7 @@ class JaxTrainer:
     **The divergence guard, at no cost while training is finite.** A non-finite parameter stays non-finite
     through every later update (``p + u`` is inf or NaN for any ``u``), and so does an Adagrad accumulator
     (``acc + g**2``). So an epoch was finite throughout exactly when its losses and its final parameters and
-    accumulators are: that is checked after the plain epoch (on the device, one reduction), and only if it
+    accumulators are: that is checked at the end of the plain epoch (in the same compiled call), and only if it
     fails is the epoch replayed from its start with `train_epoch_guarded` (compiled then), which stops at
     the first non-finite window and keeps the last finite parameters. A per-window check inside the
     compiled epoch cost 10-15% of the state-4 epoch; this costs nothing measurable.
@@ -201,20 +211,25 @@ class JaxTrainer:
         sharding = jax.sharding.SingleDeviceSharding(self.device)
         self._spec = jax.ShapeDtypeStruct((config.epoch_size, config.batch_size, config.num_steps), np.int32,
                                           sharding=sharding)
-        self._epoch = self._compile(train_epoch)
+        self._epoch = self._compile(_checked_epoch)
         self.build_seconds = time.perf_counter() - start
 
     def _compile(self, epoch):
         return epoch.lower(self.params, self.opt_state, self._spec, self._spec, self._optimizer,
                            backprop_steps=self._k2).compile()
 
-    def _run(self, params, opt_state, xw, yw, guard: bool):
-        """One epoch of every run (`train_runs_sharded`), or of the one (`train_epoch[_guarded]`, compiled)."""
-        if self._mesh is not None:
-            return train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, guard=guard,
-                                      backprop_steps=self._k2)
-        if not guard:
+    def _plain(self, params, opt_state, xw, yw):
+        """One epoch without the guard: ``(out, finite)`` (per run with a mesh)."""
+        if self._mesh is None:
             return self._epoch(params, opt_state, xw, yw)
+        out = train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, backprop_steps=self._k2)
+        return out, _runs_finite(out[3], out[0], out[1])
+
+    def _replay(self, params, opt_state, xw, yw):
+        """The epoch again, with a check after every window (`train_epoch_guarded`; compiled on first use)."""
+        if self._mesh is not None:
+            return train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, guard=True,
+                                      backprop_steps=self._k2)
         self._guarded = self._guarded or self._compile(train_epoch_guarded)
         return self._guarded(params, opt_state, xw, yw)
 
@@ -226,14 +241,13 @@ class JaxTrainer:
         if self.device is not None:
             xw, yw = jax.device_put((xw, yw), self.device)
         before = self.params, self.opt_state
-        params, opt_state, _, losses = self._run(*before, xw, yw, guard=False)
-        finite = _finite(losses, params, opt_state, runs=self._mesh is not None)
+        (params, opt_state, _, losses), finite = self._plain(*before, xw, yw)
 
         def finish() -> EpochStats:
             nonlocal params, opt_state, losses
             diverged_at = np.full(np.shape(finite), -1, np.int32)
             if not np.all(finite):  # replay the epoch with a check after every window
-                params, opt_state, _, losses, diverged_at = self._run(*before, xw, yw, guard=True)
+                params, opt_state, _, losses, diverged_at = self._replay(*before, xw, yw)
             self.params, self.opt_state = params, opt_state
             losses = np.asarray(losses, np.float32)
             seconds = time.perf_counter() - start
