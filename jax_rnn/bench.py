@@ -261,9 +261,10 @@ def _epoch_timer(trainer, history: History, windows: list, bar):
 def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=None) -> dict:
     """Trainers ``make(name, config, params)`` for every name of ``names`` (JAX's, or any implementation's:
     ``compare.bench`` passes TensorFlow's) and the C loop (``c_loop``), on the same ``repeats + 1`` epochs
-    from the same weights (`glorot_params` of ``config.seed``): each trainer builds and trains the warm-up
-    epoch (under `PeakRss`); then the first name and the C loop train ``repeats`` `interleaved` rounds of
-    one epoch each, and every other name its ``repeats`` epochs after them.
+    from the same weights (`glorot_params` of ``config.seed``), one trainer after another: it builds and
+    trains the warm-up epoch (under `PeakRss`), then ``repeats`` timed epochs, the first name's
+    `interleaved` with the C loop, and is closed. (Interleaved with JAX, TensorFlow's thread pools, still
+    spinning after its epoch, slowed the JAX epoch that followed by up to 3x on 2 cores.)
 
     **Returns:** per name: ``build_seconds``, ``first_step_seconds``, ``first_epoch_seconds``, ``peak_rss_mib``,
     ``epoch_seconds`` (the timed ones), their ``median_epoch_seconds``, ``min_...``, ``max_...``, ``spread``,
@@ -273,31 +274,28 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
     params = glorot_params(config.num_classes, config.state_size, config.seed)
     epochs = list(epoch_windows(dataclasses.replace(config, epochs=repeats + 1)))
     points = config.epoch_size * config.batch_size * config.num_steps
-    trainers, histories, timers, figures = {}, {}, {}, {}
-    try:
-        for name in names:
-            with PeakRss() as memory:
-                trainer = trainers[name] = make(name, config, params)
+    histories, times, figures = {}, {}, {}
+    for name in names:  # one after another, each closed before the next is built
+        with PeakRss() as memory:
+            trainer = make(name, config, params)
+            try:
                 device = getattr(trainer, "device", None)  # JAX: the windows go to its device before any clock
                 mine = epochs if device is None else jax.device_put(epochs, device)
                 history = histories[name] = train(trainer, mine[:1])
-            if bar is not None:
-                bar.update(1)
-            figures[name] = {"build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
-                             "first_epoch_seconds": history.epoch_seconds[0] + (history.first_step_seconds or 0.0),
-                             "peak_rss_mib": memory.peak_mib}
-            timers[name] = _epoch_timer(trainer, history, mine[1:], bar)
-        if c_loop:
-            timers["c"] = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
-        # The first name (JAX) and the C loop side by side; every other one in its own block after them:
-        # interleaved with JAX, TensorFlow's thread pools, still spinning after its epoch, slowed the JAX
-        # epoch that followed by up to 3x on 2 cores.
-        first = {name: timers[name] for name in (*names[:1], "c") if name in timers}
-        times = interleaved(first, repeats, warmup=False)
-        for name in names[1:]:
-            times.update(interleaved({name: timers[name]}, repeats, warmup=False))
-    finally:
-        for trainer in trainers.values():
+            except BaseException:
+                trainer.close()
+                raise
+        if bar is not None:
+            bar.update(1)
+        figures[name] = {"build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
+                         "first_epoch_seconds": history.epoch_seconds[0] + (history.first_step_seconds or 0.0),
+                         "peak_rss_mib": memory.peak_mib}
+        timers = {name: _epoch_timer(trainer, history, mine[1:], bar)}
+        if c_loop and name == names[0]:  # the C loop side by side with the first (JAX)
+            timers["c"] = c_loop_timer = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
+        try:
+            times.update(interleaved(timers, repeats, warmup=False))
+        finally:
             trainer.close()
     for name, history in histories.items():
         if history.stopped:
@@ -307,9 +305,8 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
                              max_epoch_seconds=t["max"], spread=t["spread"],
                              steps_per_second=config.epoch_size / t["median"], points_per_second=points / t["median"])
     if c_loop:
-        first = histories[names[0]].step_losses[0] if names else None
-        figures["c"] = {**times["c"], "max_loss_diff": None if first is None else
-                        float(np.max(np.abs(timers["c"].losses - first)))}
+        first = histories[names[0]].step_losses[0]
+        figures["c"] = {**times["c"], "max_loss_diff": float(np.max(np.abs(c_loop_timer.losses - first)))}
     return figures
 
 
