@@ -88,6 +88,17 @@ def interleaved(timers: dict, repeats: int, warmup: bool = True) -> dict[str, di
     return {name: summary(r[name] for r in rounds) for name in timers}
 
 
+def around(a, b, repeats: int) -> tuple[dict, dict]:
+    """``repeats`` runs of timer ``a`` in two blocks around ``repeats`` runs of ``b`` (A B A), each block back
+    to back: the `summary` of each. Side by side in one run, so drift shows up as a gap between the A
+    blocks, without alternating every run: a JAX epoch right after a run of the C loop's process took 10-30%
+    longer than one after another JAX epoch (its thread pool had gone to sleep), and epochs of real training
+    follow each other."""
+    first = [a() for _ in range(repeats // 2)]
+    seconds_b = [b() for _ in range(repeats)]
+    return summary(first + [a() for _ in range(repeats - repeats // 2)]), summary(seconds_b)
+
+
 def _timed(fn, repeats: int) -> dict:
     """One function alone: `interleaved` of ``fn`` timed by the wall clock."""
     return interleaved({"": wall(fn)}, repeats)[""]
@@ -262,8 +273,8 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
     """Trainers ``make(name, config, params)`` for every name of ``names`` (JAX's, or any implementation's:
     ``compare.bench`` passes TensorFlow's) and the C loop (``c_loop``), on the same ``repeats + 1`` epochs
     from the same weights (`glorot_params` of ``config.seed``), one trainer after another: it builds and
-    trains the warm-up epoch (under `PeakRss`), then ``repeats`` timed epochs, the first name's
-    `interleaved` with the C loop, and is closed. (Interleaved with JAX, TensorFlow's thread pools, still
+    trains the warm-up epoch (under `PeakRss`), then ``repeats`` timed epochs back to back (the first
+    name's `around` the C loop's runs), and is closed. (Interleaved with JAX, TensorFlow's thread pools, still
     spinning after its epoch, slowed the JAX epoch that followed by up to 3x on 2 cores.)
 
     **Returns:** per name: ``build_seconds``, ``first_step_seconds``, ``first_epoch_seconds``, ``peak_rss_mib``,
@@ -290,11 +301,13 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
         figures[name] = {"build_seconds": history.build_seconds, "first_step_seconds": history.first_step_seconds,
                          "first_epoch_seconds": history.epoch_seconds[0] + (history.first_step_seconds or 0.0),
                          "peak_rss_mib": memory.peak_mib}
-        timers = {name: _epoch_timer(trainer, history, mine[1:], bar)}
-        if c_loop and name == names[0]:  # the C loop side by side with the first (JAX)
-            timers["c"] = c_loop_timer = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
+        timer = _epoch_timer(trainer, history, mine[1:], bar)
         try:
-            times.update(interleaved(timers, repeats, warmup=False))
+            if c_loop and name == names[0]:  # the C loop side by side with the first (JAX)
+                c_loop_timer = c_epoch(params, *epochs[0], learning_rate=config.learning_rate)
+                times[name], times["c"] = around(timer, c_loop_timer, repeats)
+            else:
+                times[name] = summary(timer() for _ in range(repeats))
         finally:
             trainer.close()
     for name, history in histories.items():
