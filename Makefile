@@ -23,9 +23,9 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m ''
 
 bench: $(STAMP)
-	$(PY) -m jax_rnn.bench --grid
-	$(PY) -m jax_rnn.bench --c-reference
+	$(PY) -m compare bench --grid
 	$(PY) -m compare bench
+	$(PY) -m jax_rnn.bench --c-reference
 
 sweep: $(STAMP)
 	$(PY) -m compare sweep
