@@ -29,6 +29,7 @@ import numpy as np
 
 from . import optim
 from .checkpoint import Checkpoint
+from .layout import param_shapes
 from .parallel import run_mesh, train_runs_sharded
 from .train import COMPILER_OPTIONS, _train_epoch, train_epoch_guarded
 
@@ -174,6 +175,20 @@ _checked_epoch = jax.jit(_checked_epoch, static_argnames=("optimizer", "backprop
 _runs_finite = jax.jit(partial(_all_finite, runs=True))
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, optimizer, backprop_steps, device):
+    """``epoch`` compiled ahead of time for these shapes on ``device``, once per process: ``lower().compile()``
+    bypasses JAX's in-memory cache, and a process that builds the same trainer again (a sweep, the tests)
+    would otherwise compile it again."""
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    params = {scope: {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding) for name, shape in leaves.items()}
+              for scope, leaves in param_shapes(num_classes, state_size).items()}
+    opt_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                             jax.eval_shape(optimizer.init, params))
+    windows = jax.ShapeDtypeStruct(window_shape, jnp.int32, sharding=sharding)
+    return epoch.lower(params, opt_state, windows, windows, optimizer, backprop_steps=backprop_steps).compile()
+
+
 class JaxTrainer:
     """``jax_rnn``'s trainer: the whole epoch is one compiled call.
 
@@ -208,15 +223,11 @@ class JaxTrainer:
             return
         self.device = device if device is not None else jax.devices()[0]
         self.params, self.opt_state = jax.device_put((params, opt_state), self.device)
-        sharding = jax.sharding.SingleDeviceSharding(self.device)
-        self._spec = jax.ShapeDtypeStruct((config.epoch_size, config.batch_size, config.num_steps), np.int32,
-                                          sharding=sharding)
-        self._epoch = self._compile(_checked_epoch)
+        d, n = config.state_size, config.num_classes
+        self._key = (n, d, (config.epoch_size, config.batch_size, config.num_steps), self._optimizer, self._k2,
+                     self.device)
+        self._epoch = _compiled(_checked_epoch, *self._key)
         self.build_seconds = time.perf_counter() - start
-
-    def _compile(self, epoch):
-        return epoch.lower(self.params, self.opt_state, self._spec, self._spec, self._optimizer,
-                           backprop_steps=self._k2).compile()
 
     def _plain(self, params, opt_state, xw, yw):
         """One epoch without the guard: ``(out, finite)`` (per run with a mesh)."""
@@ -230,7 +241,7 @@ class JaxTrainer:
         if self._mesh is not None:
             return train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, guard=True,
                                       backprop_steps=self._k2)
-        self._guarded = self._guarded or self._compile(train_epoch_guarded)
+        self._guarded = self._guarded or _compiled(train_epoch_guarded, *self._key)
         return self._guarded(params, opt_state, xw, yw)
 
     def start_epoch(self, x_windows, y_windows, progress=None):

@@ -142,6 +142,7 @@ def test_sweep_reports_divergence_per_seed_and_stops_tf_there(tmp_path):
 
 # --- reproducibility -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # two processes importing TensorFlow: 10 s; `make test-all`
 def test_tensorflow_with_op_determinism_is_bit_identical_across_processes():
     code = ("import numpy as np, sys, tf_rnn; from jax_rnn import data as task; "
             "xw, yw = task.windows(*task.gen_data(20000, seed=0), 20, 5); cfg = tf_rnn.ModelConfig(batch_size=20); "

@@ -49,6 +49,7 @@ def test_bench_grid_times_jax_c_and_tf_in_one_run(tmp_path, capsys):
 def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(scaling, "SWEEPS", {"state_size": (4, 32), "num_steps": (2, 8)})
     monkeypatch.setattr(scaling, "MEMORY_NUM_STEPS", (64,))
+    monkeypatch.setattr(scaling, "MEMORY_STATE_SIZE", 32)
     code = cli.main(["bench", "--scaling", "--impl", "jax,tf2", "--data-size", "4000", "--batch-size", "20",
                      "--out", str(tmp_path), "--name", "s", "--quiet"])
     assert code == 0

@@ -221,6 +221,7 @@ def test_keras3_already_loaded_in_a_fresh_process():
 TF_NOISE = ("oneDNN", "cuda", "cuInit", "TF-TRT", "This TensorFlow binary is optimized", "deprecat")
 
 
+@pytest.mark.slow  # two processes importing TensorFlow and building every version: 12 s; `make test-all`
 def test_import_and_training_are_quiet_by_default_and_verbose_on_request():
     code = """
         import numpy as np, tf_rnn
