@@ -274,7 +274,7 @@ def test_sweep_killed_part_way_and_resumed_gives_the_same_results(tmp_path):
     seed, bit for bit."""
     import time
 
-    base = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "1,5,10", "--state-size", "4",
+    base = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "1,5", "--state-size", "4",
             "--seeds", "2", "--epochs", "3", "--data-size", "100000", "--batch-size", "20", "--workers", "1",
             "--quiet", "--out", str(tmp_path)]
     subprocess.run([*base, "--name", "full"], check=True, cwd=ROOT, capture_output=True)
@@ -294,4 +294,4 @@ def test_sweep_killed_part_way_and_resumed_gives_the_same_results(tmp_path):
            [(c["final_losses"], c["avg_losses"]) for c in resumed["cells"]]
     loaded = {f"sweep-{c['num_steps']}-{c['state_size']}-jax.npz": c["resumed_epochs"] for c in resumed["cells"]}
     assert all(loaded[name] == epochs >= 1 for name, epochs in saved.items())  # continued, not trained again
-    assert len(list(ck.glob("*.npz"))) == 3            # and the resumed sweep checkpointed the rest
+    assert len(list(ck.glob("*.npz"))) == 2            # and the resumed sweep checkpointed the rest
