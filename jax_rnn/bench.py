@@ -201,19 +201,6 @@ def _setup(state_size: int, num_steps: int, batch_size: int, data):
     return params, opt, opt.init(params), jax.device_put(windows(*data, batch_size, num_steps))
 
 
-def _jax_and_c(params, opt, opt_state, x_windows, y_windows, repeats: int, c_loop: bool) -> dict:
-    """``train_epoch`` (and the C loop, interleaved) on one cell: compile time, timings, loss difference."""
-    compiled, compile_seconds = _compiled(train_epoch, params, opt_state, x_windows, y_windows, opt)
-    timers = {"jax": wall(lambda: compiled(params, opt_state, x_windows, y_windows))}
-    if c_loop:
-        timers["c"] = c_epoch(params, x_windows, y_windows)
-    cell = dict(jax_compile_seconds=compile_seconds, **interleaved(timers, repeats))
-    if c_loop:
-        losses = np.asarray(compiled(params, opt_state, x_windows, y_windows)[3])
-        cell.update(c_compile_seconds=c_program()[1], max_loss_diff=float(np.max(np.abs(timers["c"].losses - losses))))
-    return cell
-
-
 def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeats=5, runs=(8, 32), loop=True,
           c_loop=False):
     """The default mode: one result dict per method (compile s, epoch s median/min/max, rates)."""
@@ -229,11 +216,18 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
                          steps_per_second=runs_in_call * epoch_size / t["median"],
                          points_per_second=runs_in_call * points / t["median"], **extra))
 
-    cell = _jax_and_c(params, opt, opt_state, x_windows, y_windows, repeats, c_loop)
-    record("train_epoch (scan)", cell["jax_compile_seconds"], cell["jax"])
-    if c_loop:
-        record("C reference loop (1 thread)", cell["c_compile_seconds"], cell["c"],
-               max_loss_diff_vs_scan=cell["max_loss_diff"])
+    compiled, compile_seconds = _compiled(train_epoch, params, opt_state, x_windows, y_windows, opt)
+    scan = wall(lambda: compiled(params, opt_state, x_windows, y_windows))
+    if not c_loop:
+        record("train_epoch (scan)", compile_seconds, _timed(scan, repeats))
+    else:
+        c = c_epoch(params, x_windows, y_windows)
+        scan(), c()  # warm-up
+        scan_times, c_times = around(scan, c, repeats)
+        losses = np.asarray(compiled(params, opt_state, x_windows, y_windows)[3])
+        record("train_epoch (scan)", compile_seconds, scan_times)
+        record("C reference loop (1 thread)", c_program()[1], c_times,
+               max_loss_diff_vs_scan=float(np.max(np.abs(c.losses - losses))))
 
     if loop:
         state0 = jnp.zeros((batch_size, state_size), jnp.float32)
