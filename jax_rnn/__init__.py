@@ -12,8 +12,7 @@ or simply ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5)
 changes no JAX setting; ``jax_rnn.enable_compile_cache()`` turns on JAX's persistent compilation cache.
 """
 
-from . import data
-from . import checkpoint
+from . import checkpoint, data, driver
 from .compile_cache import clear_compile_cache, enable_compile_cache
 from .fit import Divergence, FitConfig, FitResult, TrainingDiverged, fit, running_averages
 from .model import (Params, batch_last_for, check_params, glorot_params, init_params, logits, loss, loss_batch_last,
@@ -24,7 +23,7 @@ from .train import GuardedEpoch, train_epoch, train_epoch_guarded, train_runs, t
 
 __all__ = [
     "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "Params", "TrainingDiverged", "adagrad", "batch_last_for",
-    "check_params", "checkpoint", "clear_compile_cache", "data", "enable_compile_cache", "fit", "glorot_params",
+    "check_params", "checkpoint", "clear_compile_cache", "data", "driver", "enable_compile_cache", "fit", "glorot_params",
     "init_params", "logits", "loss", "loss_batch_last", "loss_window", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages",
     "shard_runs", "train_epoch", "train_epoch_guarded", "train_runs", "train_runs_sharded", "train_step", "zero_state",
 ]

@@ -8,8 +8,8 @@ trains an epoch at a time::
     stats = finish()          # .losses, .seconds, .first_step_seconds, .diverged_at
     trainer.get_params(), trainer.get_accumulators(), trainer.build_seconds, trainer.close()
 
-`JaxTrainer` (here) compiles the guarded epoch ahead of time; ``tf_rnn.build`` returns TensorFlow
-models with the same methods. `train` feeds the epochs, records losses and times in a `History`,
+`JaxTrainer` (here) compiles the epoch ahead of time, with its divergence check; ``tf_rnn.build``
+returns TensorFlow models with the same methods. `train` feeds the epochs, records losses and times in a `History`,
 stops when every run has diverged, and calls ``after_epoch(history, trainer)`` after every epoch it
 goes on from (a checkpoint, a callback, a progress bar). JAX returns before the device is done, so the
 next epoch's data is generated and cut while the current one trains.
@@ -30,7 +30,7 @@ import numpy as np
 from . import optim
 from .checkpoint import Checkpoint
 from .layout import param_shapes
-from .parallel import run_mesh, train_runs_sharded
+from .parallel import train_runs_sharded
 from .train import COMPILER_OPTIONS, _train_epoch, train_epoch_guarded
 
 
@@ -279,4 +279,4 @@ class JaxTrainer:
         pass
 
 
-__all__ = ["Divergence", "EpochStats", "History", "JaxTrainer", "run_mesh", "train"]
+__all__ = ["Divergence", "EpochStats", "History", "JaxTrainer", "train"]
