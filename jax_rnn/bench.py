@@ -91,9 +91,8 @@ def interleaved(timers: dict, repeats: int, warmup: bool = True) -> dict[str, di
 def around(a, b, repeats: int) -> tuple[dict, dict]:
     """``repeats`` runs of timer ``a`` in two blocks around ``repeats`` runs of ``b`` (A B A), each block back
     to back: the `summary` of each. Side by side in one run, so drift shows up as a gap between the A
-    blocks, without alternating every run: a JAX epoch right after a run of the C loop's process took 10-30%
-    longer than one after another JAX epoch (its thread pool had gone to sleep), and epochs of real training
-    follow each other."""
+    blocks, without alternating every run: a JAX epoch right after a run of the C loop's process took 25-35%
+    longer than one after another JAX epoch here, and epochs of real training follow each other."""
     first = [a() for _ in range(repeats // 2)]
     seconds_b = [b() for _ in range(repeats)]
     return summary(first + [a() for _ in range(repeats - repeats // 2)]), summary(seconds_b)
