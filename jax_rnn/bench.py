@@ -5,7 +5,9 @@ epoch, the compile time, then median, min and max seconds of ``--repeats`` timed
 
 - ``train_epoch``: the whole epoch as one compiled ``lax.scan``;
 - ``step loop``: a Python loop of the jitted ``train_step`` (one dispatch per window);
-- ``vmap xR``: ``train_runs`` training R independent runs at once (per-run cost shown too);
+- ``vmap xR``: ``train_runs`` training R independent runs at once (per-run cost shown too); where JAX
+  sees several devices (``XLA_FLAGS=--xla_force_host_platform_device_count=2``: one CPU device per core),
+  also ``train_runs_sharded``, the runs split over them;
 - ``--c-reference``: ``jax_rnn/reference_loop.c`` (package data), a hand-fused single-thread C loop of the
   same arithmetic (built once per process with ``cc -O3 -march=native -ffast-math``), on the same windows
   and weights; its per-step losses are checked against ``train_epoch``'s: the speed reference.
@@ -55,6 +57,7 @@ from .data import epoch_windows, gen_data, windows
 from .driver import History, JaxTrainer, train
 from .fit import FitConfig
 from .model import glorot_params, init_params
+from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .optim import adagrad
 from .train import train_epoch, train_runs, train_step
 
@@ -247,6 +250,13 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
         compiled_r, compile_seconds = _compiled(train_runs, p_r, o_r, xw_r, yw_r, opt)
         record(f"train_runs vmap x{r}", compile_seconds, _timed(lambda: compiled_r(p_r, o_r, xw_r, yw_r), repeats),
                runs_in_call=r)
+        if len(jax.devices()) > 1:  # e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2: a CPU device per core
+            mesh = run_mesh()
+            sharded = shard_runs((p_r, o_r, xw_r, yw_r), mesh) if r % len(jax.devices()) == 0 else (p_r, o_r, xw_r, yw_r)
+            start = time.perf_counter()
+            jax.block_until_ready(train_runs_sharded(*sharded, opt, mesh=mesh))  # compiles
+            record(f"train_runs_sharded x{r}, {len(jax.devices())} devices", time.perf_counter() - start,
+                   _timed(lambda: train_runs_sharded(*sharded, opt, mesh=mesh), repeats), runs_in_call=r)
     return rows
 
 
