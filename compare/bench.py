@@ -1,11 +1,11 @@
 """``rnn-compare bench``: speed only, every implementation on the same data and weights, in one process.
 
-The timing is `jax_rnn.bench`'s harness, the project's one: `interleaved` rounds, `summary`, `PeakRss`
-and the C reference loop. Here each implementation is a timer of one epoch of the one training loop
+The timing is `jax_rnn.bench`'s harness, the project's one: `time_trainers`, `around`, `summary`,
+`PeakRss` and the C reference loop. Here each implementation is a timer of one epoch of the one training loop
 (`jax_rnn.driver.train`). Per implementation: ``build_seconds`` (JAX: ahead-of-time compile; TF: graph
 build + variable init, or tf2's tracing), one warm-up epoch (``first_epoch_seconds``: TF1's first
-``session.run`` optimises the graph), then ``repeats`` timed epochs on fresh data (`time_trainers`: JAX
-and the C loop side by side, each TF version after them): median, min and max seconds per epoch, and
+``session.run`` optimises the graph), then ``repeats`` timed epochs on fresh data, one implementation
+after another (`time_trainers`; JAX's epochs around the C loop's runs): median, min and max seconds per epoch, and
 steps/s and points/s from the median. Every epoch ends with its losses read back as numpy, which
 synchronises the device; every epoch's data is made before any clock starts (JAX's already on its device).
 
@@ -14,7 +14,7 @@ implementation built and trained its warm-up epoch (`jax_rnn.bench.PeakRss`); me
 implementation and reused is not counted again, so read it as "extra memory this one needed".
 
 ``--grid``: the same for every cell of ``--states`` x ``--steps`` (1M points each), with the C loop
-(`jax_rnn.bench.c_epoch`, the limit for small states) in every round, then the large states of
+(`jax_rnn.bench.c_epoch`, the limit for small states) beside JAX, then the large states of
 ``--large-states`` at num_steps 10 on 100,000 points (without the C loop, whose plain loops take minutes
 there): per cell JAX, C and every TF version asked for, JAX / C, and how many times faster JAX is than the
 fastest TF version.
@@ -37,7 +37,7 @@ from .runners import make_trainer
 
 NOTES = ("build s: JAX ahead-of-time compile, TF graph build + variable init (tf2: + tracing); 1st epoch: the "
          "warm-up epoch (TF1's first session.run optimises the graph); epoch s: steady state, median of the "
-         "timed epochs (JAX first, each TF version after it); peak RSS MiB: largest increase of resident "
+         "timed epochs, one implementation after another; peak RSS MiB: largest increase of resident "
          "memory while that implementation built and trained its warm-up epoch (sampled); x vs {baseline}: its "
          "median epoch time divided by this one's.")
 GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions at every size measured (README)
@@ -89,10 +89,10 @@ def grid(base: Config, devices, repeats: int = 3, states=GRID_STATES, steps=GRID
     with tqdm(total=len(cells) * len(base.impls) * (repeats + 1), desc="bench --grid", unit="epoch",
               disable=quiet) as bar:
         rows = jax_bench.grid(base, _make(devices), base.impls, repeats, cells, bar)
-    notes = (f"Every cell: JAX and the C loop one epoch each per round, {repeats} rounds after a warm-up epoch, then "
-             f"each TF version's {repeats} epochs, on the same data and weights; seconds per epoch, median [min, max]. "
-             f"Large states "
-             f"(num_steps {LARGE_NUM_STEPS}, {LARGE_DATA_SIZE:,} points) without the C loop.")
+    notes = (f"Every cell: each implementation built, warmed up with one epoch and timed for {repeats} more, one after "
+             f"another, JAX's epochs in two blocks around the C loop's {repeats} runs; same data and weights; seconds "
+             f"per epoch, median [min, max]. Large states (num_steps {LARGE_NUM_STEPS}, {LARGE_DATA_SIZE:,} points) "
+             f"without the C loop.")
     return json_safe({"command": "bench --grid", "config": {**base.as_dict(), "repeats": repeats,
                                                              "states": list(states), "steps": list(steps),
                                                              "large_states": list(large_states)},

@@ -22,8 +22,9 @@ from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .train import GuardedEpoch, train_epoch, train_epoch_guarded, train_runs, train_step
 
 __all__ = [
-    "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "Params", "TrainingDiverged", "adagrad", "batch_last_for",
-    "check_params", "checkpoint", "clear_compile_cache", "data", "driver", "enable_compile_cache", "fit", "glorot_params",
-    "init_params", "logits", "loss", "loss_batch_last", "loss_window", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages",
-    "shard_runs", "train_epoch", "train_epoch_guarded", "train_runs", "train_runs_sharded", "train_step", "zero_state",
+    "Divergence", "FitConfig", "FitResult", "GuardedEpoch", "Params", "TrainingDiverged", "adagrad",
+    "batch_last_for", "check_params", "checkpoint", "clear_compile_cache", "data", "driver",
+    "enable_compile_cache", "fit", "glorot_params", "init_params", "logits", "loss", "loss_batch_last",
+    "loss_window", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages", "shard_runs", "train_epoch",
+    "train_epoch_guarded", "train_runs", "train_runs_sharded", "train_step", "zero_state",
 ]

@@ -17,7 +17,7 @@ C loop on every state_size x num_steps cell (``--states``, ``--steps``; default 
 one Markdown row per cell (`grid`); ``rnn-compare bench --grid`` runs the same with the TensorFlow
 versions beside them and the large states. ``--json FILE`` writes the rows.
 
-This module is the project's one benchmark harness: `interleaved` rounds of timers, `summary`, `PeakRss`,
+This module is the project's one benchmark harness: `interleaved` rounds of timers, `around`, `summary`, `PeakRss`,
 the C loop (`c_epoch`), and `time_trainers` / `grid` for trainers of any implementation.
 
 ``--truncation``: the price of TBPTT(k1, k2): for every state (``--states``, default 4,16) and k1
@@ -26,7 +26,8 @@ the C loop (`c_epoch`), and `time_trainers` / `grid` for trainers of any impleme
 ratio beside the bound 1.2 x k2 / k1 (recomputing the k2 - k1 overlapping steps of every window).
 
 JAX calls are timed up to ``jax.block_until_ready``; the C loop times its own training (not its start or
-input). JAX and C are interleaved, one epoch of each per round, so their ratio is measured side by side.
+input). JAX's epochs run back to back in two blocks around the C loop's runs (`around`), so their ratio
+is measured side by side in one run.
 The persistent compilation cache is on (`jax_rnn.compile_cache`): on a hit, "compile s" is the time to
 load the executable; ``RNN_SCAN_COMPILE_CACHE=0`` measures real compiles.
 """
@@ -252,7 +253,9 @@ def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeat
                runs_in_call=r)
         if len(jax.devices()) > 1:  # e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2: a CPU device per core
             mesh = run_mesh()
-            sharded = shard_runs((p_r, o_r, xw_r, yw_r), mesh) if r % len(jax.devices()) == 0 else (p_r, o_r, xw_r, yw_r)
+            sharded = (p_r, o_r, xw_r, yw_r)
+            if r % len(jax.devices()) == 0:  # placed once; otherwise train_runs_sharded pads and places per call
+                sharded = shard_runs(sharded, mesh)
             start = time.perf_counter()
             jax.block_until_ready(train_runs_sharded(*sharded, opt, mesh=mesh))  # compiles
             record(f"train_runs_sharded x{r}, {len(jax.devices())} devices", time.perf_counter() - start,

@@ -46,7 +46,8 @@ class Divergence(NamedTuple):
 class EpochStats(NamedTuple):
     """One epoch of a trainer. ``losses: f32[epoch_size]`` (``f32[runs, epoch_size]`` for many runs): each
     window's loss before its update; ``seconds``: wall time, the inputs as numpy to the losses back as
-    numpy; ``first_step_seconds``: TensorFlow's first step (included in ``seconds``), None for JAX;
+    numpy (JAX under `train`: the next epoch's data is made meanwhile, so the longer of the two);
+    ``first_step_seconds``: TensorFlow's first step (included in ``seconds``), None for JAX;
     ``diverged_at``: the first window that was not finite, per run, -1 (or None) where none was."""
 
     losses: np.ndarray
@@ -181,7 +182,8 @@ def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, opt
     bypasses JAX's in-memory cache, and a process that builds the same trainer again (a sweep, the tests)
     would otherwise compile it again."""
     sharding = jax.sharding.SingleDeviceSharding(device)
-    params = {scope: {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding) for name, shape in leaves.items()}
+    params = {scope: {name: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+                      for name, shape in leaves.items()}
               for scope, leaves in param_shapes(num_classes, state_size).items()}
     opt_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                              jax.eval_shape(optimizer.init, params))
@@ -192,8 +194,8 @@ def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, opt
 class JaxTrainer:
     """``jax_rnn``'s trainer: the whole epoch is one compiled call.
 
-    One run: `train_epoch` (with the check below), compiled ahead of time (``build_seconds``) for ``config``'s window shape on
-    ``device`` (default: JAX's first). Many runs (``mesh`` given, every leaf of ``params`` with a leading
+    One run: `train_epoch` (with the check below), compiled ahead of time (``build_seconds``) for
+    ``config``'s window shape on ``device`` (default: JAX's first). Many runs (``mesh`` given, every leaf of ``params`` with a leading
     run axis): `train_runs_sharded`, the runs split over the mesh's devices, compiled on the first epoch.
     ``config`` needs ``learning_rate``, ``epoch_size``, ``batch_size``, ``num_steps`` and ``backprop_steps``
     (a `FitConfig`); ``accumulators``: Adagrad's state to start from (a resumed run), in the shared layout.
@@ -257,7 +259,7 @@ class JaxTrainer:
         def finish() -> EpochStats:
             nonlocal params, opt_state, losses
             diverged_at = np.full(np.shape(finite), -1, np.int32)
-            if not np.all(finite):  # replay the epoch with a check after every window
+            if not np.asarray(finite).all():  # replay the epoch with a check after every window
                 params, opt_state, _, losses, diverged_at = self._replay(*before, xw, yw)
             self.params, self.opt_state = params, opt_state
             losses = np.asarray(losses, np.float32)
