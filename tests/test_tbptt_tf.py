@@ -1,19 +1,17 @@
 """TBPTT(k1, k2) in tf_rnn's four versions (../shared/TASK.md, "Truncation styles").
 
-The definition itself is checked literally on the JAX side (tests/test_tbptt.py); here every TF version
-must give `jax_rnn.train_epoch(..., backprop_steps=k2)`'s numbers, plus checks that need no JAX: the
-windows the loop cuts, the first update (all earlier steps absent, so it is the TF-style update), and
-TBPTT(k1, k1) being today's graph op for op.
+The definition itself is checked literally on the JAX side (tests/test_tbptt.py), and every TF version
+gives `jax_rnn.train_epoch(..., backprop_steps=k2)`'s numbers in tests/test_equivalence.py. Here, what
+needs no JAX: the windows the loop cuts, the first update (all earlier steps absent, so it is the
+TF-style update), TBPTT(k1, k1) being today's graph op for op, and what the guard keeps.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jax_rnn
 import tf_rnn
 from jax_rnn.data import gen_data, windows
 from tf_rnn.base import tbptt_windows
@@ -67,36 +65,22 @@ def test_tbptt_windows_hold_the_stream_positions_of_the_definition(k1, k2):
     np.testing.assert_array_equal(y, 2 * want)
 
 
-# --- the four versions against jax_rnn --------------------------------------------------------------
+# --- what the table of implementations does not see (tests/test_equivalence.py compares the runs) ---
 
-@pytest.mark.parametrize("k1, k2", [
-    (2, 5),   # k2 > 2 k1: the state handed on lies in the next window's backprop-only steps
-    (3, 5),   # k2 < 2 k1
-    (1, 4),   # r2rt's "true" truncation TBPTT(1, n)
-])
-def test_every_version_trains_like_jax_rnn(k1, k2):
-    config = _config(k1, k2)
-    xw, yw = _windows(k1)
+@pytest.mark.parametrize("name", IMPLS)
+def test_set_params_reaches_the_graph_and_loss_with_start_gives_the_logged_loss(name):
+    k1, k2 = 2, 5
+    config, (xw, yw) = _config(k1, k2), _windows(k1)
     params = tf_rnn.glorot_uniform_params(config, seed=1)
-    opt = jax_rnn.adagrad(config.learning_rate)
-    jparams = jax.tree.map(jnp.asarray, params)
-    want_params, _, want_state, want_losses = jax_rnn.train_epoch(jparams, opt.init(jparams), xw, yw, opt,
-                                                                  backprop_steps=k2)
-    want_params = jax.tree.map(np.asarray, want_params)
     x0, y0, starts = tbptt_windows(xw, yw, k2)
-    for name in IMPLS:
-        with tf_rnn.build(name, config, params=params) as model:
-            result = model.train_epoch(xw, yw)
-            assert result.diverged_at is None, name
-            np.testing.assert_allclose(result.losses, want_losses, rtol=0, atol=1e-5, err_msg=name)
-            np.testing.assert_allclose(result.final_state, want_state, rtol=0, atol=1e-5, err_msg=name)
-            _assert_params_close(model.get_params(), want_params)
-            # set_params reaches the variables the graph uses (static/dynamic: inside PresentWrapper),
-            # and loss() on one TBPTT window with its start gives that window's logged loss.
-            model.set_params(params)
-            _assert_params_close(model.get_params(), params, atol=0)
-            loss, _ = model.loss(x0[0], y0[0], start=int(starts[0]))
-            assert loss == pytest.approx(float(result.losses[0]), abs=1e-6), name
+    with tf_rnn.build(name, config, params=params) as model:
+        result = model.train_epoch(xw, yw)
+        # set_params reaches the variables the graph uses (static/dynamic: inside PresentWrapper), and
+        # loss() on one TBPTT window with its start gives that window's logged loss.
+        model.set_params(params)
+        _assert_params_close(model.get_params(), params, atol=0)
+        loss, _ = model.loss(x0[0], y0[0], start=int(starts[0]))
+        assert loss == pytest.approx(float(result.losses[0]), abs=1e-6), name
 
 
 # --- what needs no JAX: TBPTT(k1, k1) is today's graph; the first update is the TF-style one -------
@@ -134,22 +118,16 @@ def test_n_n_is_todays_graph_and_the_first_update_is_the_tf_style_one(name):
 # --- the divergence guard --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", IMPLS)
-def test_the_guard_stops_at_jax_rnns_window_and_keeps_the_last_finite_params(name):
+def test_what_the_guard_kept_is_training_on_the_windows_before_the_divergence(name):
     k1, k2 = 2, 5
     config = _config(k1, k2, learning_rate=1e37)
     xw, yw = _windows(k1, points=BATCH * k1 * 10)
     params = tf_rnn.glorot_uniform_params(config, seed=0)
-    opt = jax_rnn.adagrad(config.learning_rate)
-    jparams = jax.tree.map(jnp.asarray, params)
-    ref = jax_rnn.train_epoch_guarded(jparams, opt.init(jparams), xw, yw, opt, backprop_steps=k2)
     with tf_rnn.build(name, config, params=params) as model:
         r = model.train_epoch(xw, yw)
         k = r.diverged_at
-        assert k is not None and k == int(ref.diverged_at) and 0 < k < len(xw) - 1
-        assert np.all(np.isfinite(r.losses[:k])) and np.all(np.isnan(r.losses[k + 1:]))
-        np.testing.assert_allclose(r.losses[:k], ref.losses[:k], rtol=1e-5)
+        assert k is not None and 0 < k < len(xw) - 1
         kept = model.get_params()
-        assert all(np.all(np.isfinite(v)) for group in kept.values() for v in group.values())
         # What the guard kept is what training on the first k windows alone gives.
         model.set_params(params)
         model.set_accumulators(jax.tree.map(lambda a: np.full_like(a, 0.1), params))
