@@ -15,12 +15,15 @@ import time
 from typing import Optional, Sequence
 
 from jax_rnn import compile_cache
+from jax_rnn.bench import GRID_STATES, GRID_STEPS, LARGE_STATES
 from jax_rnn.model import glorot_params
 
 from . import bench, checkpoint, environment, io, plots, report, rerun, run, scaling, sweep
 from .bench import GRID_IMPLS
 from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, at_least, is_tf, parse_impls, parse_ints
 from .environment import DEVICES
+
+DEFAULT = Config()  # the one set of defaults: jax_rnn.FitConfig's (the tutorial's)
 
 OUTPUT_POLICY = (
     "Outputs go to OUT/NAME.json, OUT/NAME.md (the table) and OUT/NAME.png (the plot); NAME defaults to "
@@ -47,14 +50,17 @@ def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_defa
     p.add_argument("--impl", default=impl_default,
                    help=f"comma-separated implementations, from: {', '.join(IMPLS)} "
                         f"(default: {impl_help or impl_default})")
-    p.add_argument("--batch-size", type=int, default=200, help="sequences per batch (default: 200)")
-    p.add_argument("--learning-rate", type=float, default=0.1, help="Adagrad learning rate (default: 0.1)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT.batch_size,
+                   help=f"sequences per batch (default: {DEFAULT.batch_size})")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT.learning_rate,
+                   help=f"Adagrad learning rate (default: {DEFAULT.learning_rate})")
     if with_epochs:
         p.add_argument("--epochs", type=int, default=epochs_default,
                        help=f"epochs, fresh data each (default: {epochs_default or '1, or the rows of --data'})")
     p.add_argument("--data-size", type=int, default=data_size_default,
-                   help=f"points per epoch (default: {data_size_help or data_size_default or '1000000, or the columns of --data'})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data stream and initial weights (default: 0)")
+                   help=f"points per epoch (default: {data_size_help or data_size_default or f'{DEFAULT.data_size}, or the columns of --data'})")
+    p.add_argument("--seed", type=int, default=DEFAULT.seed,
+                   help=f"seed of the data stream and initial weights (default: {DEFAULT.seed})")
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cpu; gpu (an error if JAX or TensorFlow sees none); auto: the GPU wherever a "
                         "framework sees one (default: cpu)")
@@ -70,8 +76,9 @@ def _common(p: argparse.ArgumentParser, impl_default: Optional[str], epochs_defa
 
 def _cell(p: argparse.ArgumentParser) -> None:
     """The one cell that ``run`` and ``bench`` train (``sweep`` takes comma lists)."""
-    p.add_argument("--num-steps", type=int, default=5, help="truncated-BPTT window length (default: 5)")
-    p.add_argument("--state-size", type=int, default=4, help="RNN state size (default: 4)")
+    p.add_argument("--num-steps", type=int, default=DEFAULT.num_steps,
+                   help=f"truncated-BPTT window length (default: {DEFAULT.num_steps})")
+    p.add_argument("--state-size", type=int, default=DEFAULT.state_size, help=f"RNN state size (default: {DEFAULT.state_size})")
     p.add_argument("--backprop-steps", type=int, default=None, metavar="K2",
                    help="K2 of truncated BPTT TBPTT(num_steps, K2): one update per num_steps new steps, each "
                         "backpropagating through the last K2 >= num_steps steps (default: num_steps, the "
@@ -120,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "spread over seeds) and the level reached. With jax, all seeds of a cell train in one vmapped "
                      "call. Defaults take about a minute with --impl jax on 2 CPU cores; TF implementations train "
                      "seed after seed and are much slower.")
-    _common(sweep, "jax", 5, 1_000_000)
+    _common(sweep, "jax", 5, DEFAULT.data_size)
     sweep.add_argument("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
     sweep.add_argument("--state-size", default="4,16", help="comma list (default: 4,16)")
     sweep.add_argument("--backprop-steps", default="num_steps", metavar="K2S",
@@ -161,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "then --large-states at num_steps 10 on 100,000 points: JAX, C and the TF versions in one "
                             f"run, JAX / C and JAX against the fastest TF. Defaults to --impl {','.join(GRID_IMPLS)}; "
                             "about 3 minutes on 2 cores")
-    bench.add_argument("--states", default="4,16,64", help="with --grid: state sizes (default: 4,16,64)")
-    bench.add_argument("--steps", default="1,5,10", help="with --grid: num_steps values (default: 1,5,10)")
-    bench.add_argument("--large-states", default="512,1024",
-                       help="with --grid: large state sizes, without the C loop (default: 512,1024; none: skip)")
+    for option, values, what in (("--states", GRID_STATES, "state sizes"), ("--steps", GRID_STEPS, "num_steps values"),
+                                 ("--large-states", LARGE_STATES, "large state sizes, without the C loop")):
+        default = ",".join(map(str, values))
+        bench.add_argument(option, default=default, help=f"with --grid: {what} (default: {default}"
+                                                         + ("; none: skip)" if option == "--large-states" else ")"))
 
     cache = _command(sub, "cache", "where JAX's compilation cache is, and its size; --clear empties it",
                      f"JAX's persistent compilation cache: every command (unless --no-compile-cache) saves each "
@@ -222,7 +230,7 @@ def _run(args) -> int:
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
         epochs, data_size = rows if epochs is None else epochs, cols
     config = _config(args, impls, args.num_steps, args.state_size, 1 if epochs is None else epochs,
-                     1_000_000 if data_size is None else data_size, args.backprop_steps)
+                     DEFAULT.data_size if data_size is None else data_size, args.backprop_steps)
     if args.init_params:
         params = io.load_params(args.init_params, config.num_classes, config.state_size)
     else:
@@ -284,7 +292,7 @@ def _bench(args) -> int:
     default_impls = scaling.DEFAULT_IMPLS if args.scaling else GRID_IMPLS if args.grid else IMPLS
     impls = parse_impls(args.impl or ",".join(default_impls))
     repeats = at_least(args.repeats if args.repeats is not None else (2 if args.scaling else 3), "--repeats")
-    data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else 1_000_000)
+    data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else DEFAULT.data_size)
     if args.scaling and args.backprop_steps is not None:
         raise UsageError("--backprop-steps: the scaling study varies num_steps itself; give it without --scaling")
     config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size, args.backprop_steps)

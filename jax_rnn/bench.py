@@ -63,7 +63,8 @@ from .optim import adagrad
 from .train import train_epoch, train_runs, train_step
 
 C_FLAGS = ["-O3", "-march=native", "-ffast-math"]  # see the header of reference_loop.c
-LEARNING_RATE = 0.1
+DEFAULT = FitConfig()  # the tutorial's settings, the one set of defaults
+LEARNING_RATE = DEFAULT.learning_rate
 
 
 def wall(fn):
@@ -204,8 +205,8 @@ def _setup(state_size: int, num_steps: int, batch_size: int, data):
     return params, opt, opt.init(params), jax.device_put(windows(*data, batch_size, num_steps))
 
 
-def bench(batch_size=200, num_steps=5, state_size=4, data_size=1_000_000, repeats=5, runs=(8, 32), loop=True,
-          c_loop=False):
+def bench(batch_size=DEFAULT.batch_size, num_steps=DEFAULT.num_steps, state_size=DEFAULT.state_size,
+          data_size=DEFAULT.data_size, repeats=5, runs=(8, 32), loop=True, c_loop=False):
     """The default mode: one result dict per method (compile s, epoch s median/min/max, rates)."""
     params, opt, opt_state, (x_windows, y_windows) = _setup(state_size, num_steps, batch_size,
                                                             gen_data(data_size, seed=1))
@@ -333,7 +334,7 @@ GRID_STATES, GRID_STEPS = (4, 16, 64), (1, 5, 10)   # the tutorial's grid: every
 LARGE_STATES, LARGE_NUM_STEPS, LARGE_DATA_SIZE = (512, 1024), 10, 100_000
 
 
-def grid_cells(states=GRID_STATES, steps=GRID_STEPS, data_size=1_000_000, large_states=LARGE_STATES) -> list[tuple]:
+def grid_cells(states=GRID_STATES, steps=GRID_STEPS, data_size=DEFAULT.data_size, large_states=LARGE_STATES) -> list[tuple]:
     """The cells of `grid`: ``states`` x ``steps`` on ``data_size`` points with the C loop, then
     ``large_states`` at num_steps 10 on 100,000 points without it (its plain loops take minutes there)."""
     return ([(d, n, data_size, True) for d in states for n in steps]
@@ -361,8 +362,8 @@ def grid(config, make, names, repeats: int, cells, bar=None, on_row=None) -> lis
     return rows
 
 
-def truncation(states=(4, 16), steps=(1, 3, 5), backprop=(9, 10, 15), batch_size=200, data_size=1_000_000,
-               repeats=5) -> list[dict]:
+def truncation(states=(4, 16), steps=(1, 3, 5), backprop=(9, 10, 15), batch_size=DEFAULT.batch_size,
+               data_size=DEFAULT.data_size, repeats=5) -> list[dict]:
     """``--truncation``: per state and k1, the TF-style epoch of num_steps k1 and TBPTT(k1, k2) for every k2
     > k1 of ``backprop``, timed interleaved on the same data and weights; one row per (state, k1, k2)."""
     data = gen_data(data_size, seed=1)
@@ -437,10 +438,8 @@ def _ints(parser: argparse.ArgumentParser, option: str, text: str, minimum: int 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jax_rnn.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--num-steps", type=int, default=5)
-    parser.add_argument("--state-size", type=int, default=4)
-    parser.add_argument("--data-size", type=int, default=1_000_000)
+    for option in ("batch_size", "num_steps", "state_size", "data_size"):
+        parser.add_argument(f"--{option.replace('_', '-')}", type=int, default=getattr(DEFAULT, option))
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per method (default 5)")
     parser.add_argument("--runs", default="8,32", help="vmapped run counts, comma list (default 8,32)")
     parser.add_argument("--no-loop", action="store_true", help="skip the Python loop of train_step")
