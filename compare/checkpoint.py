@@ -72,15 +72,9 @@ def config_record(config: Config, init_params: Optional[str], data: Optional[str
 CELL_WRITER = "rnn-compare sweep"
 
 
-def _with_defaults(saved: dict) -> dict:
-    """A config record as written now: ``backprop_steps`` (recorded since TBPTT(k1, k2)) is ``num_steps``
-    in the records written before."""
-    return {"backprop_steps": saved.get("num_steps"), **saved}
-
-
 def cell_path(directory, record: dict) -> Path:
     """``sweep-<num_steps>-<state_size>-<impl>.npz``, ``sweep-<num_steps>x<backprop_steps>-...`` for TBPTT."""
-    n, k2 = record["num_steps"], record.get("backprop_steps", record["num_steps"])
+    n, k2 = record["num_steps"], record["backprop_steps"]
     return Path(directory) / f"sweep-{n}{'' if k2 == n else f'x{k2}'}-{record['state_size']}-{record['impl']}.npz"
 
 
@@ -119,7 +113,6 @@ def _open(file: Path, writer: str, what: str, belongs=lambda meta: True) -> Opti
 
 def _same(file: Path, there: dict, here: dict, keys, what: str) -> None:
     """UsageError naming every key of ``keys`` whose value differs between the checkpoint and this run."""
-    there = _with_defaults(there)
     differ = [k for k in keys if there.get(k) != here.get(k)]
     if differ:
         detail = ", ".join(f"{k}={there.get(k)!r} there vs {here.get(k)!r} here" for k in differ)

@@ -56,11 +56,6 @@ def parse_ints(text: str, option: str, minimum: int = 1, words: tuple[str, ...] 
     return tuple(values)
 
 
-def tf_name(impl: str) -> str:
-    """CLI name -> ``tf_rnn`` name: ``"tf-dynamic"`` -> ``"dynamic"``, ``"tf2"`` -> ``"tf2"``."""
-    return impl[3:] if impl.startswith("tf-") else impl
-
-
 def is_tf(impl: str) -> bool:
     return impl != "jax"
 

@@ -21,12 +21,6 @@ from .config import UsageError
 OUTPUT_EXTS = ("json", "md", "png")
 
 
-def param_shapes(num_classes: int, state_size: int) -> dict[str, tuple[int, ...]]:
-    """Flat key -> shape (``jax_rnn.layout``'s, flattened) for ``n = num_classes``, ``d = state_size``."""
-    return {f"{scope}/{name}": shape for scope, leaves in layout.param_shapes(num_classes, state_size).items()
-            for name, shape in leaves.items()}
-
-
 def fingerprint(params: dict) -> str:
     """A short SHA-256 of the parameter values: equal fingerprints mean identical starting points."""
     digest = hashlib.sha256()
@@ -53,8 +47,9 @@ def _load_npz(path: str, option: str, keys: tuple[str, ...]) -> dict:
 def load_params(path: str, num_classes: int, state_size: int) -> dict:
     """Read initial parameters (``--init-params``); UsageError naming a missing/extra key or bad shape."""
     arrays = _load_npz(path, "--init-params", PARAM_KEYS)
-    for key, shape in param_shapes(num_classes, state_size).items():
-        a = arrays[key]
+    shapes = layout.param_shapes(num_classes, state_size)
+    for key in PARAM_KEYS:
+        a, shape = arrays[key], shapes[key.split("/")[0]][key.split("/")[1]]
         if a.shape != shape:
             raise UsageError(f"--init-params: {path}: {key} must have shape {list(shape)} for state size "
                              f"{state_size}, got {list(a.shape)}")

@@ -13,7 +13,7 @@ from typing import Optional
 
 from jax_rnn.driver import JaxTrainer
 
-from .config import Config, is_tf, tf_name
+from .config import Config, is_tf
 from .environment import jax_device
 
 
@@ -28,7 +28,7 @@ def make_trainer(impl: str, config: Config, params: dict, device: str = "cpu", a
 
     model_config = tf_rnn.ModelConfig(config.num_classes, config.state_size, config.batch_size, config.num_steps,
                                       config.learning_rate, config.backprop_steps)
-    model = tf_rnn.build(tf_name(impl), model_config, params=params, seed=config.seed, device=device,
+    model = tf_rnn.build(impl.removeprefix("tf-"), model_config, params=params, seed=config.seed, device=device,
                          deterministic=deterministic)
     if accumulators is not None:
         model.set_accumulators(accumulators)

@@ -121,12 +121,6 @@ class SharedData:
             yield stacked
 
 
-def run_devices(kind: str) -> list:
-    """The devices of ``kind`` that the runs are split over: all of them (`jax_rnn.train_runs_sharded`
-    repeats the last run to fill the devices when their number does not divide the runs)."""
-    return jax.devices(kind)
-
-
 def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData, saved=None, save=None):
     """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
     (`jax_rnn.train_runs_sharded`, with the guard: a seed stops learning at the first window whose loss or
@@ -139,7 +133,7 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
         params, accumulators, history = jax.tree.map(lambda *leaves: np.stack(leaves), *runs), None, History()
     else:
         params, accumulators, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
-    trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(run_devices(device)))
+    trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)))
 
     def after_epoch(history: History, trainer: JaxTrainer) -> None:
         bar.update(len(seeds))
@@ -291,7 +285,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
             "truncations": [list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
             "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
-            "jax_devices": len(run_devices(devices.jax)) if "jax" in first.impls else None, "workers": workers}
+            "jax_devices": len(jax.devices(devices.jax)) if "jax" in first.impls else None, "workers": workers}
     agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
     time_spent = {"total": time.perf_counter() - wall, "shared_data": shared_data_seconds,
                   **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")}}

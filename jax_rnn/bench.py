@@ -17,19 +17,12 @@ C loop on every state_size x num_steps cell (``--states``, ``--steps``; default 
 one Markdown row per cell (`grid`); ``rnn-compare bench --grid`` runs the same with the TensorFlow
 versions beside them and the large states. ``--json FILE`` writes the rows.
 
-This module is the project's one benchmark harness: `interleaved` rounds of timers, `around`, `summary`, `PeakRss`,
-the C loop (`c_epoch`), and `time_trainers` / `grid` for trainers of any implementation.
+``--truncation``: the price of TBPTT(k1, k2) (`truncation`).
 
-``--truncation``: the price of TBPTT(k1, k2): for every state (``--states``, default 4,16) and k1
-(``--steps``, default 1,3,5), ``train_epoch(backprop_steps=k2)`` for each k2 of ``--backprop-steps``
-(default 9,10,15) against the tutorial's epoch of num_steps k1 on the same data, interleaved; the cost
-ratio beside the bound 1.2 x k2 / k1 (recomputing the k2 - k1 overlapping steps of every window).
-
-JAX calls are timed up to ``jax.block_until_ready``; the C loop times its own training (not its start or
-input). JAX's epochs run back to back in two blocks around the C loop's runs (`around`), so their ratio
-is measured side by side in one run.
-The persistent compilation cache is on (`jax_rnn.compile_cache`): on a hit, "compile s" is the time to
-load the executable; ``RNN_SCAN_COMPILE_CACHE=0`` measures real compiles.
+This module is the project's one benchmark harness (timers: `interleaved`, `around`, `summary`, `PeakRss`;
+the C loop: `c_epoch`; any implementation's trainers: `time_trainers`, `grid`). JAX calls are timed up to
+``jax.block_until_ready``; the C loop times its own training. The persistent compilation cache is on: on
+a hit, "compile s" is the time to load the executable (``RNN_SCAN_COMPILE_CACHE=0``: real compiles).
 """
 
 from __future__ import annotations
@@ -57,6 +50,7 @@ from .compile_cache import enable_compile_cache
 from .data import epoch_windows, gen_data, windows
 from .driver import History, JaxTrainer, train
 from .fit import FitConfig
+from .layout import flatten
 from .model import glorot_params, init_params
 from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .optim import adagrad
@@ -182,8 +176,7 @@ def c_epoch(params, x_windows, y_windows, learning_rate: float = LEARNING_RATE):
     exe, _ = c_program()
     xw, yw = np.asarray(x_windows, np.int32), np.asarray(y_windows, np.int32)
     n, d = params["softmax"]["b"].shape[0], params["rnn_cell"]["b"].shape[0]
-    flat = np.concatenate([np.asarray(params[s][k], np.float32).ravel()
-                           for s, k in (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))])
+    flat = np.concatenate([a.ravel() for a in flatten(params).values()])  # PARAM_KEYS' order, float32
     workdir = tempfile.TemporaryDirectory(prefix="jax_rnn_reference_loop_")  # removed with the timer
     inp, out = Path(workdir.name) / "in.bin", Path(workdir.name) / "out.bin"
     inp.write_bytes(np.array([*xw.shape, n, d], np.int32).tobytes() + np.float32(learning_rate).tobytes()
@@ -281,8 +274,8 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
     ``compare.bench`` passes TensorFlow's) and the C loop (``c_loop``), on the same ``repeats + 1`` epochs
     from the same weights (`glorot_params` of ``config.seed``), one trainer after another: it builds and
     trains the warm-up epoch (under `PeakRss`), then ``repeats`` timed epochs back to back (the first
-    name's `around` the C loop's runs), and is closed. (Interleaved with JAX, TensorFlow's thread pools, still
-    spinning after its epoch, slowed the JAX epoch that followed by up to 3x on 2 cores.)
+    name's `around` the C loop's runs), and is closed: interleaved with JAX, TensorFlow's thread pools, still
+    spinning after its epoch, slowed the JAX epoch that followed by up to 3x on 2 cores.
 
     **Returns:** per name: ``build_seconds``, ``first_step_seconds``, ``first_epoch_seconds``, ``peak_rss_mib``,
     ``epoch_seconds`` (the timed ones), their ``median_epoch_seconds``, ``min_...``, ``max_...``, ``spread``,
@@ -365,7 +358,8 @@ def grid(config, make, names, repeats: int, cells, bar=None, on_row=None) -> lis
 def truncation(states=(4, 16), steps=(1, 3, 5), backprop=(9, 10, 15), batch_size=DEFAULT.batch_size,
                data_size=DEFAULT.data_size, repeats=5) -> list[dict]:
     """``--truncation``: per state and k1, the TF-style epoch of num_steps k1 and TBPTT(k1, k2) for every k2
-    > k1 of ``backprop``, timed interleaved on the same data and weights; one row per (state, k1, k2)."""
+    > k1 of ``backprop``, timed interleaved on the same data and weights; one row per (state, k1, k2), its
+    cost ratio beside the bound 1.2 x k2 / k1 (each window recomputes its k2 - k1 overlapping steps)."""
     data = gen_data(data_size, seed=1)
     rows = []
     for state_size in states:

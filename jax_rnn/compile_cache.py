@@ -6,10 +6,8 @@ version) loads the executable from disk instead (~0.05 s; tracing and lowering, 
 change to any of these is a new entry, never a stale one. Nothing here runs on import: the entry points
 (``rnn-compare``, ``python -m jax_rnn.bench``) call `enable_compile_cache`; ``jax_rnn.fit`` users may too.
 
-- Where: ``$RNN_SCAN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/rnn-scan/jax`` (``~/.cache/rnn-scan/jax``).
-- Off: ``RNN_SCAN_COMPILE_CACHE=0`` (or ``off``, ``false``, ``no``) makes `enable_compile_cache` do
-  nothing; ``rnn-compare ... --no-compile-cache`` for one command.
-- Clear: `clear_compile_cache` (``rnn-compare cache --clear``); `cache_size` reports entries and bytes.
+Where, how to turn it off and how to clear it: `default_dir`, `disabled_by_env`, `clear_compile_cache`
+(and the README's "Compilation cache").
 
 JAX options set (see ``jax/_src/config.py``): ``jax_compilation_cache_dir``;
 ``jax_persistent_cache_min_compile_time_secs = 0`` (the default, 1 s, would skip our sub-second

@@ -35,10 +35,15 @@ def _rng(seed: Seed) -> np.random.Generator | np.random.RandomState:
     return np.random.default_rng(seed)
 
 
+def check_int(name: str, value, minimum: int = 1, why: str = "") -> int:
+    """``int(value)``, or ValueError ``"{name} must be an integer >= {minimum}{why}, got ..."`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
+    return int(value)
+
+
 def _check_size(size: int) -> int:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 9:
-        raise ValueError(f"size must be an integer >= 9 (longer than the largest lag 8), got {size!r}")
-    return int(size)
+    return check_int("size", size, 9, " (longer than the largest lag 8)")
 
 
 def y_probability(x: np.ndarray) -> np.ndarray:
@@ -112,9 +117,7 @@ def epoch_size(data_size: int, batch_size: int, num_steps: int) -> int:
 
 def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
     """Raise ValueError, naming the argument, if the data cannot give at least one window."""
-    for name, value in (("batch_size", batch_size), ("num_steps", num_steps)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_int("batch_size", batch_size), check_int("num_steps", num_steps)
     if batch_size * num_steps > data_size:
         raise ValueError(
             f"batch_size * num_steps = {batch_size} * {num_steps} = {batch_size * num_steps} is larger "

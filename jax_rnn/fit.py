@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -18,14 +17,10 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import data as task
+from . import optim
 from . import validate
 from .driver import Divergence, History, JaxTrainer, train
 from .model import Params, glorot_params
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +48,9 @@ class FitConfig:
         # Every message starts with the field's name: ``rnn-compare``'s Config (a subclass) turns it
         # into the option's (``--num-steps ...``).
         for name in ("num_classes", "state_size", "batch_size", "num_steps", "epochs", "data_size", "log_every"):
-            _check_int(name, getattr(self, name))
-        _check_int("seed", self.seed, minimum=0)
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"learning_rate must be a finite number > 0, got {lr!r}")
+            task.check_int(name, getattr(self, name))
+        task.check_int("seed", self.seed, minimum=0)
+        optim.check_positive("learning_rate", self.learning_rate)
         if self.data_size < 9:
             raise ValueError(f"data_size must be >= 9 (longer than the task's largest lag, 8), got {self.data_size}")
         if self.batch_size > self.data_size:

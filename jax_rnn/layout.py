@@ -37,9 +37,9 @@ def nest(flat: dict) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def check_params(params: Any, num_classes: int, state_size: int) -> None:
-    """Raise ValueError naming the key if ``params`` is not the layout and shapes of the config."""
-    expected = param_shapes(num_classes, state_size)
+def check_keys(params: Any) -> None:
+    """Raise ValueError naming the key if ``params`` is not the nested dict of the layout's keys."""
+    expected = param_shapes(1, 1)  # its keys
     if not isinstance(params, dict) or set(params) != set(expected):
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params must be a dict with keys {sorted(expected)}, got {got}")
@@ -47,6 +47,12 @@ def check_params(params: Any, num_classes: int, state_size: int) -> None:
         if not isinstance(params[scope], dict) or set(params[scope]) != set(leaves):
             got = sorted(params[scope]) if isinstance(params[scope], dict) else type(params[scope]).__name__
             raise ValueError(f"params[{scope!r}] must have keys {sorted(leaves)}, got {got}")
+
+
+def check_params(params: Any, num_classes: int, state_size: int) -> None:
+    """Raise ValueError naming the key if ``params`` is not the layout and shapes of the config."""
+    check_keys(params)
+    for scope, leaves in param_shapes(num_classes, state_size).items():
         for name, shape in leaves.items():
             got_shape = tuple(np.shape(params[scope][name]))
             if got_shape != shape:

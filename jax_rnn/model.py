@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import validate
+from .data import check_int
 from .layout import check_params, param_shapes  # noqa: F401 (part of the model's API)
 
 Params = dict[str, dict[str, jax.Array]]
@@ -38,9 +39,7 @@ def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Pa
     **Arguments:** ``key``: a JAX PRNG key; ``num_classes`` n >= 1; ``state_size`` d >= 1.
     **Returns:** ``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``.
     """
-    for name, value in (("num_classes", num_classes), ("state_size", state_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_int("num_classes", num_classes), check_int("state_size", state_size)
     k_cell, k_softmax = jax.random.split(key)
     glorot = jax.nn.initializers.glorot_uniform()
     n, d = num_classes, state_size
@@ -123,22 +122,12 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
     return mean_loss, final_state.T if batch_last else final_state
 
 
-# How the training loop lays out a window, chosen by measurement on CPU (`python -m jax_rnn.bench --grid`
-# and ``--states``; figures in the README). Two choices, both about the [d, d] state product per step:
-# - Layout. Below BATCH_FIRST_FROM the batch is the last, contiguous axis (state ``[d, batch]``): with a
-#   few numbers of state per sequence, every step becomes short vector loops over the batch that XLA fuses.
-#   From BATCH_FIRST_FROM on, the batch comes first (state ``[batch, d]``, TensorFlow's layout): the step
-#   is one ``[batch, d] @ [d, d]`` matrix product, and so is each step's weight gradient, which XLA's CPU
-#   dot runs about 2x faster than the transposed products of the batch-last layout (state 512: 0.7 s
-#   against 1.3 s per 100k points; state 64: 55 ms against 43 ms, so batch-last stays below 128).
-# - Contraction. In the batch-last layout, a matrix of at most SMALL_CONTRACTION weights (the tutorial's
-#   [4, 4] state matrix, its [4, 2] softmax and [2, 4] input matrices) is applied elementwise: broadcast
-#   over the batch once per window, multiplied and summed over its short axis in each step, which XLA
-#   fuses with the tanh around it into one loop. Broadcasting once, outside the scan, makes each step's
-#   weight gradient an elementwise product that the backward pass accumulates across the steps, summed
-#   over the batch once per window instead of once per step (state 4, num_steps 10: 31 -> 17 ms per
-#   epoch). The one-hot input is a select per class, whose gradient is a masked sum, not a scatter.
-#   Larger matrices use a dot and a gather (state 16: 0.11-0.12 s per epoch, against 0.53 s elementwise).
+# How the training loop lays out a window, chosen by measurement on CPU (figures: README, "How the JAX
+# epoch gets fast"). Layout: below BATCH_FIRST_FROM the state is batch-last (``[d, batch]``: short vector
+# loops over the batch that XLA fuses), from it on batch-first (``[batch, d]``: plain matrix products).
+# Contraction: in the batch-last layout a matrix of at most SMALL_CONTRACTION weights is applied
+# elementwise, broadcast over the batch once per window (`_product`, `_input_projection`); larger ones
+# use a dot and a gather.
 BATCH_FIRST_FROM = 128
 SMALL_CONTRACTION = 16
 

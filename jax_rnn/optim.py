@@ -17,6 +17,12 @@ import math
 import optax
 
 
+def check_positive(name: str, value, hint: str = "") -> None:
+    """ValueError ``"{name} must be a finite number > 0{hint}, got ..."`` unless ``value`` is one (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
+
+
 def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = 0.1) -> optax.GradientTransformation:
     """TF1-compatible Adagrad: ``optax.adagrad(learning_rate, initial_accumulator_value, eps=0.0)``.
 
@@ -26,10 +32,8 @@ def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = 0.1) 
 
     **Example:** ``opt = adagrad(0.1); opt_state = opt.init(params)``.
     """
-    for name, value in (("learning_rate", learning_rate), ("initial_accumulator_value", initial_accumulator_value)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            hint = " (TF1 uses 0.1)" if name == "initial_accumulator_value" else ""
-            raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
+    check_positive("learning_rate", learning_rate)
+    check_positive("initial_accumulator_value", initial_accumulator_value, " (TF1 uses 0.1)")
     return _adagrad(float(learning_rate), float(initial_accumulator_value))
 
 

@@ -232,12 +232,10 @@ def _train_epoch_guarded(params: Params, opt_state, x_windows: jax.Array, y_wind
                              remat: bool = False, backprop_steps: int | None = None) -> GuardedEpoch:
     """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator.
 
-    Same arguments as `train_epoch`. **Returns:** a `GuardedEpoch` ``(params, opt_state, final_state,
-    losses, diverged_at)``; ``diverged_at == -1`` means the epoch was finite throughout, and then the
-    first four fields equal `train_epoch`'s (bit for bit in the tutorial's TBPTT(n, n); with
-    ``backprop_steps`` > num_steps XLA compiles the two differently, and they agree to float rounding). Otherwise the parameters are the last finite
-    ones (from before window ``diverged_at``) and later losses are NaN. `fit` and ``rnn-compare`` train
-    with this; its cost in the normal case is within noise (figures in the README).
+    Same arguments as `train_epoch`. **Returns:** a `GuardedEpoch`. With ``diverged_at == -1`` its first
+    four fields equal `train_epoch`'s (bit for bit in the tutorial's TBPTT(n, n); with ``backprop_steps`` >
+    num_steps XLA compiles the two differently, and they agree to float rounding). `fit` and
+    ``rnn-compare`` replay an epoch with this when `jax_rnn.driver.JaxTrainer`'s end-of-epoch check fails.
 
     **Example:** ``r = train_epoch_guarded(p, o, xw, yw, opt); if r.diverged_at >= 0: ...``
     """
@@ -252,9 +250,7 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
     **Arguments:** every leaf of ``params`` and ``opt_state`` has a leading run axis ``[R, ...]``;
     ``x_windows, y_windows: int32[R, epoch_size, batch, num_steps]``; ``state: f32[R, batch, d]`` or
     ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`; ``backprop_steps``: as in
-    `train_epoch`. **Returns:** as
-    `train_epoch` (``guard``: as `train_epoch_guarded`), each with the leading run axis (``losses: f32[R,
-    epoch_size]``, ``diverged_at: int32[R]``).
+    `train_epoch`. **Returns:** as `train_epoch` (``guard``: `train_epoch_guarded`), with the leading run axis.
     """
     run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)

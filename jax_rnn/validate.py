@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .layout import check_params
+from .layout import check_keys, check_params
 
 
 def _arr(a: Any):
@@ -59,14 +59,12 @@ def _all_finite(tree):
 
 def sizes(where: str, params) -> tuple[int, int]:
     """``(num_classes, state_size)`` read from ``params``, after checking its keys and shapes."""
-    if not isinstance(params, dict) or set(params) != {"rnn_cell", "softmax"}:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise ValueError(f"{where}: params must be a dict with keys ['rnn_cell', 'softmax'], got {got}")
+    try:
+        check_keys(params)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     for scope in ("rnn_cell", "softmax"):
         group = params[scope]
-        if not isinstance(group, dict) or set(group) != {"W", "b"}:
-            got = sorted(group) if isinstance(group, dict) else type(group).__name__
-            raise ValueError(f"{where}: params[{scope!r}] must have keys ['W', 'b'], got {got}")
         if len(np.shape(_arr(group["b"]))) != 1:
             raise ValueError(f"{where}: params[{scope!r}]['b'] must be 1-D, got shape {tuple(np.shape(_arr(group['b'])))}")
     n, d = int(np.shape(_arr(params["softmax"]["b"]))[0]), int(np.shape(_arr(params["rnn_cell"]["b"]))[0])

@@ -29,7 +29,6 @@ from typing import Callable, Iterator, MutableMapping
 
 LEGACY_KERAS_VAR = "TF_USE_LEGACY_KERAS"
 VERBOSE_VAR = "RNN_SCAN_TF_VERBOSE"
-CAPTURED_STDERR: list[str] = []  # what `capture_fd2` swallowed
 
 MISSING_TF_KERAS = (
     "tf_rnn needs the tf-keras package (pip install tf-keras, or pip install -e '.[tf]') because "
@@ -75,8 +74,8 @@ def check_legacy_cells(tf) -> None:
 
 @contextlib.contextmanager
 def capture_fd2() -> Iterator[None]:
-    """Redirect file descriptor 2 (C++ logs) to `CAPTURED_STDERR` while the block runs; if the block
-    raises, the captured text is written back to stderr first."""
+    """Swallow file descriptor 2 (C++ logs) while the block runs; if the block raises, the captured text is
+    written back to stderr first."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -94,12 +93,9 @@ def capture_fd2() -> Iterator[None]:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode("utf-8", "replace")
-            if text:
-                CAPTURED_STDERR.append(text)
-                if failed:
-                    sys.stderr.write(text)
+            if failed:
+                tmp.seek(0)
+                sys.stderr.write(tmp.read().decode("utf-8", "replace"))
 
 
 # Python warnings raised from TensorFlow's and Keras' own modules (deprecations, Keras UserWarnings).
