@@ -108,9 +108,9 @@ def test_truncation_earlier_windows_reach_the_gradient_only_through_the_state_va
     # What was cut off: at p1, the gradient of window 1's loss with the state recomputed from window 0
     # (full BPTT across the window boundary) differs from the gradient with the state held constant.
     state_of = lambda p: jax_rnn.loss(p, x0, y0, zero)[1]
-    full = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p))[0])(p1)
-    truncated = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, jax.lax.stop_gradient(state_of(p)))[0])(p1)
-    constant = jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p1))[0])(p1)
+    full = jax.jit(jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p))[0]))(p1)
+    truncated = jax.jit(jax.grad(lambda p: jax_rnn.loss(p, x1, y1, jax.lax.stop_gradient(state_of(p)))[0]))(p1)
+    constant = jax.jit(jax.grad(lambda p: jax_rnn.loss(p, x1, y1, state_of(p1))[0]))(p1)
     for t, c in zip(jax.tree.leaves(truncated), jax.tree.leaves(constant)):
         np.testing.assert_array_equal(t, c)
     gap = max(float(jnp.max(jnp.abs(f - t))) for f, t in zip(jax.tree.leaves(full), jax.tree.leaves(truncated)))
