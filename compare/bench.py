@@ -9,15 +9,9 @@ after another (`time_trainers`; JAX's epochs around the C loop's runs): median, 
 steps/s and points/s from the median. Every epoch ends with its losses read back as numpy, which
 synchronises the device; every epoch's data is made before any clock starts (JAX's already on its device).
 
-Memory: ``peak_rss_mib`` is the largest increase of the process's resident memory while that
-implementation built and trained its warm-up epoch (`jax_rnn.bench.PeakRss`); memory freed by an earlier
-implementation and reused is not counted again, so read it as "extra memory this one needed".
-
-``--grid``: the same for every cell of ``--states`` x ``--steps`` (1M points each), with the C loop
-(`jax_rnn.bench.c_epoch`, the limit for small states) beside JAX, then the large states of
-``--large-states`` at num_steps 10 on 100,000 points (without the C loop, whose plain loops take minutes
-there): per cell JAX, C and every TF version asked for, JAX / C, and how many times faster JAX is than the
-fastest TF version.
+Memory: ``peak_rss_mib`` (`jax_rnn.bench.PeakRss`; memory freed by an earlier implementation and
+reused is not counted again: "extra memory this one needed"). ``--grid``: the same on every cell, with
+the C loop beside JAX (`grid`).
 """
 
 from __future__ import annotations
@@ -80,7 +74,8 @@ def grid(base: Config, devices, repeats: int = 3, states=GRID_STATES, steps=GRID
          quiet: bool = False) -> dict:
     """``--grid``: `jax_rnn.bench.grid` over every implementation of ``base.impls``, on the cells of
     `jax_rnn.bench.grid_cells` (``states`` x ``steps`` at ``base.data_size`` with the C loop, then
-    ``large_states``), in one run.
+    ``large_states`` at num_steps 10, without the C loop, whose plain loops take minutes there), in one run:
+    per cell JAX / C and how many times faster JAX is than the fastest TF version.
 
     **Returns:** ``command`` ("bench --grid"), ``config``, ``environment``, ``targets``, ``cells`` (the rows of
     `jax_rnn.bench.grid`), ``notes``, ``measured_at``; non-finite floats as None.

@@ -8,10 +8,7 @@ Adagrad's accumulators are in the shared layout, the same arrays for JAX and Ten
 one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per cell (`save_cell`): a JAX cell after every
 epoch, with every seed's parameters; when the cell is done, its losses only. A resumed sweep loads the
 finished cells and continues the others.
-
-Every file is written atomically (`jax_rnn.checkpoint.atomic_write`), no pickle. The data stream needs
-no saved state: epochs come from one ``default_rng(seed)`` stream (or the rows of ``--data``), so a
-resumed run regenerates and skips the epochs already done (`jax_rnn.data.epoch_windows` with ``start``).
+Writing (atomic, no pickle) and the regenerated data stream: `jax_rnn.checkpoint`.
 """
 
 from __future__ import annotations
