@@ -108,6 +108,16 @@ def test_params_layout_and_initialisation(name):
 
 
 @pytest.mark.parametrize("name", IMPLS)
+def test_the_same_seed_gives_the_same_initial_weights(name):
+    """static/dynamic once drew a new Keras seed per build (per process): a seed must mean one start."""
+    with tf_rnn.build(name, SMALL, seed=4) as first, tf_rnn.build(name, SMALL, seed=4) as second:
+        a, b = first.get_params(), second.get_params()
+    for scope in a:
+        for key in a[scope]:
+            np.testing.assert_array_equal(a[scope][key], b[scope][key], err_msg=f"{name}: {scope}/{key}")
+
+
+@pytest.mark.parametrize("name", IMPLS)
 @pytest.mark.parametrize("scope, key, bad, pattern", [
     ("rnn_cell", "W", np.zeros((4, 4)), r"rnn_cell/W must have shape \(6, 4\)"),
     ("softmax", "b", np.zeros(3), r"softmax/b must have shape \(2,\)"),

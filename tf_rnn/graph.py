@@ -26,7 +26,7 @@ from typing import Optional
 
 from ._env import import_tensorflow, quiet_warnings
 from .base import Model
-from .config import LAYOUT, ModelConfig, Params, check_params
+from .config import LAYOUT, ModelConfig, Params, check_params, glorot_uniform_params
 
 tf = import_tensorflow()
 v1 = tf.compat.v1
@@ -166,7 +166,10 @@ class GraphModel(Model):
     def __init__(self, name: str, config: ModelConfig, params: Optional[Params] = None, seed: int = 0,
                  device: str = "cpu") -> None:
         self.name, self.config = name, config
-        checked = None if params is None else check_params(params, config)
+        if params is not None:
+            checked = check_params(params, config)
+        else:  # BasicRNNCell draws its kernel with an unseeded Keras initializer: other weights in every process
+            checked = None if name == "raw" else glorot_uniform_params(config, seed)
         device_name, device_count = device_spec(device)
         start = time.perf_counter()
         self.graph = tf.Graph()
