@@ -64,6 +64,12 @@ def final_loss(step_losses: np.ndarray, last: int = LOG_EVERY) -> float:
     return float(flat[-last:].mean())
 
 
+def provenance(config: Config, params: dict, data) -> tuple[str, str]:
+    """What a run starts from, as results and checkpoints record it: the initial parameters' fingerprint
+    (SHA-256) and the data source (``"file"``, or the generated stream of ``config.seed``)."""
+    return io.fingerprint(params), "file" if data is not None else f"gen_data(seed={config.seed})"
+
+
 def train_one(impl: str, config: Config, params: dict, data, device: str, quiet: bool = False,
               checkpoint_dir=None, resume: Optional[Checkpoint] = None, record: Optional[dict] = None,
               deterministic: bool = False):
@@ -75,8 +81,7 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
     stops at the first non-finite loss or update (``result["diverged"]``: epoch, step, loss); the final
     parameters are then the last finite ones.
     """
-    fingerprint = io.fingerprint(params)
-    data_source = "file" if data is not None else f"gen_data(seed={config.seed})"
+    fingerprint, data_source = provenance(config, params, data)
     history = History.from_checkpoint(resume) if resume else History()
     final_params = resume.params if resume else params
 
@@ -165,8 +170,7 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
     """
 
     record = record or checkpoint.config_record(config, None, None, deterministic)
-    fingerprint = io.fingerprint(params)
-    data_source = "file" if data is not None else f"gen_data(seed={config.seed})"
+    fingerprint, data_source = provenance(config, params, data)
     resumes = {impl: checkpoint.load(resume_dir, impl, record, fingerprint, data_source) if resume_dir else None
                for impl in config.impls}
     results = {}
