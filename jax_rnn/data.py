@@ -117,7 +117,8 @@ def epoch_size(data_size: int, batch_size: int, num_steps: int) -> int:
 
 def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
     """Raise ValueError, naming the argument, if the data cannot give at least one window."""
-    check_int("batch_size", batch_size), check_int("num_steps", num_steps)
+    check_int("batch_size", batch_size)
+    check_int("num_steps", num_steps)
     if batch_size * num_steps > data_size:
         raise ValueError(
             f"batch_size * num_steps = {batch_size} * {num_steps} = {batch_size * num_steps} is larger "

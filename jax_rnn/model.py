@@ -39,7 +39,8 @@ def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Pa
     **Arguments:** ``key``: a JAX PRNG key; ``num_classes`` n >= 1; ``state_size`` d >= 1.
     **Returns:** ``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``.
     """
-    check_int("num_classes", num_classes), check_int("state_size", state_size)
+    check_int("num_classes", num_classes)
+    check_int("state_size", state_size)
     k_cell, k_softmax = jax.random.split(key)
     glorot = jax.nn.initializers.glorot_uniform()
     n, d = num_classes, state_size

@@ -44,8 +44,8 @@ def build(name: str, config: Optional[ModelConfig] = None, params: Optional[Para
     initial parameters in the shared layout (default: Glorot-uniform weights from ``seed``, zero biases,
     the same in every process: ``raw`` draws them with the graph-level seed like the tutorial, ``static``
     and ``dynamic`` take `glorot_uniform_params` (their ``BasicRNNCell`` would draw with an unseeded Keras
-    initializer), ``tf2`` its own draw; for identical starting points across versions pass ``params``); ``device`` ``"cpu"`` or
-    ``"gpu"`` (RuntimeError if TensorFlow sees no GPU); ``deterministic`` calls
+    initializer), ``tf2`` its own draw; for identical starting points across versions pass ``params``);
+    ``device`` ``"cpu"`` or ``"gpu"`` (RuntimeError if TensorFlow sees no GPU); ``deterministic`` calls
     ``tf.config.experimental.enable_op_determinism()`` (process-wide, and it cannot be turned off).
 
     **Returns:** a `Model`; close it (or use ``with``) to free its session.
