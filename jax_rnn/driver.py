@@ -31,7 +31,7 @@ from . import optim
 from .checkpoint import Checkpoint
 from .layout import param_shapes
 from .parallel import train_runs_sharded
-from .train import COMPILER_OPTIONS, _train_epoch, train_epoch_guarded
+from .train import ONE_RUN_OPTIONS, _train_epoch, train_epoch_guarded
 
 
 class Divergence(NamedTuple):
@@ -172,7 +172,7 @@ def _checked_epoch(params, opt_state, x_windows, y_windows, optimizer, backprop_
 
 
 _checked_epoch = jax.jit(_checked_epoch, static_argnames=("optimizer", "backprop_steps"),
-                         compiler_options=COMPILER_OPTIONS)
+                         compiler_options=ONE_RUN_OPTIONS)
 _runs_finite = jax.jit(partial(_all_finite, runs=True))
 
 

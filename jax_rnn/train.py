@@ -39,25 +39,27 @@ MAX_UNROLL = 16
 # one run at batch 20,000, 17 ms against 4.5 ms per 100k points. Keeping YNNPACK for the dots only gives
 # the fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise). A
 # compile option of XLA's, scoped to these functions rather than a process-wide XLA_FLAGS.
-# The memory-optimised schedule reuses buffers more, so fewer independent kernels are handed to the
-# other core at once (README, "How the JAX epoch gets fast"): state 16 / num_steps 5 116 ms against 140,
-# 64 / 5 504 against 581, the rest of the grid within 5%; the arithmetic, and so the results, unchanged.
-COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
-                    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# One run at a time (`train_step`, `train_epoch`, `train_epoch_guarded`) also compiles with XLA's
+# memory-optimised schedule: it reuses buffers more, so fewer independent kernels are handed to the other
+# core at once (README, "How the JAX epoch gets fast"): state 16 / num_steps 5 116 ms against 140, 64 / 5
+# 504 against 581, the rest of the grid within 5%, the results unchanged. Not for `train_runs`: the
+# sweep's vmapped cells, two at a time, trained 3-8% slower with it.
+ONE_RUN_OPTIONS = {**COMPILER_OPTIONS, "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 _STATIC = ("optimizer", "remat")
 _EPOCH_STATIC = (*_STATIC, "backprop_steps")
 
 
 class _Jitted:
-    """``fn`` jitted twice: with `COMPILER_OPTIONS` when called from Python, without when traced inside a
-    caller's own ``jit``/``vmap``/``grad`` (JAX accepts compile options on top-level jits only; the
-    caller's compile then decides). ``check``, if given, runs first, in plain Python (values only when
+    """``fn`` jitted twice: with XLA's compile ``options`` when called from Python, without when traced
+    inside a caller's own ``jit``/``vmap``/``grad`` (JAX accepts compile options on top-level jits only;
+    the caller's compile then decides). ``check``, if given, runs first, in plain Python (values only when
     concrete; on tracers and ``ShapeDtypeStruct``s only shapes and dtypes). ``.lower`` is the top-level
     one's, after the same check."""
 
-    def __init__(self, fn, name: str, check=None, static=_STATIC):
+    def __init__(self, fn, name: str, check=None, static=_STATIC, options=ONE_RUN_OPTIONS):
         self.nested = jax.jit(fn, static_argnames=static)
-        self.top_level = jax.jit(fn, static_argnames=static, compiler_options=COMPILER_OPTIONS)
+        self.top_level = jax.jit(fn, static_argnames=static, compiler_options=options)
         self._check = check
         functools.update_wrapper(self, fn)
         self.__name__ = self.__qualname__ = name
@@ -312,4 +314,4 @@ train_epoch = _Jitted(_train_epoch, "train_epoch", partial(_check_epoch, "train_
 train_epoch_guarded = _Jitted(_train_epoch_guarded, "train_epoch_guarded", partial(_check_epoch, "train_epoch_guarded"),
                               static=_EPOCH_STATIC)
 train_runs = _Jitted(_runs, "train_runs", partial(_check_epoch, "train_runs", runs=True),
-                     static=(*_EPOCH_STATIC, "guard"))
+                     static=(*_EPOCH_STATIC, "guard"), options=COMPILER_OPTIONS)
