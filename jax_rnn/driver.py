@@ -216,9 +216,7 @@ class JaxTrainer:
         self._optimizer, self._mesh, self._k2 = optim.adagrad(config.learning_rate), mesh, config.backprop_steps
         params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
         init = self._optimizer.init if mesh is None else jax.vmap(self._optimizer.init)
-        opt_state = init(params)
-        if accumulators is not None:
-            opt_state = optim.with_accumulators(opt_state, jax.tree.map(lambda a: np.asarray(a, np.float32), accumulators))
+        opt_state = optim.initial_state(init, params, accumulators)
         self._epoch = self._guarded = None
         if mesh is not None:
             self.params, self.opt_state, self.device, self.build_seconds = params, opt_state, None, 0.0

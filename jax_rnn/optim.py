@@ -14,7 +14,11 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
+import numpy as np
 import optax
+
+TF1_INITIAL_ACCUMULATOR = 0.1  # AdagradOptimizer's initial_accumulator_value
 
 
 def check_positive(name: str, value, hint: str = "") -> None:
@@ -23,7 +27,8 @@ def check_positive(name: str, value, hint: str = "") -> None:
         raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
 
 
-def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = 0.1) -> optax.GradientTransformation:
+def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = TF1_INITIAL_ACCUMULATOR
+            ) -> optax.GradientTransformation:
     """TF1-compatible Adagrad: ``optax.adagrad(learning_rate, initial_accumulator_value, eps=0.0)``.
 
     The same values give the same object, however they are passed (``adagrad(0.1)``,
@@ -51,3 +56,14 @@ def accumulators(opt_state):
 def with_accumulators(opt_state, accumulators):
     """``opt_state`` (of `adagrad`) with its accumulators replaced, e.g. to resume from a checkpoint."""
     return (opt_state[0]._replace(sum_of_squares=accumulators), *opt_state[1:])
+
+
+def initial_state(init, params, accumulator_values=None):
+    """``init(params)`` (``init``: `adagrad`'s ``init`` with the default initial value, or it vmapped) without
+    running a JAX program: its structure traced abstractly, the accumulators float32 numpy, at
+    `TF1_INITIAL_ACCUMULATOR` or the ones given (a resumed run). Saves a process's first epoch the eager
+    programs of optax's ``init``, one per leaf (about 0.05 s)."""
+    state = jax.eval_shape(init, params)
+    values = accumulator_values if accumulator_values is not None else jax.tree.map(
+        lambda a: np.full(a.shape, TF1_INITIAL_ACCUMULATOR, np.float32), accumulators(state))
+    return with_accumulators(state, jax.tree.map(lambda a: np.asarray(a, np.float32), values))

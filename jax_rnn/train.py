@@ -44,7 +44,7 @@ COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE
 # memory-optimised schedule: it reuses buffers more, so fewer independent kernels are handed to the other
 # core at once (README, "How the JAX epoch gets fast"): state 16 / num_steps 5 116 ms against 140, 64 / 5
 # 504 against 581, the rest of the grid within 5%, the results unchanged. Not for `train_runs`: the
-# sweep's vmapped cells, two at a time, trained 3-8% slower with it.
+# sweep's vmapped cells, two at a time, trained 3-13% slower with it.
 ONE_RUN_OPTIONS = {**COMPILER_OPTIONS, "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 _STATIC = ("optimizer", "remat")
 _EPOCH_STATIC = (*_STATIC, "backprop_steps")
