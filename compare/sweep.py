@@ -103,22 +103,16 @@ class SharedData:
         self.timings = timings
         timings.add("data", time.perf_counter() - start)
 
-    def windows(self, config: Config, seed: int, start: int = 0):
-        """Seed ``seed``'s epochs from ``start`` cut for ``config``: ``(x_windows, y_windows)`` per epoch,
-        ``int32[epoch_size, batch, num_steps]`` each."""
-        for x, y in self.epochs[seed][start:]:
-            start = time.perf_counter()
-            cut = task.windows(x, y, config.batch_size, config.num_steps)
-            self.timings.add("data", time.perf_counter() - start)
-            yield cut
-
-    def stacked_windows(self, config: Config, seeds: list[int], start: int = 0):
-        """Per epoch from ``start``, the windows of every seed: ``int32[seeds, epoch_size, batch, num_steps]`` x2."""
-        for epoch in zip(*(self.windows(config, s, start) for s in seeds)):
-            start = time.perf_counter()
-            stacked = np.stack([w[0] for w in epoch]), np.stack([w[1] for w in epoch])
-            self.timings.add("data", time.perf_counter() - start)
-            yield stacked
+    def windows(self, config: Config, seeds: list[int], start: int = 0, stacked: bool = False):
+        """Per epoch from ``start``, the epochs of ``seeds`` cut for ``config`` (`jax_rnn.data.windows`):
+        ``(x_windows, y_windows)``, ``int32[epoch_size, batch, num_steps]`` for one seed, or, ``stacked``,
+        ``int8[seeds, epoch_size, batch, num_steps]`` (one cut for all, a quarter of the bytes to move)."""
+        for epoch in range(start, len(self.epochs[seeds[0]])):
+            begin = time.perf_counter()
+            x, y = (np.stack([self.epochs[s][epoch][i] for s in seeds]) for i in (0, 1))
+            cut = task.windows(x, y, config.batch_size, config.num_steps, np.int8 if stacked else np.int32)
+            self.timings.add("data", time.perf_counter() - begin)
+            yield cut if stacked else (cut[0][0], cut[1][0])
 
 
 def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData, saved=None, save=None):
@@ -140,7 +134,7 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
         if save is not None:
             save(history.checkpoint(None, trainer, {}))
 
-    history = train(trainer, data.stacked_windows(config, seeds, start=history.epochs), history, after_epoch)
+    history = train(trainer, data.windows(config, seeds, start=history.epochs, stacked=True), history, after_epoch)
     bar.update(len(seeds) * (config.epochs - history.epochs + 1) if history.stopped else 0)
     return history.losses(config.epochs), _as_json(history.diverged)
 
@@ -152,7 +146,7 @@ def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, dat
     for s in seeds:
         trainer = make_trainer(impl, config, glorot_params(config.num_classes, config.state_size, s), device)
         try:
-            history = train(trainer, data.windows(config, s), after_epoch=lambda h, t: bar.update(1))
+            history = train(trainer, data.windows(config, [s]), after_epoch=lambda h, t: bar.update(1))
         finally:
             trainer.close()
         bar.update(config.epochs - history.epochs + 1 if history.stopped else 0)

@@ -126,26 +126,27 @@ def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
         )
 
 
-def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
+def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
     """Cut one epoch into the tutorial's truncated-BPTT windows, in `gen_batch` order.
 
     The sequence is cut into ``batch_size`` contiguous rows of ``len(x) // batch_size`` points; each row
     into windows of ``num_steps``; window k holds columns ``[k*num_steps, (k+1)*num_steps)`` of every row,
     so row b of window k+1 continues row b of window k (that is what makes carrying the state right).
 
-    **Arguments:** ``x, y: int[size]``.
-    **Returns:** ``(x_windows, y_windows)``, both ``int32[epoch_size, batch_size, num_steps]``.
+    **Arguments:** ``x, y: int[..., size]`` (leading axes, e.g. one per run, are kept); ``dtype``: the
+    result's. **Returns:** ``(x_windows, y_windows)``, both ``dtype[..., epoch_size, batch_size, num_steps]``.
     """
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"x and y must be 1-D arrays of one length, got shapes {x.shape} and {y.shape}")
-    check_windowing(len(x), batch_size, num_steps)
-    row = len(x) // batch_size
-    n = epoch_size(len(x), batch_size, num_steps)
+    if x.ndim < 1 or x.shape != y.shape:
+        raise ValueError(f"x and y must be arrays of one shape [..., size], got shapes {x.shape} and {y.shape}")
+    check_windowing(x.shape[-1], batch_size, num_steps)
+    row = x.shape[-1] // batch_size
+    n = epoch_size(x.shape[-1], batch_size, num_steps)
 
     def cut(a: np.ndarray) -> np.ndarray:
-        rows = a[: batch_size * row].reshape(batch_size, row)[:, : n * num_steps]
-        return np.ascontiguousarray(rows.reshape(batch_size, n, num_steps).transpose(1, 0, 2), dtype=np.int32)
+        lead = a.shape[:-1]
+        rows = a[..., : batch_size * row].reshape(*lead, batch_size, row)[..., : n * num_steps]
+        return np.ascontiguousarray(np.swapaxes(rows.reshape(*lead, batch_size, n, num_steps), -3, -2), dtype=dtype)
 
     return cut(x), cut(y)
 

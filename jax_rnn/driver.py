@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from functools import partial
 from typing import Callable, Iterable, NamedTuple, Optional
 
 import jax
@@ -31,7 +30,7 @@ from . import optim
 from .checkpoint import Checkpoint
 from .layout import param_shapes
 from .parallel import train_runs_sharded
-from .train import ONE_RUN_OPTIONS, _train_epoch, train_epoch_guarded
+from .train import train_epoch, train_epoch_guarded
 
 
 class Divergence(NamedTuple):
@@ -158,22 +157,12 @@ def _finish(pending, history: History, trainer, after_epoch) -> bool:
     return True
 
 
-def _all_finite(losses, params, opt_state, runs: bool = False) -> jax.Array:
-    """Whether an epoch stayed finite: its losses and its final parameters and optimizer state (per run)."""
-    leaves = [a for a in (losses, *jax.tree.leaves((params, opt_state))) if jnp.issubdtype(a.dtype, jnp.floating)]
-    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a), axis=tuple(range(int(runs), a.ndim)))
-                                              for a in leaves])
-
-
-def _checked_epoch(params, opt_state, x_windows, y_windows, optimizer, backprop_steps=None):
-    """`train_epoch` and `_all_finite` of its result, one compiled program (one dispatch per epoch)."""
-    out = _train_epoch(params, opt_state, x_windows, y_windows, optimizer, backprop_steps=backprop_steps)
-    return out, _all_finite(out[3], out[0], out[1])
-
-
-_checked_epoch = jax.jit(_checked_epoch, static_argnames=("optimizer", "backprop_steps"),
-                         compiler_options=ONE_RUN_OPTIONS)
-_runs_finite = jax.jit(partial(_all_finite, runs=True))
+def _finite(losses, params, opt_state, runs: bool) -> np.ndarray:
+    """Whether an epoch stayed finite (per run, ``runs``): its losses and its final parameters and optimizer
+    state, checked on the host (numpy; a few thousand numbers, no program to compile)."""
+    leaves = [np.asarray(a) for a in (losses, *jax.tree.leaves((params, opt_state)))]
+    return np.logical_and.reduce([np.isfinite(a).reshape(len(a), -1).all(axis=1) if runs else np.isfinite(a).all()
+                                  for a in leaves if np.issubdtype(a.dtype, np.floating)])
 
 
 @functools.lru_cache(maxsize=32)
@@ -205,7 +194,7 @@ class JaxTrainer:
     **The divergence guard, at no cost while training is finite.** A non-finite parameter stays non-finite
     through every later update (``p + u`` is inf or NaN for any ``u``), and so does an Adagrad accumulator
     (``acc + g**2``). So an epoch was finite throughout exactly when its losses and its final parameters and
-    accumulators are: that is checked at the end of the plain epoch (in the same compiled call), and only if it
+    accumulators are: that is checked on the host after the plain epoch (`train_epoch`), and only if it
     fails is the epoch replayed from its start with `train_epoch_guarded` (compiled then), which stops at
     the first non-finite window and keeps the last finite parameters. A per-window check inside the
     compiled epoch cost 10-15% of the state-4 epoch; this costs nothing measurable.
@@ -226,15 +215,14 @@ class JaxTrainer:
         d, n = config.state_size, config.num_classes
         self._key = (n, d, (config.epoch_size, config.batch_size, config.num_steps), self._optimizer, self._k2,
                      self.device)
-        self._epoch = _compiled(_checked_epoch, *self._key)
+        self._epoch = _compiled(train_epoch, *self._key)
         self.build_seconds = time.perf_counter() - start
 
     def _plain(self, params, opt_state, xw, yw):
-        """One epoch without the guard: ``(out, finite)`` (per run with a mesh)."""
+        """One epoch without the guard (many runs with a mesh)."""
         if self._mesh is None:
             return self._epoch(params, opt_state, xw, yw)
-        out = train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, backprop_steps=self._k2)
-        return out, _runs_finite(out[3], out[0], out[1])
+        return train_runs_sharded(params, opt_state, xw, yw, self._optimizer, mesh=self._mesh, backprop_steps=self._k2)
 
     def _replay(self, params, opt_state, xw, yw):
         """The epoch again, with a check after every window (`train_epoch_guarded`; compiled on first use)."""
@@ -246,18 +234,22 @@ class JaxTrainer:
 
     def start_epoch(self, x_windows, y_windows, progress=None):
         """Dispatch one epoch and return ``finish() -> EpochStats`` (which waits for it, then checks that it
-        stayed finite). The windows may be numpy or JAX arrays already on the trainer's device (int32)."""
+        stayed finite). The windows may be numpy or JAX arrays already on the trainer's device (int32; many
+        runs: any integer type, e.g. the sweep's int8, a quarter of the bytes to move)."""
         start = time.perf_counter()
-        xw, yw = (w if isinstance(w, jax.Array) else np.asarray(w, np.int32) for w in (x_windows, y_windows))
-        if self.device is not None:
-            xw, yw = jax.device_put((xw, yw), self.device)
+        dtype = np.int32 if self.device is not None else None  # one run: compiled ahead of time for int32
+        xw, yw = (w if isinstance(w, jax.Array) else np.asarray(w, dtype) for w in (x_windows, y_windows))
+        if self.device is not None:  # (a no-op device_put still costs about 1 ms)
+            xw, yw = (w if isinstance(w, jax.Array) and w.devices() == {self.device} else jax.device_put(w, self.device)
+                      for w in (xw, yw))
         before = self.params, self.opt_state
-        (params, opt_state, _, losses), finite = self._plain(*before, xw, yw)
+        params, opt_state, _, losses = self._plain(*before, xw, yw)
 
         def finish() -> EpochStats:
             nonlocal params, opt_state, losses
+            finite = _finite(losses, params, opt_state, runs=self._mesh is not None)
             diverged_at = np.full(np.shape(finite), -1, np.int32)
-            if not np.asarray(finite).all():  # replay the epoch with a check after every window
+            if not finite.all():  # replay the epoch with a check after every window
                 params, opt_state, _, losses, diverged_at = self._replay(*before, xw, yw)
             self.params, self.opt_state = params, opt_state
             losses = np.asarray(losses, np.float32)
