@@ -60,3 +60,25 @@ def test_adagrad_is_cached_so_jit_does_not_recompile():
 def test_adagrad_refuses_bad_learning_rates(lr):
     with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         jax_rnn.adagrad(lr)
+
+
+@pytest.mark.parametrize("runs", [False, True])
+def test_initial_state_equals_optax_init_without_running_it(runs):
+    """`initial_state` (the trainer's, numpy) has the structure and values of ``opt.init`` (vmapped too),
+    and takes given accumulators (a resumed run)."""
+    from jax_rnn import optim
+    from conftest import numpy_params
+
+    opt = jax_rnn.adagrad(0.1)
+    params = numpy_params(0)
+    init = opt.init
+    if runs:
+        params, init = jax.tree.map(lambda a: np.stack([a, a + 1]), params), jax.vmap(opt.init)
+    expected, got = init(params), optim.initial_state(init, params)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        assert isinstance(b, np.ndarray) and b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    given = jax.tree.map(lambda a: np.full_like(a, 2.5), optim.accumulators(expected))
+    for leaf in jax.tree.leaves(optim.accumulators(optim.initial_state(init, params, given))):
+        np.testing.assert_array_equal(leaf, 2.5)

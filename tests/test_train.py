@@ -210,3 +210,41 @@ def test_the_epoch_inside_a_callers_jit_equals_the_direct_call(small_windows):
         for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(other)):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert jax.eval_shape(lambda: jax_rnn.train_step(params, o0, jnp.zeros((20, 4)), x_windows[0], y_windows[0], opt))
+
+
+def test_the_one_run_schedule_changes_speed_not_results(small_windows):
+    """`train_epoch` compiles with XLA's memory-optimised schedule (`ONE_RUN_OPTIONS`); the same epoch under
+    XLA's default schedule gives the same parameters, state and losses, bit for bit."""
+    from jax_rnn.train import COMPILER_OPTIONS, ONE_RUN_OPTIONS, _train_epoch
+
+    assert ONE_RUN_OPTIONS["xla_cpu_scheduler_type"] == "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+    x_windows, y_windows = small_windows
+    params = jax.tree.map(jnp.asarray, numpy_params(0, state_size=16))
+    opt = jax_rnn.adagrad(0.1)
+    out = {name: jax.jit(lambda p, o, x, y: _train_epoch(p, o, x, y, opt), compiler_options=options)(
+               params, opt.init(params), x_windows, y_windows)
+           for name, options in (("default", COMPILER_OPTIONS), ("memory", ONE_RUN_OPTIONS))}
+    for a, b in zip(jax.tree.leaves(out["default"]), jax.tree.leaves(out["memory"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_trainer_takes_the_sweeps_int8_windows_for_many_runs():
+    """Many runs (a mesh): int8 windows, cut for all runs at once (`windows` with a leading run axis), train
+    exactly as the int32 windows of each run cut alone."""
+    from jax_rnn.driver import JaxTrainer, train
+
+    config = jax_rnn.FitConfig(batch_size=10, data_size=2_000, epochs=1)
+    seeds = [0, 1, 2]
+    rows = [task.gen_data(config.data_size, s) for s in seeds]
+    stacked = task.windows(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), 10, 5, np.int8)
+    one_by_one = [task.windows(*r, 10, 5) for r in rows]
+    assert stacked[0].dtype == np.int8 and stacked[0].shape == (3, 40, 10, 5)
+    for i, (xw, yw) in enumerate(one_by_one):
+        np.testing.assert_array_equal(stacked[0][i], xw)
+        np.testing.assert_array_equal(stacked[1][i], yw)
+    params = jax.tree.map(lambda *a: np.stack(a), *[numpy_params(s) for s in seeds])
+    losses = {}
+    for name, windows in (("int8", stacked), ("int32", tuple(np.stack(w) for w in zip(*one_by_one)))):
+        trainer = JaxTrainer(config, params, mesh=jax_rnn.run_mesh(jax.devices()[:1]))
+        losses[name] = train(trainer, [windows]).losses()
+    np.testing.assert_array_equal(losses["int8"], losses["int32"])
