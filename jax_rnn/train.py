@@ -41,9 +41,9 @@ MAX_UNROLL = 16
 # compile option of XLA's, scoped to these functions rather than a process-wide XLA_FLAGS.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 # One run at a time (`train_step`, `train_epoch`, `train_epoch_guarded`) also compiles with XLA's
-# memory-optimised schedule: it reuses buffers more, so fewer independent kernels are handed to the other
-# core at once (README, "How the JAX epoch gets fast"): state 16 / num_steps 5 116 ms against 140, 64 / 5
-# 504 against 581, the rest of the grid within 5%, the results unchanged. Not for `train_runs`: the
+# memory-optimised schedule: it reuses buffers more, so fewer independent kernels run at once on the other
+# core (README, "Where the gap to C came from"): state 16 / num_steps 5 116 ms against 140, 64 / 5 504
+# against 581, the rest of the grid within 5%, the results unchanged. Not for `train_runs`: the
 # sweep's vmapped cells, two at a time, trained 3-13% slower with it.
 ONE_RUN_OPTIONS = {**COMPILER_OPTIONS, "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 _STATIC = ("optimizer", "remat")
