@@ -95,7 +95,8 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
             trainer = make_trainer(impl, config, final_params, device, resume.accumulators if resume else None,
                                    deterministic)
             try:
-                windows = task.epoch_windows(config, data, start=history.epochs)
+                windows = task.epoch_windows(config, data, start=history.epochs,
+                                             dtype=getattr(trainer, "window_dtype", None) or np.int32)
                 history = train(trainer, windows, history, after_epoch, progress=bar.update)
                 final_params = trainer.get_params()
             finally:

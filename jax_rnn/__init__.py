@@ -16,7 +16,7 @@ from . import checkpoint, data, driver
 from .compile_cache import clear_compile_cache, enable_compile_cache
 from .fit import Divergence, FitConfig, FitResult, TrainingDiverged, fit, running_averages
 from .model import (Params, batch_last_for, check_params, glorot_params, init_params, logits, loss, loss_batch_last,
-                    loss_window, param_shapes, rnn, rnn_cell, zero_state)
+                    loss_window, param_shapes, rnn, rnn_cell, value_and_grad_window, zero_state)
 from .optim import adagrad
 from .parallel import run_mesh, shard_runs, train_runs_sharded
 from .train import GuardedEpoch, train_epoch, train_epoch_guarded, train_runs, train_step
@@ -26,5 +26,5 @@ __all__ = [
     "batch_last_for", "check_params", "checkpoint", "clear_compile_cache", "data", "driver",
     "enable_compile_cache", "fit", "glorot_params", "init_params", "logits", "loss", "loss_batch_last",
     "loss_window", "param_shapes", "rnn", "rnn_cell", "run_mesh", "running_averages", "shard_runs", "train_epoch",
-    "train_epoch_guarded", "train_runs", "train_runs_sharded", "train_step", "zero_state",
+    "train_epoch_guarded", "train_runs", "train_runs_sharded", "train_step", "value_and_grad_window", "zero_state",
 ]

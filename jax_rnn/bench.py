@@ -291,7 +291,9 @@ def time_trainers(config, make, names, repeats: int, c_loop: bool = False, bar=N
             trainer = make(name, config, params)
             try:
                 device = getattr(trainer, "device", None)  # JAX: the windows go to its device before any clock
-                mine = epochs if device is None else jax.device_put(epochs, device)
+                dtype = getattr(trainer, "window_dtype", None)  # JAX: int8 windows, cut as such by fit and run
+                mine = epochs if device is None else jax.device_put(
+                    [tuple(np.asarray(w, dtype) for w in epoch) for epoch in epochs], device)
                 history = histories[name] = train(trainer, mine[:1])
             except BaseException:
                 trainer.close()

@@ -170,16 +170,26 @@ def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None)
     return x.astype(np.int32), y.astype(np.int32)
 
 
-def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0):
+def window_dtype(num_classes: int) -> np.dtype:
+    """The smallest signed integer type that holds the class ids ``0 .. num_classes - 1``: int8 for the task's
+    two. The JAX trainer takes its windows in it: each epoch's windows are copied once into the compiled
+    loop, and int8 moves a quarter of int32's bytes (state 4: 7-8% of the epoch, measured)."""
+    for dtype in (np.int8, np.int16):
+        if num_classes - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
+def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0, dtype=np.int32):
     """Every epoch's windows from ``start`` to ``config.epochs``: ``(x_windows, y_windows)``,
-    ``int32[epoch_size, batch_size, num_steps]`` each (`windows`), cut from the rows of ``rows = (x, y)``
+    ``dtype[epoch_size, batch_size, num_steps]`` each (`windows`), cut from the rows of ``rows = (x, y)``
     (``int[epochs, data_size]``), or from the epochs ``config.seed`` stands for (`epochs`). ``config``: a
     ``FitConfig`` (``epochs``, ``data_size``, ``seed``, ``batch_size``, ``num_steps``)."""
     c = config
     stream = (zip(rows[0][start: c.epochs], rows[1][start: c.epochs]) if rows is not None
               else epochs(c.data_size, c.seed, c.epochs, start))
     for x, y in stream:
-        yield windows(x, y, c.batch_size, c.num_steps)
+        yield windows(x, y, c.batch_size, c.num_steps, dtype)
 
 
 def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import optim
+from . import data, optim
 from .checkpoint import Checkpoint
 from .layout import param_shapes
 from .parallel import train_runs_sharded
@@ -166,7 +166,8 @@ def _finite(losses, params, opt_state, runs: bool) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, optimizer, backprop_steps, device):
+def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, window_dtype, optimizer, backprop_steps,
+              device):
     """``epoch`` compiled ahead of time for these shapes on ``device``, once per process: ``lower().compile()``
     bypasses JAX's in-memory cache, and a process that builds the same trainer again (a sweep, the tests)
     would otherwise compile it again."""
@@ -176,7 +177,7 @@ def _compiled(epoch, num_classes: int, state_size: int, window_shape: tuple, opt
               for scope, leaves in param_shapes(num_classes, state_size).items()}
     opt_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                              jax.eval_shape(optimizer.init, params))
-    windows = jax.ShapeDtypeStruct(window_shape, jnp.int32, sharding=sharding)
+    windows = jax.ShapeDtypeStruct(window_shape, window_dtype, sharding=sharding)
     return epoch.lower(params, opt_state, windows, windows, optimizer, backprop_steps=backprop_steps).compile()
 
 
@@ -207,14 +208,16 @@ class JaxTrainer:
         init = self._optimizer.init if mesh is None else jax.vmap(self._optimizer.init)
         opt_state = optim.initial_state(init, params, accumulators)
         self._epoch = self._guarded = None
+        self.window_dtype = None  # many runs: any integer type
         if mesh is not None:
             self.params, self.opt_state, self.device, self.build_seconds = params, opt_state, None, 0.0
             return
         self.device = device if device is not None else jax.devices()[0]
         self.params, self.opt_state = jax.device_put((params, opt_state), self.device)
         d, n = config.state_size, config.num_classes
-        self._key = (n, d, (config.epoch_size, config.batch_size, config.num_steps), self._optimizer, self._k2,
-                     self.device)
+        self.window_dtype = data.window_dtype(n)
+        self._key = (n, d, (config.epoch_size, config.batch_size, config.num_steps), self.window_dtype, self._optimizer,
+                     self._k2, self.device)
         self._epoch = _compiled(train_epoch, *self._key)
         self.build_seconds = time.perf_counter() - start
 
@@ -234,11 +237,13 @@ class JaxTrainer:
 
     def start_epoch(self, x_windows, y_windows, progress=None):
         """Dispatch one epoch and return ``finish() -> EpochStats`` (which waits for it, then checks that it
-        stayed finite). The windows may be numpy or JAX arrays already on the trainer's device (int32; many
-        runs: any integer type, e.g. the sweep's int8, a quarter of the bytes to move)."""
+        stayed finite). The windows may be numpy or JAX arrays already on the trainer's device, of any integer
+        type; one run is compiled for ``window_dtype`` (`jax_rnn.data.window_dtype`), and windows made in it
+        (``epoch_windows(..., dtype=trainer.window_dtype)``) need no conversion."""
         start = time.perf_counter()
-        dtype = np.int32 if self.device is not None else None  # one run: compiled ahead of time for int32
-        xw, yw = (w if isinstance(w, jax.Array) else np.asarray(w, dtype) for w in (x_windows, y_windows))
+        dtype = self.window_dtype
+        xw, yw = (w if isinstance(w, jax.Array) and dtype in (None, w.dtype) else np.asarray(w, dtype)
+                  for w in (x_windows, y_windows))
         if self.device is not None:  # (a no-op device_put still costs about 1 ms)
             xw, yw = (w if isinstance(w, jax.Array) and w.devices() == {self.device} else jax.device_put(w, self.device)
                       for w in (xw, yw))

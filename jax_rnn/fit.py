@@ -170,7 +170,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
             callback(history.epochs - 1, history.step_losses[-1])
 
     start = history.epochs if history else 0
-    history = train(trainer, task.epoch_windows(c, data, start=start), history, after_epoch)
+    history = train(trainer, task.epoch_windows(c, data, start=start, dtype=trainer.window_dtype), history, after_epoch)
     step_losses = history.losses()
     result = FitResult(trainer.params, trainer.opt_state, step_losses, running_averages(step_losses, c.log_every),
                        history.epoch_seconds, history.diverged[0], history.build_seconds)

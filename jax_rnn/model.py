@@ -131,6 +131,11 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
 # use a dot and a gather.
 BATCH_FIRST_FROM = 128
 SMALL_CONTRACTION = 16
+# Gradient: below this state size the training loop runs BPTT written out (`value_and_grad_window`), from it
+# on ``jax.grad`` of `loss_window`. Measured per cell, one run, by hand against jax.grad: state 4 -8% / -13% /
+# -4% (num_steps 1 / 5 / 10), state 16 0 / -4% / -22%; state 64 -4% / +8% / +3% (its [T, n + d, batch] input
+# copy costs more than the per-step sums it saves).
+BY_HAND_BELOW = 64
 
 
 def batch_last_for(state_size: int) -> bool:
@@ -242,6 +247,58 @@ def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array
     target = jax.nn.one_hot(y_t, log_p.shape[feature_axis], dtype=jnp.bool_, axis=feature_axis)
     nll = -jnp.sum(jnp.where(target, log_p, 0.0), axis=feature_axis)
     return jnp.mean(nll), carried
+
+
+def value_and_grad_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array,
+                          unroll: int | bool = 1) -> tuple[tuple[jax.Array, jax.Array], Params]:
+    """`loss_window`'s value and its gradient with respect to ``params``, by backpropagation through time
+    written out, for the tutorial's windows in the batch-last layout: ``x_t, y_t: int[T, batch]``,
+    ``state: f32[d, batch]`` (a constant: no gradient flows into it). Equal to
+    ``jax.value_and_grad(loss_window, has_aux=True)(params, x_t, y_t, state, unroll)`` to float rounding
+    (tested), and what the training loop runs there.
+
+    Why by hand: every weight's gradient is a sum over the window's steps and its batch. Derived by
+    ``jax.grad``, each step adds its own batch sum, which XLA's CPU compiler splits into a two-pass
+    reduction: about half of the state-4 epoch went there. Here each weight's gradient is one matrix
+    product over all steps x batch (``einsum`` with the step as a batch axis, then a sum over <= num_steps
+    terms), and the bias gradient the sum of the input rows' (their one-hot rows add up to one).
+
+    **Returns:** ``((mean_loss: f32[], final_state: f32[d, batch]), grads)``, ``grads`` shaped like ``params``.
+    """
+    w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
+    u, b_softmax = params["softmax"]["W"], params["softmax"]["b"]
+    (num_steps, batch_size), n, d = x_t.shape, b_softmax.shape[0], b.shape[0]
+    w_input, w_state = w[:-d], w[-d:]
+    inputs = _input_projection(w_input, x_t, True) + b[:, None]                   # [T, d, batch]
+    state_product, back_product = _product(w_state, True, batch_size), _product(w_state.T, True, batch_size)
+
+    def forward(s, input_t):
+        s = jnp.tanh(input_t + state_product(s))
+        return s, s
+
+    final_state, states = jax.lax.scan(forward, state, inputs, unroll=unroll)   # S_0 .. S_{T-1}: [T, d, batch]
+    log_p = jax.nn.log_softmax(_product(u, True, batch_size)(states) + b_softmax[:, None], axis=-2)   # [T, n, batch]
+    target = jax.nn.one_hot(y_t, n, dtype=jnp.bool_, axis=-2)
+    mean_loss = -jnp.sum(jnp.where(target, log_p, 0.0)) / (num_steps * batch_size)
+
+    d_logits = (jnp.exp(log_p) - target.astype(log_p.dtype)) / (num_steps * batch_size)   # d mean_loss / d logits
+    d_states = _product(u.T, True, batch_size)(d_logits)                          # through the softmax layer
+
+    def backward(d_next, step):
+        """``d_next``: the gradient reaching S_t from step t+1. Returns it for S_{t-1}, and dL/d(pre-tanh)_t."""
+        d_state, s = step
+        d_pre = (d_state + d_next) * (1.0 - s * s)
+        return back_product(d_pre), d_pre
+
+    _, d_pre = jax.lax.scan(backward, jnp.zeros_like(state), (d_states, states), reverse=True, unroll=unroll)
+    # [onehot(X_t), S_{t-1}], the cell's input as TF concatenates it: [T, n + d, batch]
+    cell_input = jnp.concatenate([jax.nn.one_hot(x_t, n, dtype=states.dtype, axis=-2),
+                                  jnp.concatenate([state[None], states[:-1]])], axis=1)
+    over_window = lambda a, g: jnp.einsum("tib,tjb->tij", a, g).sum(0)         # sum over steps and batch of a g^T
+    d_w = over_window(cell_input, d_pre)
+    grads = {"rnn_cell": {"W": d_w, "b": d_w[:n].sum(0)},
+             "softmax": {"W": over_window(states, d_logits), "b": jnp.sum(d_logits, axis=(0, 2))}}
+    return (mean_loss, final_state), grads
 
 
 def loss_batch_last(params: Params, x_t: jax.Array, y_t: jax.Array, state_t: jax.Array,

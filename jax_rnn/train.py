@@ -26,7 +26,7 @@ import optax
 from jax._src.core import trace_state_clean as _trace_state_clean
 
 from . import validate
-from .model import Params, batch_last_for, loss_window
+from .model import BY_HAND_BELOW, Params, batch_last_for, loss_window, value_and_grad_window
 
 # Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
 # windows are unrolled by this factor, which keeps compile time bounded for num_steps in the thousands.
@@ -87,13 +87,23 @@ def _unroll(num_steps: int) -> int | bool:
 
 
 def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, start, optimizer,
-          remat: bool = False):
+          remat: bool = False, by_hand: bool = True):
     """One window, time-major (``x_t: [k2, batch]``, ``y_t: [k1, batch]``, ``start``: see `loss_window`),
-    the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``)."""
+    the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``).
+
+    The gradient: `value_and_grad_window` (BPTT by hand) for the tutorial's windows (no ``remat``, not
+    TBPTT(k1, k2 > k1)) below state ``BY_HAND_BELOW`` if ``by_hand``, else ``jax.grad`` of `loss_window`
+    (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes ``by_hand=False``: under ``vmap`` the
+    step-batched matrix products of the hand-written pass cost more, 3 runs at 4/5 +40%, 16/5 +20%."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
-    batch_last = batch_last_for(params["rnn_cell"]["b"].shape[0])
-    grad_fn = jax.value_and_grad(loss_window, has_aux=True)
-    (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last, start)
+    d = params["rnn_cell"]["b"].shape[0]
+    batch_last = batch_last_for(d)
+    if by_hand and d < BY_HAND_BELOW and not remat and start is None and x_t.shape[0] == y_t.shape[0]:
+        (mean_loss, final_state), grads = value_and_grad_window(params, x_t, y_t, state, _unroll(x_t.shape[0]))
+    else:
+        grad_fn = jax.value_and_grad(loss_window, has_aux=True)
+        (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last,
+                                                  start)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, final_state, mean_loss
 
@@ -157,14 +167,15 @@ def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | N
 
 
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
-           guard=False, backprop_steps=None):
+           guard=False, backprop_steps=None, by_hand=True):
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
 
     def body(window_of, carry, update):
         params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window_of(update), optimizer, remat)
+        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window_of(update), optimizer, remat,
+                                                      by_hand)
         return (params, opt_state, state_t), mean_loss
 
     def guarded_body(window_of, carry, inputs):
@@ -173,7 +184,7 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
         old, diverged_at = carry[:3], carry[3]
         update, k = inputs
-        new = _step(*old, *window_of(update), optimizer, remat)
+        new = _step(*old, *window_of(update), optimizer, remat, by_hand)
         finite = jnp.isfinite(new[3])
         for leaf in jax.tree.leaves(new[:2]):
             finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -258,7 +269,7 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
     ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`; ``backprop_steps``: as in
     `train_epoch`. **Returns:** as `train_epoch` (``guard``: `train_epoch_guarded`), with the leading run axis.
     """
-    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps)
+    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps, by_hand=False)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 

@@ -90,6 +90,28 @@ def test_gradient_equals_the_reference_loop_and_finite_differences():
         np.testing.assert_allclose(jax.flatten_util.ravel_pytree(grads)[0], fd, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("num_classes,state_size,num_steps,unroll",
+                         [(2, 4, 1, True), (2, 4, 6, True), (3, 4, 6, 2), (2, 16, 5, True), (2, 20, 3, 1)])
+def test_explicit_bptt_equals_jax_grad_of_the_window_loss(num_classes, state_size, num_steps, unroll):
+    """The training loop's hand-written backward pass (`value_and_grad_window`) against ``jax.grad`` of
+    `loss_window` in float64: both small-matrix paths (elementwise, state 4; ``einsum``, states 16 and 20),
+    one step and several, rolled and unrolled scans, two and three classes."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), numpy_params(4, num_classes, state_size))
+        x, y = window(seed=5, batch=7, num_steps=num_steps, num_classes=num_classes)
+        state_t = 0.4 * jax.random.normal(jax.random.key(4), (state_size, 7), jnp.float64)
+        (loss, final), grads = jax.jit(jax_rnn.value_and_grad_window, static_argnums=4)(
+            params, x.T, y.T, state_t, unroll)
+        (ref_loss, ref_final), ref_grads = jax.value_and_grad(jax_rnn.loss_window, has_aux=True)(
+            params, x.T, y.T, state_t, unroll)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        np.testing.assert_allclose(final, ref_final, rtol=1e-12, atol=1e-14)
+        assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            assert g.shape == r.shape
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13)
+
+
 def test_truncation_earlier_windows_reach_the_gradient_only_through_the_state_value():
     """Window 1's update inside an epoch depends on window 0 only through the state value handed over,
     and that is a real truncation: full BPTT through both windows would give another gradient."""

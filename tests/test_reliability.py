@@ -48,7 +48,9 @@ def test_guarded_epoch_stops_at_the_first_non_finite_step_and_keeps_finite_param
 
 
 def test_guarded_runs_equal_guarded_epochs_run_by_run(small_windows):
-    """``train_runs(guard=True)``: each vmapped run stops where `train_epoch_guarded` stops it alone."""
+    """``train_runs(guard=True)``: each vmapped run stops where `train_epoch_guarded` stops it alone, with the
+    same parameters to float rounding (alone, the gradient is BPTT by hand, vmapped ``jax.grad``: at this
+    learning rate the parameters reach 1e35, and the two roundings differ by about 1e-6 of that scale)."""
     xw, yw = small_windows
     opt = jax_rnn.adagrad(1e37)
     runs = [jax.tree.map(jnp.asarray, numpy_params(seed, state_size=16)) for seed in (0, 1, 2)]
@@ -59,7 +61,7 @@ def test_guarded_runs_equal_guarded_epochs_run_by_run(small_windows):
         alone = jax_rnn.train_epoch_guarded(p, opt.init(p), xw, yw, opt)
         assert int(out.diverged_at[r]) == int(alone.diverged_at) >= 0
         for a, b in zip(jax.tree.leaves((out.params, out.opt_state)), jax.tree.leaves((alone.params, alone.opt_state))):
-            np.testing.assert_allclose(a[r], b, rtol=1e-6)
+            np.testing.assert_allclose(a[r], b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
 
 
 def test_guard_changes_nothing_in_the_normal_case(small_windows):
