@@ -27,6 +27,14 @@ def check_positive(name: str, value, hint: str = "") -> None:
         raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
 
 
+class Adagrad(optax.GradientTransformation):
+    """What `adagrad` returns: optax's Adagrad, marked as elementwise (each parameter's update depends on
+    its own gradient and accumulator only). The training loop runs such an optimizer on all parameters
+    as one vector (`jax_rnn.train`), which it cannot assume of any optax transformation."""
+
+    __slots__ = ()
+
+
 def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = TF1_INITIAL_ACCUMULATOR
             ) -> optax.GradientTransformation:
     """TF1-compatible Adagrad: ``optax.adagrad(learning_rate, initial_accumulator_value, eps=0.0)``.
@@ -43,8 +51,8 @@ def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = TF1_I
 
 
 @functools.cache
-def _adagrad(learning_rate: float, initial_accumulator_value: float) -> optax.GradientTransformation:
-    return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=0.0)
+def _adagrad(learning_rate: float, initial_accumulator_value: float) -> Adagrad:
+    return Adagrad(*optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator_value, eps=0.0))
 
 
 def accumulators(opt_state):

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 # Whether no trace is active: JAX's own test (not public in jax 0.10). `_Jitted` needs it because a call
 # that closes over a caller's tracers, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has none in its
 # arguments.
 from jax._src.core import trace_state_clean as _trace_state_clean
 
-from . import validate
+from . import optim, validate
 from .model import BY_HAND_BELOW, Params, batch_last_for, loss_window, value_and_grad_window
 
 # Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
@@ -87,15 +88,18 @@ def _unroll(num_steps: int) -> int | bool:
 
 
 def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, start, optimizer,
-          remat: bool = False, by_hand: bool = True):
+          remat: bool = False, by_hand: bool = True, unravel=None):
     """One window, time-major (``x_t: [k2, batch]``, ``y_t: [k1, batch]``, ``start``: see `loss_window`),
     the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``).
 
     The gradient: `value_and_grad_window` (BPTT by hand) for the tutorial's windows (no ``remat``, not
     TBPTT(k1, k2 > k1)) below state ``BY_HAND_BELOW`` if ``by_hand``, else ``jax.grad`` of `loss_window`
-    (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes ``by_hand=False``: under ``vmap`` the
-    step-batched matrix products of the hand-written pass cost more, 3 runs at 4/5 +40%, 16/5 +20%."""
+    (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes ``by_hand=False`` (via `_epoch`): under ``vmap`` the
+    step-batched matrix products of the hand-written pass cost more, 3 runs at 4/5 +40%, 16/5 +20%.
+
+    ``unravel``: ``params`` (and the optimizer's state) are one flat vector (`_epoch`), this makes the pytree."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
+    flat, params = params, (params if unravel is None else unravel(params))
     d = params["rnn_cell"]["b"].shape[0]
     batch_last = batch_last_for(d)
     if by_hand and d < BY_HAND_BELOW and not remat and start is None and x_t.shape[0] == y_t.shape[0]:
@@ -104,8 +108,10 @@ def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.
         grad_fn = jax.value_and_grad(loss_window, has_aux=True)
         (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last,
                                                   start)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, final_state, mean_loss
+    if unravel is not None:
+        grads = ravel_pytree(grads)[0]
+    updates, opt_state = optimizer.update(grads, opt_state, flat)
+    return optax.apply_updates(flat, updates), opt_state, final_state, mean_loss
 
 
 def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
@@ -167,15 +173,25 @@ def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | N
 
 
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
-           guard=False, backprop_steps=None, by_hand=True):
+           guard=False, backprop_steps=None, alone=True):
+    """The epoch (see `train_epoch`). ``alone``: one run, not under `train_runs`' ``vmap``: the gradient by
+    hand (`_step`) and the flat carry below, both measured faster alone and slower vmapped (3 runs,
+    state 16 / num_steps 5: +20% and +12%)."""
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
+    # `adagrad` is elementwise: the loop carries the parameters and accumulators as one vector each, so
+    # that its update is one kernel per window, not two per parameter (one run, state 4: num_steps 1 -9%,
+    # 5 -7%, 10 -3%). Any other optax transformation gets the pytree.
+    unravel = None
+    if alone and isinstance(optimizer, optim.Adagrad):
+        params, unravel = ravel_pytree(params)
+        opt_state = optim.with_accumulators(opt_state, ravel_pytree(optim.accumulators(opt_state))[0])
+    step = partial(_step, optimizer=optimizer, remat=remat, by_hand=alone, unravel=unravel)
 
     def body(window_of, carry, update):
         params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = _step(params, opt_state, state_t, *window_of(update), optimizer, remat,
-                                                      by_hand)
+        params, opt_state, state_t, mean_loss = step(params, opt_state, state_t, *window_of(update))
         return (params, opt_state, state_t), mean_loss
 
     def guarded_body(window_of, carry, inputs):
@@ -184,7 +200,7 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
         old, diverged_at = carry[:3], carry[3]
         update, k = inputs
-        new = _step(*old, *window_of(update), optimizer, remat, by_hand)
+        new = step(*old, *window_of(update))
         finite = jnp.isfinite(new[3])
         for leaf in jax.tree.leaves(new[:2]):
             finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -204,6 +220,8 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
         losses.append(part)
     losses = losses[0] if len(losses) == 1 else jnp.concatenate(losses)
     params, opt_state, state_t = carry[:3]
+    if unravel is not None:
+        params, opt_state = unravel(params), optim.with_accumulators(opt_state, unravel(optim.accumulators(opt_state)))
     if not guard:
         return params, opt_state, _to_layout(state_t, batch_last), losses
     return GuardedEpoch(params, opt_state, _to_layout(state_t, batch_last), losses, carry[3])
@@ -269,7 +287,7 @@ def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
     ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`; ``backprop_steps``: as in
     `train_epoch`. **Returns:** as `train_epoch` (``guard``: `train_epoch_guarded`), with the leading run axis.
     """
-    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps, by_hand=False)
+    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps, alone=False)
     return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
 
 
