@@ -7,6 +7,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jax_rnn
@@ -248,3 +249,36 @@ def test_the_trainer_takes_the_sweeps_int8_windows_for_many_runs():
         trainer = JaxTrainer(config, params, mesh=jax_rnn.run_mesh(jax.devices()[:1]))
         losses[name] = train(trainer, [windows]).losses()
     np.testing.assert_array_equal(losses["int8"], losses["int32"])
+
+
+def test_the_one_run_trainer_takes_int8_windows_and_any_integer_type():
+    """`data.window_dtype` is the smallest type for the class ids; the one-run trainer is compiled for it,
+    and windows of another integer type (int32) train exactly the same."""
+    from jax_rnn.driver import JaxTrainer, train
+
+    assert [task.window_dtype(n) for n in (1, 2, 128, 129, 32768, 32769)] == [
+        np.int8, np.int8, np.int8, np.int16, np.int16, np.int32]
+    config = jax_rnn.FitConfig(batch_size=10, data_size=2_000, epochs=2)
+    losses = {}
+    for dtype in (np.int8, np.int32):
+        trainer = JaxTrainer(config, numpy_params(0))
+        assert trainer.window_dtype == np.int8
+        windows = list(task.epoch_windows(config, dtype=dtype))
+        assert windows[0][0].dtype == dtype
+        losses[dtype] = train(trainer, windows).losses()
+    np.testing.assert_array_equal(losses[np.int8], losses[np.int32])
+
+
+def test_adagrads_flat_carry_equals_optax_adagrad_on_the_pytree(small_windows):
+    """`jax_rnn.adagrad` (marked elementwise) runs one run's epoch on all parameters as one vector; optax's
+    own Adagrad with the same settings (not marked) runs it on the pytree: the same epoch, bit for bit (the
+    update is elementwise, so the vector changes only which kernels compute it)."""
+    params = jax.tree.map(jnp.asarray, numpy_params(2))
+    marked = jax_rnn.adagrad(0.1)
+    plain = optax.adagrad(0.1, initial_accumulator_value=0.1, eps=0.0)
+    assert isinstance(marked, jax_rnn.optim.Adagrad) and not isinstance(plain, jax_rnn.optim.Adagrad)
+    out = {name: jax_rnn.train_epoch(params, opt.init(params), *small_windows, opt)
+           for name, opt in (("flat", marked), ("pytree", plain))}
+    assert jax.tree.structure(out["flat"][:2]) == jax.tree.structure(out["pytree"][:2])
+    for a, b in zip(jax.tree.leaves(out["flat"]), jax.tree.leaves(out["pytree"])):
+        np.testing.assert_array_equal(a, b)
