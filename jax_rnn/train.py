@@ -175,16 +175,18 @@ def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | N
 def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
            guard=False, backprop_steps=None, alone=True):
     """The epoch (see `train_epoch`). ``alone``: one run, not under `train_runs`' ``vmap``: the gradient by
-    hand (`_step`) and the flat carry below, both measured faster alone and slower vmapped (3 runs,
-    state 16 / num_steps 5: +20% and +12%)."""
+    hand (`_step`) and the flat carry below, both for small states, both measured faster alone and slower
+    vmapped (3 runs, state 16 / num_steps 5: +20% and +12%)."""
     batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
-    # `adagrad` is elementwise: the loop carries the parameters and accumulators as one vector each, so
-    # that its update is one kernel per window, not two per parameter (one run, state 4: num_steps 1 -9%,
-    # 5 -7%, 10 -3%). Any other optax transformation gets the pytree.
+    # `adagrad` is elementwise: below state BY_HAND_BELOW the loop carries the parameters and accumulators
+    # as one vector each, so that its update is one kernel per window, not two per parameter (one run,
+    # state 4: num_steps 1 -9%, 5 -7%, 10 -3%; state 16 / 5 -2%). Not at large states, where gathering the
+    # gradients into the vector is a large copy every window (num_steps 5: state 64 equal, 256 +11%, 1,024
+    # +80%), and not for any other optax transformation, which may not be elementwise.
     unravel = None
-    if alone and isinstance(optimizer, optim.Adagrad):
+    if alone and isinstance(optimizer, optim.Adagrad) and state_size < BY_HAND_BELOW:
         params, unravel = ravel_pytree(params)
         opt_state = optim.with_accumulators(opt_state, ravel_pytree(optim.accumulators(opt_state))[0])
     step = partial(_step, optimizer=optimizer, remat=remat, by_hand=alone, unravel=unravel)
