@@ -131,11 +131,14 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, unroll: i
 # use a dot and a gather.
 BATCH_FIRST_FROM = 128
 SMALL_CONTRACTION = 16
-# Gradient: below this state size the training loop runs BPTT written out (`value_and_grad_window`), from it
-# on ``jax.grad`` of `loss_window`. Measured per cell, one run, by hand against jax.grad: state 4 -8% / -13% /
-# -4% (num_steps 1 / 5 / 10), state 16 0 / -4% / -22%; state 64 -4% / +8% / +3% (its [T, n + d, batch] input
-# copy costs more than the per-step sums it saves).
+# Gradient: below this state size and for batches in BY_HAND_BATCHES the training loop runs BPTT written
+# out (`value_and_grad_window`), elsewhere ``jax.grad`` of `loss_window`. Measured, one run, by hand against
+# jax.grad, batch 200: state 4 -8% / -13% / -4% (num_steps 1 / 5 / 10), state 16 0 / -4% / -22%; state 64
+# -4% / +8% / +3% (its [T, n + d, batch] input copy costs more than the per-step sums it saves). State 4 /
+# num_steps 5 by batch: 20 +36%, 50 +17%, 100 +3%, 500 -20%, 2,000 -15%, 5,000 -4%, 20,000 +15% (small:
+# the extra matrix-product calls; large: the input copy); state 16 / 5: batch 20 -29%, 20,000 +41%.
 BY_HAND_BELOW = 64
+BY_HAND_BATCHES = (100, 5000)
 
 
 def batch_last_for(state_size: int) -> bool:

@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from jax._src.core import trace_state_clean as _trace_state_clean
 
 from . import optim, validate
-from .model import BY_HAND_BELOW, Params, batch_last_for, loss_window, value_and_grad_window
+from .model import BY_HAND_BATCHES, BY_HAND_BELOW, Params, batch_last_for, loss_window, value_and_grad_window
 
 # Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
 # windows are unrolled by this factor, which keeps compile time bounded for num_steps in the thousands.
@@ -93,16 +93,18 @@ def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.
     the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``).
 
     The gradient: `value_and_grad_window` (BPTT by hand) for the tutorial's windows (no ``remat``, not
-    TBPTT(k1, k2 > k1)) below state ``BY_HAND_BELOW`` if ``by_hand``, else ``jax.grad`` of `loss_window`
-    (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes ``by_hand=False`` (via `_epoch`): under ``vmap`` the
-    step-batched matrix products of the hand-written pass cost more, 3 runs at 4/5 +40%, 16/5 +20%.
+    TBPTT(k1, k2 > k1)) below state ``BY_HAND_BELOW``, batches in ``BY_HAND_BATCHES``, if ``by_hand``; else
+    ``jax.grad`` of `loss_window` (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes
+    ``by_hand=False`` (via `_epoch`): under ``vmap`` the step-batched matrix products of the hand-written
+    pass cost more, 3 runs at 4/5 +40%, 16/5 +20%.
 
     ``unravel``: ``params`` (and the optimizer's state) are one flat vector (`_epoch`), this makes the pytree."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
     flat, params = params, (params if unravel is None else unravel(params))
     d = params["rnn_cell"]["b"].shape[0]
     batch_last = batch_last_for(d)
-    if by_hand and d < BY_HAND_BELOW and not remat and start is None and x_t.shape[0] == y_t.shape[0]:
+    hand_sized = d < BY_HAND_BELOW and BY_HAND_BATCHES[0] <= x_t.shape[1] <= BY_HAND_BATCHES[1]
+    if by_hand and hand_sized and not remat and start is None and x_t.shape[0] == y_t.shape[0]:
         (mean_loss, final_state), grads = value_and_grad_window(params, x_t, y_t, state, _unroll(x_t.shape[0]))
     else:
         grad_fn = jax.value_and_grad(loss_window, has_aux=True)
