@@ -285,7 +285,14 @@ def value_and_grad_window(params: Params, x_t: jax.Array, y_t: jax.Array, state:
     mean_loss = -jnp.sum(jnp.where(target, log_p, 0.0)) / (num_steps * batch_size)
 
     d_logits = (jnp.exp(log_p) - target.astype(log_p.dtype)) / (num_steps * batch_size)   # d mean_loss / d logits
-    d_states = _product(u.T, True, batch_size)(d_logits)                          # through the softmax layer
+    # Through the softmax layer. d_logits sums to zero over the classes, so U's last column can be taken out
+    # of the others and one class fewer summed: for two classes a plain product, no sum over classes. Measured
+    # (one run, against the plain product): num_steps 1, state 4 -14%, state 16 -17%; at num_steps 5 and 10
+    # the same change made XLA:CPU run more kernels at once on the two cores, and the epoch took 2x as long.
+    if num_steps == 1:
+        d_states = _product((u[:, :-1] - u[:, -1:]).T, True, batch_size)(d_logits[:, :-1])
+    else:
+        d_states = _product(u.T, True, batch_size)(d_logits)
 
     def backward(d_next, step):
         """``d_next``: the gradient reaching S_t from step t+1. Returns it for S_{t-1}, and dL/d(pre-tanh)_t."""

@@ -91,7 +91,8 @@ def test_gradient_equals_the_reference_loop_and_finite_differences():
 
 
 @pytest.mark.parametrize("num_classes,state_size,num_steps,unroll",
-                         [(2, 4, 1, True), (2, 4, 6, True), (3, 4, 6, 2), (2, 16, 5, True), (2, 20, 3, 1)])
+                         [(2, 4, 1, True), (3, 4, 1, True), (2, 4, 6, True), (3, 4, 6, 2), (2, 16, 1, True),
+                          (2, 16, 5, True), (2, 20, 3, 1)])
 def test_explicit_bptt_equals_jax_grad_of_the_window_loss(num_classes, state_size, num_steps, unroll):
     """The training loop's hand-written backward pass (`value_and_grad_window`) against ``jax.grad`` of
     `loss_window` in float64: both small-matrix paths (elementwise, state 4; ``einsum``, states 16 and 20),
