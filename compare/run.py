@@ -95,8 +95,9 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
             trainer = make_trainer(impl, config, final_params, device, resume.accumulators if resume else None,
                                    deterministic)
             try:
+                dtype = getattr(trainer, "window_dtype", None)  # the JAX trainer's int8; TensorFlow: int32
                 windows = task.epoch_windows(config, data, start=history.epochs,
-                                             dtype=getattr(trainer, "window_dtype", None) or np.int32)
+                                             dtype=np.int32 if dtype is None else dtype)
                 history = train(trainer, windows, history, after_epoch, progress=bar.update)
                 final_params = trainer.get_params()
             finally:
