@@ -183,7 +183,7 @@ def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array
     batch_last = batch_last_for(state_size)
     state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
     # `adagrad` is elementwise: below state BY_HAND_BELOW the loop carries the parameters and accumulators
-    # as one vector each, so that its update is one kernel per window, not two per parameter (one run,
+    # as one vector each, so that its update is two kernels per window, not two per parameter (one run,
     # state 4: num_steps 1 -9%, 5 -7%, 10 -3%; state 16 / 5 -2%). Not at large states, where gathering the
     # gradients into the vector is a large copy every window (num_steps 5: state 64 equal, 256 +11%, 1,024
     # +80%), and not for any other optax transformation, which may not be elementwise.
