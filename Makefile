@@ -25,7 +25,6 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m compare bench --grid
 	$(PY) -m compare bench
-	$(PY) -m jax_rnn.bench --c-reference
 
 sweep: $(STAMP)
 	$(PY) -m compare sweep

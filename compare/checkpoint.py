@@ -1,14 +1,10 @@
-"""``rnn-compare run|sweep --checkpoint DIR`` / ``--resume DIR``: the CLI's checkpoints, one ``.npz`` each.
+"""``rnn-compare run|sweep --checkpoint DIR`` / ``--resume DIR``: one ``.npz`` per implementation (run) or
+per cell (sweep), in the project's one checkpoint format (`jax_rnn.checkpoint`: atomic, no pickle).
 
-``run`` writes one ``DIR/<impl>.npz`` per implementation, after every epoch, in the project's one
-checkpoint format (`jax_rnn.checkpoint`, shared with `jax_rnn.fit`): ``config`` is `Config.as_dict`
-plus the input files; ``meta`` holds ``writer`` ("rnn-compare run"), ``impl``, ``initial_params`` (the
-fingerprint), ``data`` (the data source), ``build_seconds`` and ``first_step_seconds``. Parameters and
-Adagrad's accumulators are in the shared layout, the same arrays for JAX and TensorFlow. ``sweep`` writes
-one ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per cell (`save_cell`): a JAX cell after every
-epoch, with every seed's parameters; when the cell is done, its losses only. A resumed sweep loads the
-finished cells and continues the others.
-Writing (atomic, no pickle) and the regenerated data stream: `jax_rnn.checkpoint`.
+``run`` writes ``DIR/<impl>.npz`` after every epoch; its ``config`` is the run's record (`config_record`),
+its ``meta`` the implementation, the initial parameters' fingerprint, the data source and JAX's plan.
+``sweep`` writes ``DIR/sweep-<num_steps>-<state_size>-<impl>.npz`` per cell: in progress with every
+seed's parameters, finished with its losses only.
 """
 
 from __future__ import annotations
@@ -18,32 +14,33 @@ from typing import Optional
 
 from jax_rnn import checkpoint as ckpt_io
 
-from .config import Config, UsageError
+from .config import UsageError, record
 
-WRITER = "rnn-compare run"
-MATCHED = ("num_steps", "backprop_steps", "state_size", "batch_size", "learning_rate", "data_size", "seed",
-           "num_classes", "init_params", "data", "deterministic")  # what a resumed run must share with the checkpoint
+WRITER, CELL_WRITER = "rnn-compare run", "rnn-compare sweep"
+FREE = ("epochs", "impls")  # what a resumed run may change; every other key of the record must match
 
 
 def path(directory, impl: str) -> Path:
     return Path(directory) / f"{impl}.npz"
 
 
+def config_record(config, impls, init_params: Optional[str], data: Optional[str], deterministic: bool) -> dict:
+    return {**record(config, impls), "init_params": init_params, "data": data, "deterministic": deterministic}
+
+
 def save(directory, impl: str, record: dict, history, trainer, initial_params: str, data: str) -> Path:
-    """``DIR/<impl>.npz``: the training so far (a `jax_rnn.driver.History` and its trainer's parameters)."""
     meta = {"writer": WRITER, "impl": impl, "initial_params": initial_params, "data": data}
     return ckpt_io.save(path(directory, impl), history.checkpoint(record, trainer, meta))
 
 
 def load(directory, impl: str, config: dict, initial_params: str, data: str) -> Optional[ckpt_io.Checkpoint]:
-    """The checkpoint of ``impl`` in ``directory`` (None if there is none yet), checked against this run:
-    UsageError naming what differs if it was written by another config, other starting parameters or
-    other data, or if it is unreadable."""
+    """The checkpoint of ``impl`` in ``directory`` (None if none yet); UsageError naming what differs if it
+    was written by another config, other starting parameters or other data, or is unreadable."""
     file = path(directory, impl)
     saved = _open(file, WRITER, f"an rnn-compare checkpoint of {impl}", lambda meta: meta.get("impl") == impl)
     if saved is None:
         return None
-    _same(file, saved.config, config, MATCHED, "config")
+    _same(file, saved.config, config, [k for k in sorted(set(saved.config) | set(config)) if k not in FREE], "config")
     if saved.meta["initial_params"] != initial_params or saved.meta["data"] != data:
         raise UsageError(f"--resume: {file} started from other parameters or data than this run")
     if saved.epochs_done > config["epochs"]:
@@ -62,13 +59,6 @@ def check_dirs(checkpoint, resume) -> None:
                          f"or choose an empty directory")
 
 
-def config_record(config: Config, init_params: Optional[str], data: Optional[str], deterministic: bool) -> dict:
-    return {**config.as_dict(), "init_params": init_params, "data": data, "deterministic": deterministic}
-
-
-CELL_WRITER = "rnn-compare sweep"
-
-
 def cell_path(directory, record: dict) -> Path:
     """``sweep-<num_steps>-<state_size>-<impl>.npz``, ``sweep-<num_steps>x<backprop_steps>-...`` for TBPTT."""
     n, k2 = record["num_steps"], record["backprop_steps"]
@@ -76,17 +66,13 @@ def cell_path(directory, record: dict) -> Path:
 
 
 def save_cell(directory, record: dict, cell: ckpt_io.Checkpoint) -> Path:
-    """Sweep cell ``record`` (grid config, impl, seeds) in the one checkpoint format, as its config: in
-    progress, the trainer's checkpoint (parameters of every seed, `jax_rnn.driver.History.checkpoint`);
-    finished, without parameters, ``step_losses: f32[seeds, epochs, epoch_size]`` and in ``meta`` its
-    ``diverged`` per seed, ``seconds`` and ``time`` split."""
     return ckpt_io.save(cell_path(directory, record), cell._replace(config=record, meta={**cell.meta,
                                                                                        "writer": CELL_WRITER}))
 
 
 def load_cell(directory, record: dict) -> Optional[ckpt_io.Checkpoint]:
-    """Sweep cell ``record`` from ``directory``: finished (``params`` None) or in progress, or None if it is
-    not there; UsageError if the file is unreadable or was written by another sweep."""
+    """Sweep cell ``record``: finished (``params`` None), in progress, or None; UsageError if unreadable or
+    written by another sweep."""
     file = cell_path(directory, record)
     saved = _open(file, CELL_WRITER, "an rnn-compare sweep checkpoint")
     if saved is not None:
@@ -95,8 +81,6 @@ def load_cell(directory, record: dict) -> Optional[ckpt_io.Checkpoint]:
 
 
 def _open(file: Path, writer: str, what: str, belongs=lambda meta: True) -> Optional[ckpt_io.Checkpoint]:
-    """Checkpoint ``file`` (`jax_rnn.checkpoint`), None if there is none yet; UsageError if it is unreadable
-    or not ``what`` (its writer, and ``belongs(meta)``)."""
     if not file.is_file():
         return None
     try:
@@ -109,7 +93,6 @@ def _open(file: Path, writer: str, what: str, belongs=lambda meta: True) -> Opti
 
 
 def _same(file: Path, there: dict, here: dict, keys, what: str) -> None:
-    """UsageError naming every key of ``keys`` whose value differs between the checkpoint and this run."""
     differ = [k for k in keys if there.get(k) != here.get(k)]
     if differ:
         detail = ", ".join(f"{k}={there.get(k)!r} there vs {here.get(k)!r} here" for k in differ)

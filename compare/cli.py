@@ -1,9 +1,8 @@
 """The command line: ``rnn-compare run|sweep|bench|cache`` (also ``python -m compare``).
 
-Every option is checked, and input files are read and validated, before any training starts; a bad
-one is reported argparse-style with exit status 2. Output files follow `OUTPUT_POLICY`. JAX's
-persistent compilation cache (`jax_rnn.compile_cache`) is on unless ``--no-compile-cache`` or
-``RNN_SCAN_COMPILE_CACHE=0``; ``rnn-compare cache [--clear]`` shows (or empties) it.
+Every option and input file is checked before any training starts; a bad one is reported argparse-style
+with exit status 2. Outputs follow `OUTPUT_POLICY`. JAX's persistent compilation cache is on unless
+``--no-compile-cache`` or ``RNN_SCAN_COMPILE_CACHE=0``.
 """
 
 from __future__ import annotations
@@ -14,16 +13,17 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from jax_rnn import compile_cache
-from jax_rnn.bench import GRID_STATES, GRID_STEPS, LARGE_STATES
+from jax_rnn import cache as compile_cache
+from jax_rnn.fit import FitConfig
 from jax_rnn.model import glorot_params
 
 from . import bench, checkpoint, environment, io, plots, report, rerun, run, scaling, sweep
-from .bench import GRID_IMPLS
-from .config import BASELINE, DEFAULT_RUN_IMPLS, IMPLS, Config, UsageError, at_least, is_tf, parse_impls, parse_ints
+from .bench import GRID_IMPLS, GRID_STATES, GRID_STEPS, LARGE_STATES
+from .config import BASELINE, DEFAULT_RUN_IMPLS, FIELDS, IMPLS, UsageError, at_least, fit_config, is_tf, \
+    parse_impls, parse_ints, points_per_epoch
 from .environment import DEVICES
 
-DEFAULT = Config()  # the one set of defaults: jax_rnn.FitConfig's (the tutorial's)
+DEFAULT = FitConfig()  # the one set of defaults: the tutorial's
 
 OUTPUT_POLICY = (
     "Outputs go to OUT/NAME.json, OUT/NAME.md (the table) and OUT/NAME.png (the plot); NAME defaults to "
@@ -33,7 +33,8 @@ OUTPUT_POLICY = (
 # What each command writes besides its JSON: the Markdown table and the plot (matplotlib loads only to draw).
 OUTPUTS = {"run": (report.run_markdown, plots.run_plot), "sweep": (report.sweep_markdown, plots.sweep_plot),
            "bench": (report.bench_markdown, plots.bench_plot), "scaling": (report.scaling_markdown, plots.scaling_plot),
-           "grid": (report.grid_markdown, plots.grid_plot)}
+           "grid": (report.grid_markdown, plots.grid_plot), "truncation": (report.truncation_markdown, None),
+           "plan-options": (report.plan_options_markdown, None)}
 
 
 def _command(sub, name: str, summary: str, description: str, epilog: Optional[str] = OUTPUT_POLICY):
@@ -168,11 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "then --large-states at num_steps 10 on 100,000 points: JAX, C and the TF versions in one "
                             f"run, JAX / C and JAX against the fastest TF. Defaults to --impl {','.join(GRID_IMPLS)}; "
                             "about 3 minutes on 2 cores")
+    bench.add_argument("--truncation", metavar="K2S",
+                       help="JAX only: TBPTT(k1, K2) against the TF-style epoch of num_steps k1, for every K2 of the "
+                            "comma list, k1 from --steps (default 1,3,5), on --states (default 4,16)")
+    bench.add_argument("--plan-options", action="store_true",
+                       help="JAX only: on every --states x --steps cell, each choice of jax_rnn.plan timed against "
+                            "the plan without it (with --runs R: R runs at once)")
+    bench.add_argument("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default 1)")
     for option, values, what in (("--states", GRID_STATES, "state sizes"), ("--steps", GRID_STEPS, "num_steps values"),
                                  ("--large-states", LARGE_STATES, "large state sizes, without the C loop")):
         default = ",".join(map(str, values))
-        bench.add_argument(option, default=default, help=f"with --grid: {what} (default: {default}"
-                                                         + ("; none: skip)" if option == "--large-states" else ")"))
+        bench.add_argument(option, default=None, help=f"with --grid/--plan-options: {what} (default: {default}"
+                                                      + ("; none: skip)" if option == "--large-states" else ")"))
 
     cache = _command(sub, "cache", "where JAX's compilation cache is, and its size; --clear empties it",
                      f"JAX's persistent compilation cache: every command (unless --no-compile-cache) saves each "
@@ -184,12 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args, impls, num_steps: int, state_size: int, epochs: int, data_size: int,
-            backprop_steps: Optional[int] = None) -> Config:
-    config = Config(impls=impls, num_steps=num_steps, state_size=state_size, batch_size=args.batch_size,
-                    learning_rate=args.learning_rate, epochs=epochs, data_size=data_size, seed=args.seed,
-                    backprop_steps=backprop_steps)
-    dropped = config.data_size - config.points_per_epoch
+def _config(args, **fields) -> FitConfig:
+    """The `FitConfig` of the options (every field the command has), ``fields`` overriding them."""
+    config = fit_config(**{**{f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}, **fields})
+    dropped = config.data_size - points_per_epoch(config)
     if dropped:  # the tutorial drops the remainder too; say so rather than fail
         row = config.data_size // config.batch_size
         print(f"note: {config.data_size:,} points per epoch = {config.batch_size} rows of {row:,} "
@@ -209,10 +215,13 @@ def _devices(args, impls) -> environment.Devices:
 def _write(result: dict, paths: dict, kind: str) -> None:
     """Write the JSON, the table and the plot of ``kind`` (`OUTPUTS`); print the table."""
     markdown, plot = OUTPUTS[kind]
-    markdown, png = markdown(result), plot(result)
+    markdown = markdown(result)
+    if plot is None:
+        paths = {k: v for k, v in paths.items() if k != "png"}
+    else:
+        io.write_bytes(paths["png"], plot(result))
     io.write_json(paths["json"], result)
     io.write_text(paths["md"], markdown)
-    io.write_bytes(paths["png"], png)
     print(markdown)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -229,8 +238,7 @@ def _run(args) -> int:
         if epochs is not None and epochs > rows:
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
         epochs, data_size = rows if epochs is None else epochs, cols
-    config = _config(args, impls, args.num_steps, args.state_size, 1 if epochs is None else epochs,
-                     DEFAULT.data_size if data_size is None else data_size, args.backprop_steps)
+    config = _config(args, epochs=epochs or 1, data_size=data_size or DEFAULT.data_size)
     if args.init_params:
         params = io.load_params(args.init_params, config.num_classes, config.state_size)
     else:
@@ -244,8 +252,8 @@ def _run(args) -> int:
         if len(set(save.values())) != len(save):
             raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
     devices = _devices(args, impls)
-    record = checkpoint.config_record(config, args.init_params, args.data, args.deterministic)
-    result = run.run(config, params, devices, data=data, save_params=save, quiet=args.quiet,
+    record = checkpoint.config_record(config, impls, args.init_params, args.data, args.deterministic)
+    result = run.run(config, impls, params, devices, data=data, save_params=save, quiet=args.quiet,
                      checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume, record=record,
                      deterministic=args.deterministic)
     result["config"].update(init_params=args.init_params, data=args.data, deterministic=args.deterministic,
@@ -273,46 +281,62 @@ def _sweep(args) -> int:
     if not truncations:
         raise UsageError(f"--backprop-steps: every value is below every --num-steps ({args.num_steps}); "
                          f"each cell needs K2 >= its num_steps")
-    configs = [_config(args, impls, n, d, args.epochs, args.data_size, None if k == n else k)
+    configs = [_config(args, num_steps=n, state_size=d, backprop_steps=None if k == n else k)
                for n, k in truncations for d in state_sizes]
     paths = _paths(args, "sweep")
     devices = _devices(args, impls)
     workers = args.workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
-    result = sweep.sweep(configs, args.seeds, devices, quiet=args.quiet, workers=workers,
+    result = sweep.sweep(configs, impls, args.seeds, devices, quiet=args.quiet, workers=workers,
                          checkpoint_dir=args.checkpoint or args.resume, resume_dir=args.resume)
     _write(result, paths, "sweep")
     return 0
 
 
 def _bench(args) -> int:
-    if args.grid and args.scaling:
-        raise UsageError("--grid and --scaling: choose one")
-    if args.grid and args.backprop_steps is not None:
-        raise UsageError("--backprop-steps: the grid times the tutorial's truncation (the C loop's); give it without --grid")
-    default_impls = scaling.DEFAULT_IMPLS if args.scaling else GRID_IMPLS if args.grid else IMPLS
+    modes = [m for m in ("grid", "scaling", "truncation", "plan_options") if getattr(args, m)]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(map(_option, modes))}: choose one")
+    mode = modes[0] if modes else None
+    if mode and args.backprop_steps is not None:
+        raise UsageError(f"--backprop-steps: {_option(mode)} chooses the truncation itself; give it without {_option(mode)}")
+    default_impls = {"scaling": scaling.DEFAULT_IMPLS, "grid": GRID_IMPLS, None: IMPLS}.get(mode, ("jax",))
     impls = parse_impls(args.impl or ",".join(default_impls))
-    repeats = at_least(args.repeats if args.repeats is not None else (2 if args.scaling else 3), "--repeats")
-    data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if args.scaling else DEFAULT.data_size)
-    if args.scaling and args.backprop_steps is not None:
-        raise UsageError("--backprop-steps: the scaling study varies num_steps itself; give it without --scaling")
-    config = _config(args, impls, args.num_steps, args.state_size, repeats + 1, data_size, args.backprop_steps)
-    kind = "scaling" if args.scaling else "grid" if args.grid else "bench"
-    if args.grid:
-        states, steps = parse_ints(args.states, "--states"), parse_ints(args.steps, "--steps")
-        large = () if args.large_states == "none" else parse_ints(args.large_states, "--large-states")
-        if "jax" not in impls:
-            raise UsageError("--impl: --grid compares JAX with the C loop and TF; include jax")
-    paths = _paths(args, kind)
+    if mode in ("grid", "truncation", "plan_options") and "jax" not in impls:
+        raise UsageError(f"--impl: {_option(mode)} times JAX; include jax")
+    repeats = at_least(args.repeats if args.repeats is not None else (2 if mode == "scaling" else 3), "--repeats")
+    data_size = args.data_size or (scaling.DEFAULT_DATA_SIZE if mode == "scaling" else DEFAULT.data_size)
+    config = _config(args, epochs=repeats + 1, data_size=data_size)
+    steps_default = "1,3,5" if mode == "truncation" else ",".join(map(str, GRID_STEPS))
+    states = parse_ints(args.states or ("4,16" if mode == "truncation" else ",".join(map(str, GRID_STATES))), "--states")
+    steps = parse_ints(args.steps or steps_default, "--steps")
+    paths = _paths(args, {"plan_options": "plan-options"}.get(mode, mode or "bench"))
     devices = _devices(args, impls)
-    if args.grid:
-        result = bench.grid(config, devices, repeats, states, steps, large, quiet=args.quiet)
-    elif args.scaling:
-        result = scaling.study(config, devices, repeats, memory_steps=() if args.no_memory else scaling.MEMORY_NUM_STEPS,
-                               quiet=args.quiet)
+    if mode == "grid":
+        large = args.large_states or ",".join(map(str, LARGE_STATES))
+        large = () if large == "none" else parse_ints(large, "--large-states")
+        result = bench.grid(config, impls, devices, repeats, bench.grid_cells(states, steps, data_size, large),
+                            quiet=args.quiet)
+    elif mode == "scaling":
+        result = scaling.study(config, impls, devices, repeats, memory_steps=() if args.no_memory else
+                               scaling.MEMORY_NUM_STEPS, quiet=args.quiet)
+    elif mode == "truncation":
+        k2s = parse_ints(args.truncation, "--truncation")
+        if max(k2s) > data_size // config.batch_size:
+            raise UsageError(f"--truncation: at most the steps in a row of data ({data_size // config.batch_size}), "
+                             f"got {max(k2s)}")
+        rows = bench.truncation(config, states, steps, k2s, repeats)
+        result = bench.page("bench --truncation", config, devices, repeats, rows=rows)
+    elif mode == "plan_options":
+        rows = bench.plan_options(config, states, steps, at_least(args.runs, "--runs"), repeats)
+        result = bench.page("bench --plan-options", config, devices, repeats, rows=rows)
     else:
-        result = bench.bench(config, devices, quiet=args.quiet)
-    _write(result, paths, kind)
+        result = bench.bench(config, impls, devices, repeats, quiet=args.quiet)
+    _write(result, paths, {"plan_options": "plan-options"}.get(mode, mode or "bench"))
     return 0
+
+
+def _option(mode: str) -> str:
+    return "--" + mode.replace("_", "-")
 
 
 def _cache(args) -> int:

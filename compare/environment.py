@@ -11,7 +11,7 @@ import sys
 
 import jax
 import numpy as np
-from jax_rnn.compile_cache import active_dir
+from jax_rnn.cache import active_dir
 
 from .config import UsageError
 

@@ -1,6 +1,5 @@
-"""Files in and out: the input ``.npz`` files (validated), parameters as float32 numpy arrays in the shared
-layout (`jax_rnn.layout`, stored under its flat keys ``rnn_cell/W``...), and the outputs, written atomically
-and never over an existing file unless ``overwrite`` (``--overwrite``; the CLI's `OUTPUT_POLICY`)."""
+"""Files in and out: the input ``.npz`` files (validated), parameters under their flat keys (``rnn_cell/W``...),
+and the outputs, written atomically and never over an existing file unless ``--overwrite``."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from jax_rnn import data as task
-from jax_rnn import layout
 from jax_rnn.checkpoint import atomic_write, read_npz
-from jax_rnn.layout import PARAM_KEYS, flatten, nest
+from jax_rnn.model import PARAM_KEYS, flatten, nest, param_shapes
 
 from .config import UsageError
 
@@ -47,7 +45,7 @@ def _load_npz(path: str, option: str, keys: tuple[str, ...]) -> dict:
 def load_params(path: str, num_classes: int, state_size: int) -> dict:
     """Read initial parameters (``--init-params``); UsageError naming a missing/extra key or bad shape."""
     arrays = _load_npz(path, "--init-params", PARAM_KEYS)
-    shapes = layout.param_shapes(num_classes, state_size)
+    shapes = param_shapes(num_classes, state_size)
     for key in PARAM_KEYS:
         a, shape = arrays[key], shapes[key.split("/")[0]][key.split("/")[1]]
         if a.shape != shape:

@@ -1,11 +1,20 @@
-"""Markdown tables of a result dict (``run``, ``sweep``, ``bench`` or ``bench --scaling``): printed and
-saved as ``.md``. A None where a number is expected (a non-finite value, see `compare.run.json_safe`)
-prints as ``-``."""
+"""Markdown tables of a result dict, printed and saved as ``.md``; a None (a non-finite value) prints as ``-``."""
 
 from __future__ import annotations
 
 from jax_rnn import data as task
-from jax_rnn.bench import format_grid
+from jax_rnn.plan import Plan
+
+from .bench import format_grid, format_plan_options, format_truncation
+
+
+NOTES = ("build s: JAX ahead-of-time compile, TF graph build + variable init (tf2: + tracing); 1st epoch: the warm-up "
+         "epoch (TF1's first session.run optimises the graph); epoch s: median of the timed epochs, one implementation "
+         "after another; peak RSS MiB: growth of resident memory while it built and trained its warm-up epoch; "
+         "x vs {baseline}: its median epoch time divided by this one's.")
+GRID_NOTES = ("Every cell: each implementation built, warmed up with one epoch and timed for {repeats} more, one after "
+              "another, JAX's epochs in two blocks around the C loop's runs; same data and weights; seconds per epoch, "
+              "median [min, max]. Large states (num_steps 10, 100,000 points) without the C loop.")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -87,7 +96,7 @@ def run_markdown(result: dict) -> str:
     c = result["config"]
     return _page(f"run: {_full_setting(c)}", result,
                  _table(["impl", "final loss", "level", "compile s", "train s", "steps/s", "points/s"], rows),
-                 targets_line(), result.get("notes"), diverged, agreement)
+                 targets_line(), result.get("notes"), plan_line(result.get("plan")), diverged, agreement)
 
 
 def sweep_markdown(result: dict) -> str:
@@ -130,14 +139,29 @@ def bench_markdown(result: dict) -> str:
               "peak RSS MiB", f"x vs {result['baseline']}"]
     c = result["config"]
     return _page(f"bench: {_full_setting(c)}, {c['repeats']} timed epoch(s) after one warm-up", result,
-                 _table(header, rows), result["notes"])
+                 _table(header, rows), NOTES.format(baseline=result["baseline"]), plan_line(result.get("plan")))
 
 
 def grid_markdown(result: dict) -> str:
-    """The ``bench --grid`` table (`jax_rnn.bench.format_grid`, the one for ``python -m jax_rnn.bench --grid``)."""
     c = result["config"]
     return _page(f"bench --grid: batch {c['batch_size']}, {c['repeats']} timed epoch(s) after one warm-up", result,
-                 format_grid(result["cells"]), result["notes"])
+                 format_grid(result["cells"]), GRID_NOTES.format(repeats=c["repeats"]))
+
+
+def truncation_markdown(result: dict) -> str:
+    c = result["config"]
+    return _page(f"bench --truncation: batch {c['batch_size']}, {c['data_size']:,} points, median of {c['repeats']}",
+                 result, format_truncation(result["rows"]))
+
+
+def plan_options_markdown(result: dict) -> str:
+    c = result["config"]
+    return _page(f"bench --plan-options: batch {c['batch_size']}, {c['data_size']:,} points, median of {c['repeats']}",
+                 result, format_plan_options(result["rows"]), "gain: 1 - (plan's epoch s) / (without that choice).")
+
+
+def plan_line(record) -> str | None:
+    return None if record is None else f"JAX trained with the {Plan.from_record(record)}."
 
 
 def scaling_markdown(result: dict) -> str:

@@ -12,13 +12,12 @@ import os
 
 import numpy as np
 
-from .config import UsageError
+from .config import FIELDS, UsageError
 from .run import json_safe
 
-# The options --from sets -> the config key each comes from.
-OPTIONS = {"impl": "impls", **{name: name for name in (
-    "num_steps", "backprop_steps", "state_size", "batch_size", "learning_rate", "epochs", "data_size", "seed",
-    "init_params", "data", "deterministic", "device")}}
+# The options --from sets -> the config key each comes from: every FitConfig field the command has, and these.
+OPTIONS = {"impl": "impls", **{name: name for name in (*FIELDS, "init_params", "data", "deterministic", "device")
+                               if name not in ("num_classes", "log_every")}}
 # Keys that results written before they were recorded lack, and where else to find them.
 OPTIONAL = {"deterministic": lambda result: False, "backprop_steps": lambda result: result["config"]["num_steps"],
             "device": lambda result: result.get("environment", {}).get("device", {}).get("requested", "cpu")}

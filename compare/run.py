@@ -1,15 +1,10 @@
 """``rnn-compare run``: every chosen implementation, one after the other, on the same data and weights.
 
-Each implementation starts from the same initial parameters and trains ``epochs`` epochs on the same
-epochs of data (state reset to zeros at the start of each epoch, optimizer state carried). The result
-is a JSON-ready dict: ``config``, ``environment``, ``targets``, ``results.<impl>`` and ``agreement``;
-every non-finite float in it is None (`json_safe`), so the JSON is strict (no NaN / Infinity tokens).
-
-Timing, the same split for JAX and TensorFlow: ``compile_seconds`` = ``build_seconds`` (JAX: ahead-of-
-time compile; TF: graph build / tracing) + ``first_step_seconds`` (TF only: the first step, where TF1
-optimises the graph and tf2 instantiates its function; None for JAX). ``epoch_seconds`` are training
-only: the first epoch's excludes that first step, and ``steps_per_second`` / ``points_per_second``
-count the steps actually timed (TF: one fewer than trained).
+Each starts from the same parameters and trains the same epochs (state reset each epoch, optimizer state
+carried). The result: ``config``, ``environment``, ``targets``, ``plan`` (JAX's), ``results.<impl>`` and
+``agreement``; non-finite floats are None (`json_safe`). ``compile_seconds`` = ``build_seconds`` (JAX:
+ahead-of-time compile; TF: graph build or tracing) + ``first_step_seconds`` (TF's first step, where TF1
+optimises its graph); ``epoch_seconds`` and the rates exclude that first step.
 """
 
 from __future__ import annotations
@@ -21,20 +16,34 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from jax_rnn.fit import running_averages  # noqa: F401  (re-exported: compare's one averaging rule)
-
+import jax_rnn
 from jax_rnn import data as task
 from jax_rnn.checkpoint import Checkpoint
-from jax_rnn.driver import History, train
+from jax_rnn.fit import running_averages
+from jax_rnn.trainer import History, train
 
 from . import checkpoint, io
-from .config import AGREEMENT_TOLERANCE, Config
-from .environment import describe
-from .runners import make_trainer
+from .config import AGREEMENT_TOLERANCE, is_tf
+from .environment import describe, jax_device
 
-LOG_EVERY = 100  # the tutorial's logging interval: avg_losses are means of 100 consecutive steps
+LOG_EVERY = 100  # the tutorial's logging interval
 TIMING_NOTE = ("compile s = build (JAX: ahead-of-time compile; TF: graph build, tf2: tracing) + TF's first step; "
                "train s and steps/s exclude that first step, so nothing is counted twice.")
+
+
+def make_trainer(impl: str, config, params: dict, device: str = "cpu", accumulators: Optional[dict] = None,
+                 deterministic: bool = False, plan=None):
+    """Implementation ``impl`` (a CLI name) as a trainer of `jax_rnn.train`, from ``params`` on ``device``;
+    ``accumulators``: Adagrad's state to start from; ``plan``: JAX's (a resumed run's)."""
+    if not is_tf(impl):
+        return jax_rnn.JaxTrainer(config, params, accumulators, jax_device(device), plan=plan)
+    import tf_rnn  # heavy and optional: only when a TensorFlow version is asked for
+
+    model = tf_rnn.build(impl.removeprefix("tf-"), tf_rnn.ModelConfig.of(config), params=params, device=device,
+                         deterministic=deterministic)
+    if accumulators is not None:
+        model.set_accumulators(accumulators)
+    return model
 
 
 def json_safe(tree):
@@ -64,25 +73,21 @@ def final_loss(step_losses: np.ndarray, last: int = LOG_EVERY) -> float:
     return float(flat[-last:].mean())
 
 
-def provenance(config: Config, params: dict, data) -> tuple[str, str]:
+def provenance(config, params: dict, data) -> tuple[str, str]:
     """What a run starts from, as results and checkpoints record it: the initial parameters' fingerprint
     (SHA-256) and the data source (``"file"``, or the generated stream of ``config.seed``)."""
     return io.fingerprint(params), "file" if data is not None else f"gen_data(seed={config.seed})"
 
 
-def train_one(impl: str, config: Config, params: dict, data, device: str, quiet: bool = False,
-              checkpoint_dir=None, resume: Optional[Checkpoint] = None, record: Optional[dict] = None,
-              deterministic: bool = False):
-    """Train one implementation (`jax_rnn.driver.train`); returns ``(result dict, final params)``. See the
-    README for the keys.
-
-    ``checkpoint_dir``: save ``<dir>/<impl>.npz`` after every epoch (`compare.checkpoint`); ``resume``:
-    a loaded checkpoint to continue from; ``record``: the config record stored in checkpoints. Training
-    stops at the first non-finite loss or update (``result["diverged"]``: epoch, step, loss); the final
-    parameters are then the last finite ones.
-    """
+def train_one(impl: str, config, params: dict, data, device: str, quiet: bool = False, checkpoint_dir=None,
+              resume: Optional[Checkpoint] = None, record: Optional[dict] = None, deterministic: bool = False):
+    """Train one implementation; returns ``(result dict, final params)``. ``checkpoint_dir``: save
+    ``<dir>/<impl>.npz`` after every epoch; ``resume``: a loaded checkpoint to continue from (JAX trains on
+    with its plan); ``record``: the config record kept in checkpoints. Training stops at the first
+    non-finite loss or update (``result["diverged"]``); the final parameters are the last finite ones."""
     fingerprint, data_source = provenance(config, params, data)
     history = History.from_checkpoint(resume) if resume else History()
+    plan = resume.meta.get("plan") if resume else None
     final_params = resume.params if resume else params
 
     def after_epoch(history: History, trainer) -> None:
@@ -93,11 +98,11 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
               unit="step", disable=quiet, leave=False) as bar:
         if history.epochs < config.epochs:
             trainer = make_trainer(impl, config, final_params, device, resume.accumulators if resume else None,
-                                   deterministic)
+                                   deterministic, plan and jax_rnn.Plan.from_record(plan))
+            plan = trainer.plan.record() if impl == "jax" else None
             try:
-                dtype = getattr(trainer, "window_dtype", None)  # the JAX trainer's int8; TensorFlow: int32
                 windows = task.epoch_windows(config, data, start=history.epochs,
-                                             dtype=np.int32 if dtype is None else dtype)
+                                             dtype=getattr(trainer, "window_dtype", np.int32))
                 history = train(trainer, windows, history, after_epoch, progress=bar.update)
                 final_params = trainer.get_params()
             finally:
@@ -129,6 +134,8 @@ def train_one(impl: str, config: Config, params: dict, data, device: str, quiet:
         "initial_params": fingerprint,
         "data": data_source,
     }
+    if impl == "jax":
+        result["plan"] = plan
     return result, final_params
 
 
@@ -156,28 +163,20 @@ def agreement(results: dict) -> dict:
             "all_same_level": all(p["same_level"] for p in pairs)}
 
 
-def run(config: Config, params: dict, devices, data=None, save_params: Optional[dict] = None,
-        quiet: bool = False, checkpoint_dir=None, resume_dir=None, record: Optional[dict] = None,
-        deterministic: bool = False) -> dict:
-    """Train every implementation of ``config.impls`` in turn and compare them.
+def run(config, impls, params: dict, devices, data=None, save_params: Optional[dict] = None, quiet: bool = False,
+        checkpoint_dir=None, resume_dir=None, record: Optional[dict] = None, deterministic: bool = False) -> dict:
+    """Train every implementation of ``impls`` in turn on ``config`` (a `jax_rnn.FitConfig`) and compare them.
 
-    **Arguments:** ``params``: initial parameters (shared layout, numpy); ``devices``: an
-    ``environment.Devices``; ``data``: ``(x, y)``, ``int32[epochs, data_size]``, or None for fresh
-    ``gen_data`` epochs from ``config.seed``; ``save_params``: impl -> path for the final parameters;
-    ``checkpoint_dir``/``resume_dir``: see `train_one` and `compare.checkpoint` (every checkpoint is
-    loaded and checked before anything trains); ``record``: the config record kept in checkpoints;
-    ``deterministic``: TensorFlow op determinism.
-    **Returns:** the result dict (``config``, ``environment``, ``targets``, ``results``, ``agreement``,
-    ``notes``), non-finite floats as None (`json_safe`).
+    ``params``: initial parameters (numpy); ``devices``: an `environment.Devices`; ``data``: ``(x, y)``,
+    ``int32[epochs, data_size]``, or None for the epochs of ``config.seed``; ``save_params``: impl -> path;
+    ``checkpoint_dir``/``resume_dir``: every checkpoint is loaded and checked before anything trains.
     """
-
-    record = record or checkpoint.config_record(config, None, None, deterministic)
+    record = record or checkpoint.config_record(config, impls, None, None, deterministic)
     fingerprint, data_source = provenance(config, params, data)
     resumes = {impl: checkpoint.load(resume_dir, impl, record, fingerprint, data_source) if resume_dir else None
-               for impl in config.impls}
+               for impl in impls}
     results = {}
-    for impl in tqdm(config.impls, desc="implementations", unit="impl", disable=quiet or len(config.impls) < 2,
-                     leave=False):
+    for impl in tqdm(impls, desc="implementations", unit="impl", disable=quiet or len(impls) < 2, leave=False):
         device = devices.jax if impl == "jax" else devices.tf
         results[impl], final_params = train_one(impl, config, params, data, device, quiet, checkpoint_dir,
                                                 resumes[impl], record, deterministic)
@@ -187,6 +186,6 @@ def run(config: Config, params: dict, devices, data=None, save_params: Optional[
         if save_params and impl in save_params:
             io.save_params(save_params[impl], final_params)
             results[impl]["saved_params"] = str(save_params[impl])
-    return json_safe({"command": "run", "config": config.as_dict(), "environment": describe(devices),
-                      "targets": targets(), "results": results, "agreement": agreement(results),
-                      "notes": TIMING_NOTE})
+    return json_safe({"command": "run", "config": record, "environment": describe(devices), "targets": targets(),
+                      "plan": results["jax"]["plan"] if "jax" in results else None, "results": results,
+                      "agreement": agreement(results), "notes": TIMING_NOTE})

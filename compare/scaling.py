@@ -1,25 +1,11 @@
 """``rnn-compare bench --scaling``: how each implementation's cost grows with the work.
 
-Three one-parameter sweeps around the tutorial's defaults (state 4, num_steps 5, batch 200):
-
-* ``state_size`` 4, 16, 64, 256, 1024 (x4 steps);
-* ``num_steps`` 1, 3, 10, 30, 100;
-* ``batch_size`` 20, 200, 2,000, 20,000.
-
-Every point trains on the same data (``data_size`` points, 100,000 by default: a tenth of the
-tutorial's epoch, so the default study takes about 3 minutes on 2 cores; 20,000 x 5 is the
-largest window, hence the minimum). Each point is timed like ``bench`` (`compare.bench.time_cell`):
-build, one warm-up epoch, then ``repeats`` timed epochs; the median is reported. The fitted slope of
-log(seconds) against log(parameter) says how time grows: 1 is linear, 0 flat (fixed costs dominate).
-
-With ``--device auto`` (or ``gpu``) every implementation that sees a GPU is measured on the CPU and
-on the GPU, and the crossover (the first swept value at which the GPU is faster) is reported.
-
-Memory (JAX only): long windows, num_steps 1,000 and 10,000 at state 256, batch 200 (one window per
-epoch), trained with and without ``remat`` (``jax.checkpoint`` of blocks of the scan, see
-``jax_rnn.loss_window``). For each: XLA's own count of the temporary buffers of the compiled
-epoch (``compiled.memory_analysis()``, exact), the growth of the process's resident memory while it
-compiled and ran (sampled), compile seconds and the seconds of one epoch (one timed call).
+Three one-parameter sweeps around the tutorial's cell (state 4, num_steps 5, batch 200) on the same data
+(100,000 points by default), each point timed like ``bench`` (`compare.bench.time_trainers`), with the
+fitted slope of log(seconds) on log(value) (1: linear, 0: flat). With ``--device auto`` on a GPU machine
+every implementation is measured on CPU and GPU, with the crossover. Then JAX's memory for long windows
+(num_steps 1,000 and 10,000 at state 256) with and without remat: XLA's temp buffers
+(``memory_analysis``), resident memory growth, compile and epoch seconds.
 """
 
 from __future__ import annotations
@@ -33,11 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jax_rnn import data as task
-from jax_rnn.bench import PeakRss
 from jax_rnn.model import glorot_params
+from jax_rnn.train import program
 
-from .bench import time_cell
-from .config import Config
+from .bench import PeakRss, time_trainers
+from .config import record
 from .environment import Devices, describe, jax_device
 from .run import json_safe, targets
 
@@ -75,7 +61,7 @@ def _device_kinds(devices, impl: str) -> list[str]:
     return ["cpu", "gpu"] if devices.requested == "auto" and kind == "gpu" else [kind]
 
 
-def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, memory_steps=MEMORY_NUM_STEPS,
+def study(base, impls, devices, repeats: int = 2, sweeps: dict | None = None, memory_steps=MEMORY_NUM_STEPS,
           quiet: bool = False) -> dict:
     """Run the scaling sweeps for ``base.impls`` around ``base``, then the memory study (if ``jax``).
 
@@ -87,18 +73,18 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
 
     sweeps = SWEEPS if sweeps is None else sweeps
     runs = [(param, value, impl, kind) for param, values in sweeps.items() for value in values
-            for impl in base.impls for kind in _device_kinds(devices, impl)]
+            for impl in impls for kind in _device_kinds(devices, impl)]
     points = []
     with tqdm(total=len(runs) * (repeats + 1), desc="scaling", unit="epoch", disable=quiet) as bar:
         for param, value, impl, kind in runs:
             bar.set_postfix_str(f"{param}={value} {impl} ({kind})")
-            config = dataclasses.replace(base, impls=(impl,), **{param: value})
-            figures = time_cell(config, Devices(devices.requested, kind, kind), repeats, bar=bar)[impl]
+            config = dataclasses.replace(base, **{param: value})
+            figures = time_trainers(config, (impl,), Devices(devices.requested, kind, kind), repeats, bar=bar)[impl]
             points.append({"parameter": param, "value": value, "impl": impl, "device": kind,
                            "epoch_size": config.epoch_size, **figures})
     fits = []
     for param, values in sweeps.items():
-        for impl in base.impls:
+        for impl in impls:
             series = {}
             for kind in ("cpu", "gpu"):
                 rows = [p for p in points if (p["parameter"], p["impl"], p["device"]) == (param, impl, kind)]
@@ -109,7 +95,7 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
             if len(series) == 2:
                 fits[-1]["gpu_faster_from"] = crossover(values, series["cpu"], series["gpu"])
     memory = []
-    if "jax" in base.impls and memory_steps:
+    if "jax" in impls and memory_steps:
         memory = memory_study(base, devices.jax, memory_steps, quiet)
     gpu_seen = any(p["device"] == "gpu" for p in points)
     notes = (f"Every point trains on the same {base.data_size:,} points (the other parameters at "
@@ -117,20 +103,20 @@ def study(base: Config, devices, repeats: int = 2, sweeps: dict | None = None, m
              f"median of {repeats} timed epochs after a warm-up one. Slope: d log(seconds) / d log(value). "
              + ("GPU crossover: the first value from which the GPU stays faster." if gpu_seen else
                 "No GPU was measured (none seen, or --device cpu): no CPU/GPU crossover."))
-    return json_safe({"command": "bench --scaling", "config": {**base.as_dict(), "repeats": repeats,
+    return json_safe({"command": "bench --scaling", "config": {**record(base, impls), "repeats": repeats,
                                                                 "sweeps": {k: list(v) for k, v in sweeps.items()}},
                       "environment": describe(devices), "targets": targets(), "points": points, "fits": fits,
                       "memory": memory, "notes": notes, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
-def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool = False) -> list[dict]:
+def memory_study(base, device: str, steps=MEMORY_NUM_STEPS, quiet: bool = False) -> list[dict]:
     """Long windows with and without rematerialisation: XLA temp memory, RSS growth, compile and epoch time."""
 
     dev = jax_device(device)
     optimizer = jax_rnn.adagrad(base.learning_rate)
     rows = []
     for num_steps in tqdm(steps, desc="memory", unit="window", disable=quiet):
-        config = dataclasses.replace(base, impls=("jax",), num_steps=num_steps, state_size=MEMORY_STATE_SIZE,
+        config = dataclasses.replace(base, num_steps=num_steps, state_size=MEMORY_STATE_SIZE,
                                      data_size=base.batch_size * num_steps)
         x, y = task.gen_data(config.data_size, np.random.default_rng(base.seed))
         xw, yw = jax.device_put(task.windows(x, y, config.batch_size, num_steps), dev)
@@ -139,10 +125,12 @@ def memory_study(base: Config, device: str, steps=MEMORY_NUM_STEPS, quiet: bool 
         for remat in (False, True):
             with PeakRss() as rss:
                 start = time.perf_counter()
-                compiled = jax_rnn.train_epoch.lower(params, opt_state, xw, yw, optimizer, remat=remat).compile()
+                plan = jax_rnn.plan(config.state_size, config.batch_size, num_steps, remat=remat, backend=dev.platform)
+                compiled = program(plan).lower(params, opt_state, xw, yw, None, optimizer=optimizer, plan=plan,
+                                               guard=False).compile()
                 compile_seconds = time.perf_counter() - start
                 start = time.perf_counter()
-                losses = jax.block_until_ready(compiled(params, opt_state, xw, yw)[3])
+                losses = jax.block_until_ready(compiled(params, opt_state, xw, yw, None)[3])
                 seconds = time.perf_counter() - start
             analysis = compiled.memory_analysis()
             temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None

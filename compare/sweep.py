@@ -1,28 +1,11 @@
-"""``rnn-compare sweep``: the tutorial's TODO grid, num_steps x state_size, over several seeds.
+"""``rnn-compare sweep``: the tutorial's grid, num_steps x state_size (x backprop steps), over seeds.
 
-A third axis, ``--backprop-steps``, trains each num_steps k1 as TBPTT(k1, k2) for every k2 >= k1 given
-(r2rt's "Styles of Truncated Backpropagation"); a cell is then (num_steps, backprop_steps, state_size).
-
-Seed ``s`` fixes both the initial parameters (numpy Glorot, `jax_rnn.glorot_params`) and the data stream
-(`jax_rnn.data.epochs`), so every implementation sees the same runs. With ``jax`` all seeds of a cell
-train together: one ``jax_rnn.train_runs`` call (``vmap`` over a leading seed axis) per epoch. The
-TensorFlow versions train seed after seed. Where JAX sees several devices (GPUs, or CPU devices made
-with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``), the seeds are split over them with a
-``Mesh`` on the run axis, every device used (with fewer seeds than a multiple of the devices, the
-last seed is repeated to fill them and its copies dropped); the losses are bit-identical to the
-single-device ones. On a CPU, ``--workers`` JAX cells (default: one per core) train at once, each in a
-thread; every seed's epochs are generated once and shared by all cells. The result says where the time
-went (``time``: data, compile, training, per cell and added up).
-
-Divergence: a seed whose loss (or, for TensorFlow, an update) becomes NaN/inf is recorded per cell in
-``diverged`` (per seed: ``{"epoch", "step", "loss"}`` of the first such window, 0-based, or None) and counts
-as level ``"diverged"``; every seed stops learning there (``tf_rnn``'s guard; JAX's guarded vmapped
-runs, `jax_rnn.train_runs` with ``guard=True``). A cell's final-loss statistics are over the seeds that did not
-diverge, and its level is ``"diverged"`` if any seed did. Non-finite floats are None in the result.
-
-The tutorial's reasoning, recorded per cell as ``tutorial_level``: the gradient is truncated after
-``num_steps`` steps, so the 3-step dependency can be learned only if ``num_steps > 3`` and the 8-step
-one only if ``num_steps > 8`` (its runs: 1 -> nothing, 5 -> the 3-step one, 10 -> both).
+Seed ``s`` fixes the initial parameters (`jax_rnn.glorot_params`) and the data stream (`jax_rnn.data.epochs`),
+so every implementation sees the same runs. With ``jax`` all seeds of a cell train in one `jax_rnn.train_runs`
+call per epoch (its plan made for that many runs), split over every device JAX sees; ``--workers`` cells train
+at once, one thread each. TensorFlow trains seed after seed. A seed whose loss or update becomes non-finite
+stops there (``diverged`` per cell); a cell's statistics are over the other seeds. ``tutorial_level``: the
+level the truncation allows (an error must travel more than 3, or 8, steps).
 """
 
 from __future__ import annotations
@@ -41,14 +24,13 @@ from tqdm import tqdm
 
 from jax_rnn import data as task
 from jax_rnn.checkpoint import Checkpoint
-from jax_rnn.driver import History, JaxTrainer, train
 from jax_rnn.model import glorot_params
+from jax_rnn.trainer import History, JaxTrainer, train
 
 from . import checkpoint
-from .config import Config
+from .config import record as config_record
 from .environment import describe
-from .run import final_loss, json_safe, running_averages, targets
-from .runners import make_trainer
+from .run import final_loss, json_safe, make_trainer, running_averages, targets
 
 
 def tutorial_level(backprop_steps: int) -> str:
@@ -87,7 +69,7 @@ class Timings:
         return self
 
     def __exit__(self, *exc) -> None:
-        from jax._src import monitoring  # the public module has no unregister yet (jax 0.10)
+        from jax._src import monitoring  # the public module has no unregister (jax 0.10)
 
         monitoring.unregister_event_duration_listener(self._on_event)
 
@@ -96,14 +78,14 @@ class SharedData:
     """Every seed's epochs, generated once for the whole sweep: a cell differs from another only in how
     it cuts them into windows. Kept as int8 (the values are 0 and 1): seeds x epochs x data_size x 2 bytes."""
 
-    def __init__(self, config: Config, seeds: list[int], timings: Timings):
+    def __init__(self, config, seeds: list[int], timings: Timings):
         start = time.perf_counter()
         self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in task.epochs(config.data_size, s, config.epochs)]
                        for s in seeds}
         self.timings = timings
         timings.add("data", time.perf_counter() - start)
 
-    def windows(self, config: Config, seeds: list[int], start: int = 0, stacked: bool = False):
+    def windows(self, config, seeds: list[int], start: int = 0, stacked: bool = False):
         """Per epoch from ``start``, the epochs of ``seeds`` cut for ``config`` (`jax_rnn.data.windows`):
         ``(x_windows, y_windows)``, ``int32[epoch_size, batch, num_steps]`` for one seed, or, ``stacked``,
         ``int8[seeds, epoch_size, batch, num_steps]`` (one cut for all, a quarter of the bytes to move)."""
@@ -115,19 +97,18 @@ class SharedData:
             yield cut if stacked else (cut[0][0], cut[1][0])
 
 
-def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedData, saved=None, save=None):
-    """All seeds in one vmapped call per epoch, the seeds split over every device JAX sees of that kind
-    (`jax_rnn.train_runs_sharded`, with the guard: a seed stops learning at the first window whose loss or
-    update is not finite, and its later losses are NaN, as TensorFlow's). ``saved``: a checkpoint of this
-    cell in progress to continue from; ``save(checkpoint)``: called after every epoch (the cell so far).
-    Returns ``(float32[seeds, epochs, epoch_size], diverged)``, ``diverged`` per seed: None, or its
-    divergence (`_as_json`)."""
+def _train_jax(config, seeds: list[int], device: str, bar, data: SharedData, saved=None, save=None):
+    """All seeds in one `jax_rnn.train_runs` call per epoch over every device of that kind (a seed stops at its
+    first non-finite window). ``saved``: this cell in progress (trained on with its plan); ``save(checkpoint)``
+    after every epoch. Returns ``(float32[seeds, epochs, epoch_size], diverged per seed)``."""
+    plan = None
     if saved is None:
         runs = [glorot_params(config.num_classes, config.state_size, s) for s in seeds]
         params, accumulators, history = jax.tree.map(lambda *leaves: np.stack(leaves), *runs), None, History()
     else:
         params, accumulators, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
-    trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)))
+        plan = jax_rnn.Plan.from_record(saved.meta["plan"]) if "plan" in saved.meta else None
+    trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)), plan=plan)
 
     def after_epoch(history: History, trainer: JaxTrainer) -> None:
         bar.update(len(seeds))
@@ -139,7 +120,7 @@ def _train_jax(config: Config, seeds: list[int], device: str, bar, data: SharedD
     return history.losses(config.epochs), _as_json(history.diverged)
 
 
-def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, data: SharedData):
+def _train_tf(impl: str, config, seeds: list[int], device: str, bar, data: SharedData):
     """Seed after seed, each stopped at its first non-finite loss or update (the rest of its losses
     NaN); returns ``(float32[seeds, epochs, epoch_size], diverged)`` as `_train_jax`."""
     out, diverged = [], []
@@ -156,11 +137,11 @@ def _train_tf(impl: str, config: Config, seeds: list[int], device: str, bar, dat
 
 
 def _as_json(diverged: list) -> list:
-    """Per seed, None or the `jax_rnn.driver.Divergence` as a dict (``epoch``, ``step``, ``loss``)."""
+    """Per seed, None or the `jax_rnn.Divergence` as a dict (``epoch``, ``step``, ``loss``)."""
     return [None if d is None else d._asdict() for d in diverged]
 
 
-def _cell(config: Config, impl: str, seeds: list[int], step_losses: np.ndarray, diverged: list,
+def _cell(config, impl: str, seeds: list[int], step_losses: np.ndarray, diverged: list,
           seconds: float) -> dict:
     finals = [None if d else final_loss(s) for s, d in zip(step_losses, diverged)]
     kept = [f for f in finals if f is not None]
@@ -198,7 +179,7 @@ def _cost(job: tuple) -> float:
     return max(config.state_size, 8) ** 2 * config.window_steps / config.num_steps
 
 
-def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, workers: int = 1,
+def sweep(configs: list, impls, num_seeds: int, devices, quiet: bool = False, workers: int = 1,
           checkpoint_dir=None, resume_dir=None) -> dict:
     """Train every config (grid cell) for seeds ``seed .. seed + num_seeds - 1`` with every implementation.
 
@@ -218,8 +199,8 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
 
     first = configs[0]
     seeds = [first.seed + i for i in range(num_seeds)]
-    total = sum(len(c.impls) * num_seeds * c.epochs for c in configs)
-    jobs = [(i, config, impl) for i, config in enumerate(configs) for impl in config.impls]
+    total = len(impls) * num_seeds * sum(c.epochs for c in configs)
+    jobs = [(i, config, impl) for i, config in enumerate(configs) for impl in impls]
     wall = time.perf_counter()
     with tqdm(total=total, desc="sweep", unit="epoch", disable=quiet) as shared_bar, Timings() as timings:
         bar = _LockedBar(shared_bar)
@@ -228,7 +209,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
 
         def train_cell(job):
             _, config, impl = job
-            record = {**config.as_dict(), "impl": impl, "impls": None, "seeds": seeds}
+            record = {**config_record(config), "impl": impl, "seeds": seeds}
             saved = checkpoint.load_cell(resume_dir, record) if resume_dir is not None else None
             resumed = saved.epochs_done if saved is not None else 0
             if saved is not None and saved.params is None:  # finished
@@ -265,7 +246,7 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
     cells, max_diff, same_level = [], 0.0, True
     for i, config in enumerate(configs):
         by_impl, levels = {}, {}
-        for impl in config.impls:
+        for impl in impls:
             losses, diverged, seconds, spent, resumed = done[(i, config, impl)]
             by_impl[impl] = losses
             cells.append(_cell(config, impl, seeds, losses, diverged, seconds))
@@ -277,10 +258,10 @@ def sweep(configs: list[Config], num_seeds: int, devices, quiet: bool = False, w
         same_level &= len(set(levels.values())) <= 1
     grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
             "truncations": [list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
-            "impls": list(first.impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
+            "impls": list(impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
             "batch_size": first.batch_size, "learning_rate": first.learning_rate,
-            "jax_devices": len(jax.devices(devices.jax)) if "jax" in first.impls else None, "workers": workers}
-    agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(first.impls) > 1 else None)
+            "jax_devices": len(jax.devices(devices.jax)) if "jax" in impls else None, "workers": workers}
+    agreement = ({"max_abs_diff": max_diff, "same_level": same_level} if len(impls) > 1 else None)
     time_spent = {"total": time.perf_counter() - wall, "shared_data": shared_data_seconds,
                   **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")}}
     return json_safe({"command": "sweep", "config": grid, "environment": describe(devices), "targets": targets(),

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .layout import PARAM_KEYS, flatten, nest
+from .model import PARAM_KEYS, flatten, nest
 
 FORMAT = "rnn-scan checkpoint v1"  # replaces "jax_rnn.fit checkpoint v2" and "rnn-compare run checkpoint v1"
 

@@ -1,15 +1,10 @@
-"""The toy task of r2rt's "Recurrent Neural Networks in Tensorflow I", framework-neutral (numpy only).
+"""The toy task (docs/task.md), numpy only: the project's one data generator, so a seed means the same
+epochs in `fit`, ``rnn-compare`` and the tests.
 
-Binary input X; output Y with P(Y_t = 1) = 0.5 + 0.5 * X_{t-3} - 0.25 * X_{t-8}. The project's one data
-generator: `jax_rnn.fit` and ``rnn-compare`` (which imports it as ``compare``'s task) both take their data
-from here, so a seed means the same epochs everywhere. `gen_data` makes one epoch, `epochs` the stream of
-epochs a seed stands for, `windows` cuts an epoch into the tutorial's truncated-BPTT windows, `TARGETS`
-and `level` give the analytic losses a model can reach. It lives in ``jax_rnn`` because ``compare``
-imports ``jax_rnn`` and not the other way round; it needs numpy only.
-
-Faithful detail: the tutorial indexes ``X[i-3]`` and ``X[i-8]`` with Python's negative indexing, so
-the first 3 (and 8) outputs look at the *end* of the array. Both generators here reproduce that
-wrap-around (a circular shift).
+Binary input X; P(Y_t = 1) = 0.5 + 0.5 X_{t-3} - 0.25 X_{t-8}. As in the tutorial, ``X[i - 3]`` uses
+Python's negative indexing, so the first outputs look at the end of the array (a circular shift).
+`gen_data` makes one epoch, `epochs` the epochs a seed stands for, `windows` cuts one into truncated-BPTT
+windows; `TARGETS` and `level` are the analytic losses a model can reach.
 """
 
 from __future__ import annotations
@@ -171,20 +166,14 @@ def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None)
 
 
 def window_dtype(num_classes: int) -> np.dtype:
-    """The smallest signed integer type that holds the class ids ``0 .. num_classes - 1``: int8 for the task's
-    two. The JAX trainer takes its windows in it: each epoch's windows are copied once into the compiled
-    loop, and int8 moves a quarter of int32's bytes (state 4: 7-8% of the epoch, measured)."""
-    for dtype in (np.int8, np.int16):
-        if num_classes - 1 <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.int32)
+    """The smallest integer type for class ids ``0 .. num_classes - 1`` (int8 for the task): a compiled epoch
+    copies its windows once into its loop, and int8 moves a quarter of int32's bytes."""
+    return np.dtype(next(t for t in (np.int8, np.int16, np.int32) if num_classes - 1 <= np.iinfo(t).max))
 
 
 def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0, dtype=np.int32):
-    """Every epoch's windows from ``start`` to ``config.epochs``: ``(x_windows, y_windows)``,
-    ``dtype[epoch_size, batch_size, num_steps]`` each (`windows`), cut from the rows of ``rows = (x, y)``
-    (``int[epochs, data_size]``), or from the epochs ``config.seed`` stands for (`epochs`). ``config``: a
-    ``FitConfig`` (``epochs``, ``data_size``, ``seed``, ``batch_size``, ``num_steps``)."""
+    """Every epoch's windows from ``start`` to ``config.epochs`` (`windows`), cut from ``rows = (x, y)``
+    (``int[epochs, data_size]``) or from the epochs ``config.seed`` stands for (a `FitConfig`)."""
     c = config
     stream = (zip(rows[0][start: c.epochs], rows[1][start: c.epochs]) if rows is not None
               else epochs(c.data_size, c.seed, c.epochs, start))

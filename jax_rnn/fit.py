@@ -16,11 +16,11 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from . import checks, optim
 from . import data as task
-from . import optim
-from . import validate
-from .driver import Divergence, History, JaxTrainer, train
-from .model import Params, glorot_params
+from .model import Params, check_params, glorot_params
+from .plan import Plan
+from .trainer import Divergence, History, JaxTrainer, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +45,7 @@ class FitConfig:
     backprop_steps: Optional[int] = None
 
     def __post_init__(self):
-        # Every message starts with the field's name: ``rnn-compare``'s Config (a subclass) turns it
-        # into the option's (``--num-steps ...``).
+        # Every message starts with the field's name: the CLI turns it into the option's (--num-steps ...).
         for name in ("num_classes", "state_size", "batch_size", "num_steps", "epochs", "data_size", "log_every"):
             task.check_int(name, getattr(self, name))
         task.check_int("seed", self.seed, minimum=0)
@@ -59,8 +58,10 @@ class FitConfig:
             task.check_windowing(self.data_size, self.batch_size, self.num_steps)
         except ValueError as err:
             raise ValueError(f"batch_size/num_steps: {err}") from None
-        if self.backprop_steps is not None:
-            validate.check_backprop_steps(None, self.backprop_steps, self.num_steps, self.data_size // self.batch_size)
+        k2, row = self.backprop_steps, self.data_size // self.batch_size
+        if k2 is not None and (isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or not self.num_steps <= k2 <= row):
+            raise ValueError(f"backprop_steps must be an integer from num_steps ({self.num_steps}) to the steps in a "
+                             f"row of data ({row}), got {k2!r}")
 
     @property
     def epoch_size(self) -> int:
@@ -145,22 +146,23 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
     if data is not None:
         data = _check_data(data, c)
     rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
-    history, acc = None, None
+    history, acc, plan = None, None, None
     if resume is not None:
         if params is not None:
             raise ValueError("fit: pass either params or resume, not both (the checkpoint holds the parameters)")
         saved = ckpt_io.load(resume)
         _check_resumable(saved, c, resume, rows)
         params, acc, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
+        plan = Plan.from_record(saved.meta["plan"]) if "plan" in saved.meta else None  # train on as before
     else:
         if params is None:
             params = glorot_params(c.num_classes, c.state_size, c.seed)
-        n, d = validate.sizes("fit", params)
+        n, d = check_params(params, "fit")
         if (n, d) != (c.num_classes, c.state_size):
             raise ValueError(f"fit: params are for num_classes={n}, state_size={d}, but the config has "
                              f"num_classes={c.num_classes}, state_size={c.state_size}")
-        validate.check_finite_params("fit", params)
-    trainer = JaxTrainer(c, params, acc)
+        checks.finite("fit", "params", params)
+    trainer = JaxTrainer(c, params, acc, plan=plan)
 
     def after_epoch(history: History, trainer: JaxTrainer) -> None:
         if checkpoint is not None:

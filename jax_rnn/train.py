@@ -1,246 +1,35 @@
 """Truncated backpropagation through time: one window per optimizer step, the state carried.
 
-The final state of window k is the initial state of window k+1; the gradient is not carried (it
-flows at most ``num_steps`` steps back), exactly like the tutorial's ``feed_dict`` loop. Here the
-whole epoch is ONE compiled call: a ``lax.scan`` over the windows carrying ``(params, opt_state,
-state)``. Everything is pure, so ``jax.vmap`` trains many independent runs at once (`train_runs`).
+The final state of window k is the initial state of window k+1; the gradient is not carried. A whole
+epoch is ONE compiled call: a ``lax.scan`` over the windows carrying ``(params, opt_state, state)``.
+Every function trains through a `Plan` (`jax_rnn.plan`; made from the shapes when not given) and
+compiles `program` of it, so a cell runs the same program however it is reached.
 
-Shapes: ``x_windows, y_windows: int32[epoch_size, batch, num_steps]`` (from ``windows``); the state
-is ``f32[batch, state_size]``; ``losses`` is ``f32[epoch_size]``, the loss of each window computed
-with the parameters *before* that window's update (what the tutorial logs).
+Shapes: ``x_windows, y_windows: int[epoch_size, batch, num_steps]`` (`jax_rnn.data.windows`); the state
+``f32[batch, state_size]``; ``losses: f32[epoch_size]``, each window's loss before its update.
 """
 
 from __future__ import annotations
 
 import functools
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
-# Whether no trace is active: JAX's own test (not public in jax 0.10). `_Jitted` needs it because a call
-# that closes over a caller's tracers, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has none in its
-# arguments.
-from jax._src.core import trace_state_clean as _trace_state_clean
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import optim, validate
-from .model import BY_HAND_BATCHES, BY_HAND_BELOW, Params, batch_last_for, loss_window, value_and_grad_window
-
-# Windows up to this many steps are fully unrolled inside the compiled step (no loop overhead); longer
-# windows are unrolled by this factor, which keeps compile time bounded for num_steps in the thousands.
-MAX_UNROLL = 16
-
-
-# XLA's CPU compiler hands some reductions to YNNPACK ("reduce" fusions). The batch sums of the
-# small-matrix path (`model._product`) become such fusions under vmap and at large batches, and then cost
-# several times the fused loops: state 4, num_steps 5, 3 runs vmapped, 155 ms against 65 ms per epoch;
-# one run at batch 20,000, 17 ms against 4.5 ms per 100k points. Keeping YNNPACK for the dots only gives
-# the fused loops back and leaves the dot-bound sizes as they were (state 16 and 64 within noise). A
-# compile option of XLA's, scoped to these functions rather than a process-wide XLA_FLAGS.
-COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-# One run at a time (`train_step`, `train_epoch`, `train_epoch_guarded`) also compiles with XLA's
-# memory-optimised schedule: it reuses buffers more, so fewer independent kernels run at once on the other
-# core (README, "Where the gap to C came from"): state 16 / num_steps 5 116 ms against 140, 64 / 5 504
-# against 581, the rest of the grid within 5%, the results unchanged. Not for `train_runs`: the
-# sweep's vmapped cells, two at a time, trained 3-13% slower with it.
-ONE_RUN_OPTIONS = {**COMPILER_OPTIONS, "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-_STATIC = ("optimizer", "remat")
-_EPOCH_STATIC = (*_STATIC, "backprop_steps")
-
-
-class _Jitted:
-    """``fn`` jitted twice: with XLA's compile ``options`` when called from Python, without when traced
-    inside a caller's own ``jit``/``vmap``/``grad`` (JAX accepts compile options on top-level jits only;
-    the caller's compile then decides). ``check``, if given, runs first, in plain Python (values only when
-    concrete; on tracers and ``ShapeDtypeStruct``s only shapes and dtypes). ``.lower`` is the top-level
-    one's, after the same check."""
-
-    def __init__(self, fn, name: str, check=None, static=_STATIC, options=ONE_RUN_OPTIONS):
-        self.nested = jax.jit(fn, static_argnames=static)
-        self.top_level = jax.jit(fn, static_argnames=static, compiler_options=options)
-        self._check = check
-        functools.update_wrapper(self, fn)
-        self.__name__ = self.__qualname__ = name
-
-    def __call__(self, *args, **kwargs):
-        if self._check is not None:
-            self._check(*args, **kwargs)
-        # Inside a caller's trace (jit, vmap, grad, eval_shape; through its arguments or constants it
-        # closes over), JAX's own test of that; no walk over the arguments on the hot path.
-        return (self.top_level if _trace_state_clean() else self.nested)(*args, **kwargs)
-
-    def lower(self, *args, **kwargs):
-        if self._check is not None:
-            self._check(*args, **kwargs)
-        return self.top_level.lower(*args, **kwargs)
-
-    def __getattr__(self, name):
-        if name.startswith("__") or "top_level" not in self.__dict__:  # copy/pickle probe before __init__
-            raise AttributeError(name)
-        return getattr(self.top_level, name)
-
-
-def _unroll(num_steps: int) -> int | bool:
-    return True if num_steps <= MAX_UNROLL else MAX_UNROLL
-
-
-def _step(params: Params, opt_state, state: jax.Array, x_t: jax.Array, y_t: jax.Array, start, optimizer,
-          remat: bool = False, by_hand: bool = True, unravel=None):
-    """One window, time-major (``x_t: [k2, batch]``, ``y_t: [k1, batch]``, ``start``: see `loss_window`),
-    the state in the layout of `batch_last_for` (``[d, batch]`` or ``[batch, d]``).
-
-    The gradient: `value_and_grad_window` (BPTT by hand) for the tutorial's windows (no ``remat``, not
-    TBPTT(k1, k2 > k1)) below state ``BY_HAND_BELOW``, batches in ``BY_HAND_BATCHES``, if ``by_hand``; else
-    ``jax.grad`` of `loss_window` (figures: `jax_rnn.model.BY_HAND_BELOW`). `train_runs` passes
-    ``by_hand=False`` (via `_epoch`): under ``vmap`` the step-batched matrix products of the hand-written
-    pass cost more, 3 runs at 4/5 +40%, 16/5 +20%.
-
-    ``unravel``: ``params`` (and the optimizer's state) are one flat vector (`_epoch`), this makes the pytree."""
-    state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
-    flat, params = params, (params if unravel is None else unravel(params))
-    d = params["rnn_cell"]["b"].shape[0]
-    batch_last = batch_last_for(d)
-    hand_sized = d < BY_HAND_BELOW and BY_HAND_BATCHES[0] <= x_t.shape[1] <= BY_HAND_BATCHES[1]
-    if by_hand and hand_sized and not remat and start is None and x_t.shape[0] == y_t.shape[0]:
-        (mean_loss, final_state), grads = value_and_grad_window(params, x_t, y_t, state, _unroll(x_t.shape[0]))
-    else:
-        grad_fn = jax.value_and_grad(loss_window, has_aux=True)
-        (mean_loss, final_state), grads = grad_fn(params, x_t, y_t, state, _unroll(x_t.shape[0]), remat, batch_last,
-                                                  start)
-    if unravel is not None:
-        grads = ravel_pytree(grads)[0]
-    updates, opt_state = optimizer.update(grads, opt_state, flat)
-    return optax.apply_updates(flat, updates), opt_state, final_state, mean_loss
-
-
-def _to_layout(state: jax.Array, batch_last: bool) -> jax.Array:
-    """``f32[batch, d]`` (the API's layout) <-> the training loop's layout (its own inverse)."""
-    return state.T if batch_last else state
-
-
-def _train_step(params: Params, opt_state, state: jax.Array, x: jax.Array, y: jax.Array,
-               optimizer: optax.GradientTransformation, remat: bool = False, start: jax.Array | int | None = None):
-    """One truncated-BPTT step on one window.
-
-    **Arguments:** ``state: f32[batch, d]`` (a constant: no gradient flows into it);
-    ``x, y: int[batch, num_steps]``; ``optimizer``: static (e.g. ``adagrad(0.1)``); ``remat``: static,
-    rematerialise the scan in blocks of about sqrt(num_steps) steps (`loss_window`): less memory.
-    **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``.
-
-    **TBPTT(k1, k2)** in a loop of one's own: ``x: int[batch, k2]``, ``y: int[batch, k1]`` the labels of
-    its last k1 steps (k1 <= k2); the loss is theirs, and the returned state is the one after the window's
-    first k1 steps (where the next window starts). ``start``: the stream position of ``x``'s first step
-    (a traced int is fine); steps at negative positions are absent (the state is kept through them).
-
-    Checks keys, shapes and dtypes of every argument while tracing, i.e. once per new argument
-    signature and never on a cached call (not the values: class ids outside ``[0, num_classes)`` are
-    checked by `train_epoch`, `fit` and the CLI).
-    """
-    _check_step(params, opt_state, state, x, y, optimizer, remat)
-    batch_last = batch_last_for(state.shape[1])
-    params, opt_state, final_state, mean_loss = _step(params, opt_state, _to_layout(state, batch_last), x.T, y.T,
-                                                      start, optimizer, remat)
-    return params, opt_state, _to_layout(final_state, batch_last), mean_loss
-
-
-def _updates(x_windows: jax.Array, y_windows: jax.Array, backprop_steps: int | None) -> list[tuple]:
-    """The epoch's updates, in parts ``(xs, window, first)``: a scan runs over ``xs``, ``window`` turns one
-    item into ``(x_t, y_t, start)`` (`loss_window`), ``first`` is the index of the part's first update.
-
-    TF style (``backprop_steps`` None or num_steps): one part, the windows themselves, time-major.
-    TBPTT(k1, k2): update u's inputs are the k2 steps of the stream ending with its k1 new ones, ``[u*k1 +
-    k1 - k2, (u+1)*k1)``, sliced from the stream the windows form with k2 - k1 steps padded in front. Two
-    parts: the first ceil((k2 - k1) / k1) updates, whose windows begin before the stream (their absent
-    steps masked), then the rest, without a mask (its selects cost as much as the steps themselves at
-    state 4: TBPTT(9, 10) 1.6x the TF-style epoch of 9 with them, 1.04x without).
-    """
-    windows_t = (jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2))   # [epoch_size, k1, batch]
-    updates, k1, batch = x_windows.shape[0], x_windows.shape[2], x_windows.shape[1]
-    k2 = k1 if backprop_steps is None else backprop_steps
-    if k2 == k1:
-        return [(windows_t, lambda window: (*window, None), 0)]
-    stream = windows_t[0].reshape(updates * k1, batch)
-    padded = jnp.concatenate([jnp.zeros((k2 - k1, batch), stream.dtype), stream])
-
-    def window(update, masked: bool):
-        u, y_t = update
-        return jax.lax.dynamic_slice_in_dim(padded, u * k1, k2), y_t, (u * k1 + k1 - k2) if masked else None
-
-    index, head = jnp.arange(updates, dtype=jnp.int32), -(-(k2 - k1) // k1)   # head < updates: k2 <= the row
-    return [((index[:head], windows_t[1][:head]), partial(window, masked=True), 0),
-            ((index[head:], windows_t[1][head:]), partial(window, masked=False), head)]
-
-
-def _epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array, optimizer, state, remat=False,
-           guard=False, backprop_steps=None, alone=True):
-    """The epoch (see `train_epoch`). ``alone``: one run, not under `train_runs`' ``vmap``: the gradient by
-    hand (`_step`) and the flat carry below, both for small states, both measured faster alone and slower
-    vmapped (3 runs, state 16 / num_steps 5: +20% and +12%)."""
-    batch_size, state_size = x_windows.shape[1], params["rnn_cell"]["b"].shape[-1]
-    batch_last = batch_last_for(state_size)
-    state_t = _to_layout(jnp.zeros((batch_size, state_size), jnp.float32) if state is None else state, batch_last)
-    # `adagrad` is elementwise: below state BY_HAND_BELOW the loop carries the parameters and accumulators
-    # as one vector each, so that its update is two kernels per window, not two per parameter (one run,
-    # state 4: num_steps 1 -9%, 5 -7%, 10 -3%; state 16 / 5 -2%). Not at large states, where gathering the
-    # gradients into the vector is a large copy every window (num_steps 5: state 64 equal, 256 +11%, 1,024
-    # +80%), and not for any other optax transformation, which may not be elementwise.
-    unravel = None
-    if alone and isinstance(optimizer, optim.Adagrad) and state_size < BY_HAND_BELOW:
-        params, unravel = ravel_pytree(params)
-        opt_state = optim.with_accumulators(opt_state, ravel_pytree(optim.accumulators(opt_state))[0])
-    step = partial(_step, optimizer=optimizer, remat=remat, by_hand=alone, unravel=unravel)
-
-    def body(window_of, carry, update):
-        params, opt_state, state_t = carry
-        params, opt_state, state_t, mean_loss = step(params, opt_state, state_t, *window_of(update))
-        return (params, opt_state, state_t), mean_loss
-
-    def guarded_body(window_of, carry, inputs):
-        # The divergence guard: after window k, if its loss or any new parameter / accumulator is not
-        # finite, keep the values from before window k (the last finite ones), record k, and from then
-        # on report NaN losses. Elementwise selects on ~80 numbers per step: no measurable cost.
-        old, diverged_at = carry[:3], carry[3]
-        update, k = inputs
-        new = step(*old, *window_of(update))
-        finite = jnp.isfinite(new[3])
-        for leaf in jax.tree.leaves(new[:2]):
-            finite = finite & jnp.all(jnp.isfinite(leaf))
-        ok = (diverged_at < 0) & finite
-        kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new[:3], old)
-        diverged_at = jnp.where((diverged_at < 0) & ~finite, k, diverged_at)
-        mean_loss = jnp.where((diverged_at < 0) | (diverged_at == k), new[3], jnp.nan)
-        return (*kept, diverged_at), mean_loss
-
-    carry, losses = (params, opt_state, state_t, jnp.int32(-1)) if guard else (params, opt_state, state_t), []
-    for xs, window_of, first in _updates(x_windows, y_windows, backprop_steps):
-        if guard:
-            steps = first + jnp.arange(jax.tree.leaves(xs)[0].shape[0], dtype=jnp.int32)
-            carry, part = jax.lax.scan(partial(guarded_body, window_of), carry, (xs, steps))
-        else:
-            carry, part = jax.lax.scan(partial(body, window_of), carry, xs)
-        losses.append(part)
-    losses = losses[0] if len(losses) == 1 else jnp.concatenate(losses)
-    params, opt_state, state_t = carry[:3]
-    if unravel is not None:
-        params, opt_state = unravel(params), optim.with_accumulators(opt_state, unravel(optim.accumulators(opt_state)))
-    if not guard:
-        return params, opt_state, _to_layout(state_t, batch_last), losses
-    return GuardedEpoch(params, opt_state, _to_layout(state_t, batch_last), losses, carry[3])
+from . import checks
+from .backward import value_and_grad_window
+from .model import Params, check_params, loss_window
+from .plan import Plan, plan as make_plan
 
 
 class GuardedEpoch(NamedTuple):
-    """What `train_epoch_guarded` returns (a pytree: usable under ``jit``/``vmap``).
-
-    ``params``, ``opt_state``: after the last window whose loss, parameters and optimizer state were all
-    finite (so always finite if the inputs were); ``final_state: f32[batch, d]``: the state after that
-    window; ``losses: f32[epoch_size]``: each window's loss (with the parameters before its update),
-    NaN after ``diverged_at``; ``diverged_at: int32[]``: -1 if every window was finite, else the first
-    window k whose loss, or whose updated parameters / accumulators, were not finite (``losses[k]`` is
-    that window's own loss, which may be finite if only the update blew up).
-    """
+    """`train_epoch_guarded`'s result. ``params``, ``opt_state``, ``final_state``: after the last window
+    whose loss, parameters and optimizer state were all finite; ``losses``: NaN after ``diverged_at``;
+    ``diverged_at: int32[]``: -1, or the first window whose loss or update was not finite."""
 
     params: Params
     opt_state: Any
@@ -249,102 +38,222 @@ class GuardedEpoch(NamedTuple):
     diverged_at: jax.Array
 
 
-def _train_epoch(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-                optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False,
-                backprop_steps: int | None = None):
-    """A whole epoch of truncated BPTT as one compiled call (``lax.scan`` over the windows).
+def _step(params, opt_state, state, x_t, y_t, start, optimizer, plan: Plan):
+    """One update on a time-major window (``x_t: [k2, batch]``, ``y_t: [k1, batch]``), state in the plan's layout."""
+    state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
+    if plan.gradient == "by_hand":
+        (mean_loss, final), grads = value_and_grad_window(params, x_t, y_t, state, plan)
+    else:
+        (mean_loss, final), grads = jax.value_and_grad(loss_window, has_aux=True)(params, x_t, y_t, state, plan, start)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, final, mean_loss
 
-    **Arguments:** ``x_windows, y_windows: int32[epoch_size, batch, num_steps]``; ``optimizer``:
-    static; ``state: f32[batch, d]`` or ``None`` for zeros (the tutorial resets it every epoch);
-    ``remat``: static, see `train_step`; ``backprop_steps``: static, k2 of TBPTT(k1, k2) with k1 =
-    num_steps: each update counts the loss of one window's num_steps new steps and backpropagates it
-    through the k2 >= num_steps steps ending there (the stream's steps before the epoch are absent); the
-    next update starts from the state after the window's first num_steps steps. ``None`` (or num_steps)
-    is the tutorial's training, TBPTT(num_steps, num_steps).
-    **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``.
+
+def _layout(state, plan: Plan):
+    """``[batch, d]`` (the API's) <-> the plan's layout."""
+    return state.T if plan.batch_last else state
+
+
+def _updates(x_windows, y_windows, k2: int) -> list[tuple]:
+    """The epoch's updates as parts ``(xs, window_of, first)``: a scan runs over ``xs``, ``window_of`` makes
+    one item ``(x_t, y_t, start)``, ``first`` is the index of the part's first update.
+
+    TF style (k2 == k1): the windows, time-major. TBPTT(k1, k2): update u reads the k2 steps ``[u*k1 + k1 -
+    k2, (u+1)*k1)`` of the stream, padded in front; the updates whose windows begin before the stream
+    (masked steps) are a scan of their own, so that the rest carry no mask.
     """
-    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, backprop_steps=backprop_steps)
+    x_t, y_t = jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2)   # [epoch_size, k1, batch]
+    updates, k1, batch = x_t.shape
+    if k2 == k1:
+        return [((x_t, y_t), lambda w: (*w, None), 0)]
+    stream = jnp.concatenate([jnp.zeros((k2 - k1, batch), x_t.dtype), x_t.reshape(updates * k1, batch)])
+
+    def window_of(masked, update):
+        u, y = update
+        return jax.lax.dynamic_slice_in_dim(stream, u * k1, k2), y, (u * k1 + k1 - k2) if masked else None
+
+    index, head = jnp.arange(updates, dtype=jnp.int32), -(-(k2 - k1) // k1)
+    return [((index[:head], y_t[:head]), functools.partial(window_of, True), 0),
+            ((index[head:], y_t[head:]), functools.partial(window_of, False), head)]
 
 
-def _train_epoch_guarded(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-                             optimizer: optax.GradientTransformation, state: jax.Array | None = None,
-                             remat: bool = False, backprop_steps: int | None = None) -> GuardedEpoch:
-    """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator.
+def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan, guard: bool):
+    batch, d = x_windows.shape[1], params["rnn_cell"]["b"].shape[0]
+    state = _layout(jnp.zeros((batch, d), jnp.float32) if state is None else state, plan)
+    step = functools.partial(_step, optimizer=optimizer, plan=plan)
 
-    Same arguments as `train_epoch`. **Returns:** a `GuardedEpoch`. With ``diverged_at == -1`` its first
-    four fields equal `train_epoch`'s (bit for bit in the tutorial's TBPTT(n, n); with ``backprop_steps`` >
-    num_steps XLA compiles the two differently, and they agree to float rounding). `fit` and
-    ``rnn-compare`` replay an epoch with this when `jax_rnn.driver.JaxTrainer`'s end-of-epoch check fails.
+    def body(window_of, carry, update):
+        params, opt_state, state, mean_loss = step(*carry, *window_of(update))
+        return (params, opt_state, state), mean_loss
 
-    **Example:** ``r = train_epoch_guarded(p, o, xw, yw, opt); if r.diverged_at >= 0: ...``
-    """
-    return _epoch(params, opt_state, x_windows, y_windows, optimizer, state, remat, True, backprop_steps)
+    def guarded(window_of, carry, inputs):
+        # After window k: if its loss or any new parameter or accumulator is not finite, keep the values
+        # from before it, record k, and report NaN losses from then on.
+        (old, diverged_at), (update, k) = (carry[:3], carry[3]), inputs
+        new = step(*old, *window_of(update))
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves((new[:2], new[3]))]))
+        ok = (diverged_at < 0) & finite
+        kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new[:3], old)
+        diverged_at = jnp.where((diverged_at < 0) & ~finite, k, diverged_at)
+        return (*kept, diverged_at), jnp.where((diverged_at < 0) | (diverged_at == k), new[3], jnp.nan)
 
-
-def _runs(params: Params, opt_state, x_windows: jax.Array, y_windows: jax.Array,
-          optimizer: optax.GradientTransformation, state: jax.Array | None = None, remat: bool = False,
-          guard: bool = False, backprop_steps: int | None = None):
-    """`train_epoch` for R independent runs in one compiled call (``jax.vmap`` over a leading run axis).
-
-    **Arguments:** every leaf of ``params`` and ``opt_state`` has a leading run axis ``[R, ...]``;
-    ``x_windows, y_windows: int32[R, epoch_size, batch, num_steps]``; ``state: f32[R, batch, d]`` or
-    ``None``; ``guard``: static, each run guarded as in `train_epoch_guarded`; ``backprop_steps``: as in
-    `train_epoch`. **Returns:** as `train_epoch` (``guard``: `train_epoch_guarded`), with the leading run axis.
-    """
-    run = lambda p, o, xw, yw, s: _epoch(p, o, xw, yw, optimizer, s, remat, guard, backprop_steps, alone=False)
-    return jax.vmap(run, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows, y_windows, state)
-
-
-# --- the public functions: the ones above jitted (`_Jitted`), the epochs behind argument checks -------
-# The epochs' checks (`jax_rnn.validate`) run in plain Python before the call, never inside the traced
-# body. `train_step` checks while tracing instead: a Python loop of steps pays nothing per call.
+    carry, losses = (params, opt_state, state, jnp.int32(-1)) if guard else (params, opt_state, state), []
+    for xs, window_of, first in _updates(x_windows, y_windows, plan.backprop_steps):
+        if guard:
+            ks = first + jnp.arange(len(xs[0]), dtype=jnp.int32)
+            carry, part = jax.lax.scan(functools.partial(guarded, window_of), carry, (xs, ks))
+        else:
+            carry, part = jax.lax.scan(functools.partial(body, window_of), carry, xs)
+        losses.append(part)
+    out = (*carry[:2], _layout(carry[2], plan), jnp.concatenate(losses) if len(losses) > 1 else losses[0])
+    return GuardedEpoch(*out, carry[3]) if guard else out
 
 
-def _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state=None, remat=False, guard=False,
-                 backprop_steps=None, runs=False):
-    lead = 1 if runs else 0
+def _runs(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan, guard: bool):
+    epoch = functools.partial(_epoch, optimizer=optimizer, plan=plan, guard=guard)
+    return jax.vmap(epoch, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows,
+                                                                                y_windows, state)
+
+
+def _one_step(params, opt_state, state, x, y, start, optimizer, plan: Plan):
+    params, opt_state, final, mean_loss = _step(params, opt_state, _layout(state, plan), x.T, y.T, start,
+                                                optimizer, plan)
+    return params, opt_state, _layout(final, plan), mean_loss
+
+
+@functools.cache
+def _jit(fn, xla_options: tuple):
+    return jax.jit(fn, static_argnames=("optimizer", "plan", "guard"), compiler_options=dict(xla_options) or None)
+
+
+def program(plan: Plan, kind: str = "epoch", nested: bool = False):
+    """The jitted function that executes ``plan``: ``kind`` "epoch", "runs" or "step", with the plan's XLA
+    compile options unless ``nested`` (inside a caller's trace, JAX takes compile options from the top
+    level only). ``program(plan).lower(...).compile()`` compiles it ahead of time."""
+    fn = {"epoch": _epoch, "runs": _runs, "step": _one_step}[kind]
+    return _jit(fn, () if nested else plan.xla_options)
+
+
+def _traced(*trees) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+def _plan(where: str, given, state_size: int, batch: int, num_steps: int, runs: int = 1) -> Plan:
+    if given is None:
+        return make_plan(state_size, batch, num_steps, runs=runs)
+    if not isinstance(given, Plan):
+        raise TypeError(f"{where}: plan must be a jax_rnn.Plan (jax_rnn.plan(...)), got {type(given).__name__}")
+    cell = (given.state_size, given.batch_size, given.num_steps, given.runs)
+    if cell != (state_size, batch, num_steps, runs):
+        raise ValueError(f"{where}: the plan is for state {cell[0]}, batch {cell[1]}, num_steps {cell[2]}, "
+                         f"{cell[3]} run(s); the arguments have {state_size}, {batch}, {num_steps}, {runs}")
+    return given
+
+
+def _check_epoch(where: str, params, opt_state, x_windows, y_windows, optimizer, state, plan, runs: bool) -> Plan:
+    lead = (" [R, ...]" if runs else "")
     per_run = params
     if runs:
-        leading = {tuple(np.shape(validate._arr(a)))[:1] for a in jax.tree.leaves(params)}
-        if len(leading) != 1 or () in leading:
-            raise ValueError(f"{where}: every leaf of params must have one leading run axis [R, ...], got "
-                             f"leading sizes {sorted(leading)}")
-        per_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(validate._arr(a))[1:], validate._arr(a).dtype), params)
-    n, d = validate.sizes(where, per_run)
-    validate.check_optimizer(where, optimizer, opt_state, params, leading=(None,) * lead)
+        sizes = {np.shape(a)[:1] for a in jax.tree.leaves(params)}
+        if len(sizes) != 1 or () in sizes:
+            raise ValueError(f"{where}: every leaf of params must have one leading run axis{lead}, got {sorted(sizes)}")
+        per_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), params)
+    n, d = check_params(per_run, where)
+    checks.optimizer(where, optimizer, opt_state, params)
     layout = "[R, epoch_size, batch, num_steps]" if runs else "[epoch_size, batch, num_steps]"
-    dims = {0: (next(iter(leading))[0], "the run axis (params' leading axis)")} if runs else {}
-    validate.check_classes(where, {"x_windows": x_windows, "y_windows": y_windows}, 3 + lead, layout, n, dims=dims)
-    shape = tuple(np.shape(validate._arr(x_windows)))
-    validate.check_state(where, state, shape[1 + lead], d, leading=shape[:1] if runs else ())
-    validate.check_finite_params(where, params)
-    for flag, value in (("remat", remat), ("guard", guard)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{where}: {flag} must be True or False, got {value!r}")
-    if backprop_steps is not None:
-        validate.check_backprop_steps(where, backprop_steps, shape[2 + lead], shape[lead] * shape[2 + lead])
+    shape = checks.class_ids(where, {"x_windows": x_windows, "y_windows": y_windows}, layout, n)
+    if runs and shape[0] != next(iter(sizes))[0]:
+        raise ValueError(f"{where}: x_windows has {shape[0]} runs, params {next(iter(sizes))[0]}")
+    checks.state(where, state, (*shape[:-3], shape[-2], d))
+    checks.finite(where, "params", params)
+    epoch_size, batch, num_steps = shape[-3:]
+    plan = _plan(where, plan, d, batch, num_steps, shape[0] if runs else 1)
+    if plan.backprop_steps > epoch_size * num_steps:
+        raise ValueError(f"{where}: backprop_steps must be an integer from num_steps ({num_steps}) to the steps in "
+                         f"a row of data ({epoch_size * num_steps}), got {plan.backprop_steps}")
+    return plan
 
 
-def _check_step(params, opt_state, state, x, y, optimizer, remat=False):
-    where = "train_step"
-    n, d = validate.sizes(where, params)
-    validate.check_optimizer(where, optimizer, opt_state, params)
-    validate.check_classes(where, {"x": x}, 2, "[batch, num_steps]", n, values=False)
-    x_shape = np.shape(validate._arr(x))
-    validate.check_classes(where, {"y": y}, 2, "[batch, num_steps]", n, values=False,
-                           dims={0: (x_shape[0], "the batch (x's first axis)")})
-    if np.shape(validate._arr(y))[1] > x_shape[1]:
-        raise ValueError(f"{where}: y has more steps than x ({np.shape(validate._arr(y))[1]} > {x_shape[1]}); "
-                         f"y labels the last k1 <= k2 steps of x (TBPTT), or all of them")
-    a = validate._arr(state)
-    want = (np.shape(validate._arr(x))[0], d)
-    if tuple(a.shape) != want:
-        raise ValueError(f"{where}: state must have shape {want} ([batch, state_size]), got {tuple(a.shape)}")
+def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
+                state=None, plan: Plan | None = None):
+    """A whole epoch of truncated BPTT as one compiled call.
+
+    **Arguments:** ``x_windows, y_windows: int[epoch_size, batch, num_steps]``; ``optimizer`` (static,
+    e.g. `jax_rnn.adagrad`); ``state: f32[batch, d]`` or None for zeros (the tutorial resets it every
+    epoch); ``plan``: `jax_rnn.plan` of this cell, None to make it from the shapes. TBPTT(k1, k2) and
+    remat are the plan's (``plan(..., backprop_steps=k2, remat=True)``).
+    **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``.
+    """
+    plan = _check_epoch("train_epoch", params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
+    nested = _traced(params, opt_state, x_windows, y_windows, state)
+    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
+                                        plan=plan, guard=False)
 
 
-train_step = _Jitted(_train_step, "train_step")
-train_epoch = _Jitted(_train_epoch, "train_epoch", partial(_check_epoch, "train_epoch"), static=_EPOCH_STATIC)
-train_epoch_guarded = _Jitted(_train_epoch_guarded, "train_epoch_guarded", partial(_check_epoch, "train_epoch_guarded"),
-                              static=_EPOCH_STATIC)
-train_runs = _Jitted(_runs, "train_runs", partial(_check_epoch, "train_runs", runs=True),
-                     static=(*_EPOCH_STATIC, "guard"), options=COMPILER_OPTIONS)
+def train_epoch_guarded(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
+                        state=None, plan: Plan | None = None) -> GuardedEpoch:
+    """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator; returns a
+    `GuardedEpoch`, equal to `train_epoch`'s result where everything stays finite."""
+    plan = _check_epoch("train_epoch_guarded", params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
+    nested = _traced(params, opt_state, x_windows, y_windows, state)
+    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
+                                        plan=plan, guard=True)
+
+
+def train_runs(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
+               state=None, plan: Plan | None = None, guard: bool = False, mesh: Mesh | None = None):
+    """`train_epoch` for R independent runs in one call (``vmap`` over a leading run axis R).
+
+    **Arguments:** every leaf of ``params``, ``opt_state`` and the windows has a leading run axis ``[R,
+    ...]``; ``state: f32[R, batch, d]`` or None; ``plan``: made with ``runs=R``; ``guard``: each run as
+    `train_epoch_guarded`; ``mesh``: a 1-D `run_mesh` to split the runs over its devices (runs never
+    interact, so no communication; R is padded with copies of the last run to a multiple of the devices).
+    **Returns:** as `train_epoch` (or `GuardedEpoch`), with the leading run axis.
+    """
+    if not isinstance(guard, bool):
+        raise TypeError(f"train_runs: guard must be True or False, got {guard!r}")
+    plan = _check_epoch("train_runs", params, opt_state, x_windows, y_windows, optimizer, state, plan, True)
+    inputs = (params, opt_state, x_windows, y_windows, state)
+    runs, pad = plan.runs, 0
+    if mesh is not None:
+        pad = -runs % mesh.devices.size
+        if pad:
+            inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
+        inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))
+    out = program(plan, "runs", nested=_traced(inputs))(*inputs, optimizer=optimizer, plan=plan, guard=guard)
+    return jax.tree.map(lambda a: a[:runs], out) if pad else out
+
+
+def run_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``"runs"`` over ``devices`` (default: every device JAX sees) for `train_runs`."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("runs",))
+
+
+def train_step(params: Params, opt_state, state, x, y, optimizer: optax.GradientTransformation,
+               plan: Plan | None = None, start=None):
+    """One truncated-BPTT update on one window, for a loop of one's own.
+
+    **Arguments:** ``state: f32[batch, d]`` (no gradient flows into it); ``x, y: int[batch, num_steps]``;
+    TBPTT(k1, k2): ``x: int[batch, k2]``, ``y: int[batch, k1]`` the labels of its last k1 steps, ``start``
+    the stream position of ``x``'s first step (steps before 0 are absent), and a plan with
+    ``backprop_steps=k2``. Checks shapes only (a loop pays nothing per call).
+    **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``; with k2 > k1 the state
+    after the window's first k1 steps.
+    """
+    n, d = check_params(params, "train_step")
+    checks.optimizer("train_step", optimizer, opt_state, params)
+    (batch, k2) = checks.class_ids("train_step", {"x": x}, "[batch, num_steps]", n, values=False)
+    y_shape = checks.class_ids("train_step", {"y": y}, "[batch, num_steps]", n, values=False)
+    if y_shape[0] != batch or y_shape[1] > k2:
+        raise ValueError(f"train_step: y {y_shape} must have x's batch ({batch}) and at most its {k2} steps "
+                         f"(y labels the last k1 <= k2 steps of x)")
+    if tuple(np.shape(state)) != (batch, d):
+        raise ValueError(f"train_step: state must have shape {(batch, d)} ([batch, state_size]), got {np.shape(state)}")
+    if plan is None:
+        plan = make_plan(d, batch, y_shape[1], backprop_steps=k2)
+    if (plan.state_size, plan.batch_size, plan.num_steps, plan.backprop_steps) != (d, batch, y_shape[1], k2):
+        raise ValueError(f"train_step: the plan is for state {plan.state_size}, batch {plan.batch_size}, "
+                         f"TBPTT({plan.num_steps}, {plan.backprop_steps}); the arguments have {d}, {batch}, "
+                         f"TBPTT({y_shape[1]}, {k2})")
+    nested = _traced(params, opt_state, state, x, y, start)
+    return program(plan, "step", nested)(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)

@@ -1,0 +1,144 @@
+"""The plan: which program trains a cell. `plan` is the only code that looks at sizes to choose one.
+
+Like an FFTW or cuDNN plan, a `Plan` names the cell it was made for and every choice of program; the
+training functions execute it and never look at sizes themselves. It is hashable (a static argument of
+``jax.jit``) and JSON-able (`Plan.record`). What each CPU choice gains: docs/performance.md
+(``rnn-compare bench --plan-options``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+
+# One XLA:CPU option for every CPU program: YNNPACK keeps the dots only, so the small batch sums stay
+# fused loops; one run at a time also takes the memory-optimised schedule (fewer kernels handed to the
+# other core at once). Under vmap that schedule is slower, so runs keep XLA's default.
+_YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
+_MEMORY_SCHEDULE = ("xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
+MAX_UNROLL = 16  # longer windows are unrolled by this factor: compile time stays bounded
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A cell and the program that trains it.
+
+    The cell: ``state_size``, ``batch_size``, ``num_steps`` (k1, each update's new steps),
+    ``backprop_steps`` (k2 >= k1, the steps each update backpropagates through), ``runs`` (trained at
+    once under ``vmap``), ``remat`` (rematerialise blocks of about sqrt(k2) steps), ``num_classes``,
+    ``backend``.
+
+    The program: ``gradient`` ("autodiff": ``jax.grad``; "by_hand": BPTT written out, `jax_rnn.backward`);
+    ``layout`` of the state ("batch_first" ``[batch, d]`` or "batch_last" ``[d, batch]``); ``elementwise``:
+    the weight matrices ("input", "state", "softmax") applied as broadcast products instead of dots or
+    gathers (batch-last only); ``softmax_grad`` ("difference": the by-hand softmax backward with one class
+    fewer, d_logits sums to zero over classes; "full"); ``unroll`` (``lax.scan``'s); ``xla_options``:
+    XLA compile options, as ``(name, value)`` pairs.
+    """
+
+    state_size: int
+    batch_size: int
+    num_steps: int
+    backprop_steps: int
+    runs: int = 1
+    remat: bool = False
+    num_classes: int = 2
+    backend: str = "cpu"
+    gradient: str = "autodiff"
+    layout: str = "batch_first"
+    elementwise: tuple[str, ...] = ()
+    softmax_grad: str = "full"
+    unroll: int = 1
+    xla_options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self):
+        for name in ("state_size", "batch_size", "num_steps", "runs", "num_classes", "unroll"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"plan: {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.backprop_steps, bool) or not isinstance(self.backprop_steps, int) \
+                or self.backprop_steps < self.num_steps:
+            raise ValueError(f"plan: backprop_steps must be an integer >= num_steps ({self.num_steps}), "
+                             f"got {self.backprop_steps!r}")
+        for name, allowed in (("gradient", ("autodiff", "by_hand")), ("layout", ("batch_first", "batch_last")),
+                              ("softmax_grad", ("full", "difference"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"plan: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not set(self.elementwise) <= {"input", "state", "softmax"}:
+            raise ValueError(f"plan: elementwise names matrices from ('input', 'state', 'softmax'), got {self.elementwise}")
+        if self.elementwise and self.layout != "batch_last":
+            raise ValueError("plan: elementwise products need layout='batch_last'")
+        if self.gradient == "by_hand" and (self.layout != "batch_last" or self.tbptt or self.remat):
+            raise ValueError("plan: gradient='by_hand' needs layout='batch_last', TF-style windows and no remat")
+
+    @property
+    def tbptt(self) -> bool:
+        """Whether updates backpropagate further than their new steps: TBPTT(k1, k2 > k1)."""
+        return self.backprop_steps > self.num_steps
+
+    @property
+    def batch_last(self) -> bool:
+        return self.layout == "batch_last"
+
+    def plain(self) -> "Plan":
+        """The same cell with the plain program: ``jax.grad``, batch-first dots, XLA's defaults."""
+        return dataclasses.replace(self, gradient="autodiff", layout="batch_first", elementwise=(),
+                                   softmax_grad="full", xla_options=())
+
+    def record(self) -> dict:
+        """The plan as JSON (results, checkpoints)."""
+        return {**dataclasses.asdict(self), "elementwise": list(self.elementwise),
+                "xla_options": dict(self.xla_options)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Plan":
+        return cls(**{**record, "elementwise": tuple(record["elementwise"]),
+                      "xla_options": tuple(sorted(record["xla_options"].items()))})
+
+    def __str__(self) -> str:
+        k = f"TBPTT({self.num_steps}, {self.backprop_steps})" if self.tbptt else f"num_steps {self.num_steps}"
+        cell = f"state {self.state_size}, batch {self.batch_size}, {k}" + (f", {self.runs} runs" if self.runs > 1 else "")
+        program = [f"gradient {self.gradient}", self.layout.replace("_", "-"),
+                   f"elementwise {'+'.join(self.elementwise) or 'none'}", f"unroll {self.unroll}"]
+        if self.gradient == "by_hand":
+            program.append(f"softmax grad {self.softmax_grad}")
+        if self.remat:
+            program.append("remat")
+        options = ", ".join(f"{name}={value}" for name, value in self.xla_options) or "XLA defaults"
+        return f"plan for {cell} on {self.backend}: {', '.join(program)}; {options}"
+
+
+def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optional[int] = None, runs: int = 1,
+         remat: bool = False, num_classes: int = 2, backend: Optional[str] = None) -> Plan:
+    """The program for a cell: a rule per choice on the CPU, measured there (docs/performance.md); the
+    plain autodiff program on any other backend.
+
+    **Arguments:** the cell (see `Plan`); ``backprop_steps`` None means ``num_steps`` (the tutorial's
+    truncation); ``backend`` None means ``jax.default_backend()``.
+
+    **Example:** ``print(jax_rnn.plan(state_size=16, batch_size=200, num_steps=10))``.
+    """
+    k2 = num_steps if backprop_steps is None else backprop_steps
+    valid = isinstance(k2, int) and not isinstance(k2, bool)  # a bad k2 is refused by Plan, by its own name
+    unroll = k2 if valid and 1 <= k2 <= MAX_UNROLL else MAX_UNROLL
+    cell = Plan(state_size, batch_size, num_steps, k2, runs, remat, num_classes,
+                backend or jax.default_backend(), unroll=unroll)
+    if cell.backend != "cpu":
+        return cell
+    d, n = state_size, num_classes
+    if d >= 128:  # large states: plain matrix products, batch-first
+        return dataclasses.replace(cell, xla_options=_options(runs))
+    # Batch-last: the per-step work is short loops over the batch that XLA fuses; a matrix of at most
+    # 16 entries is cheaper as a broadcast product than as a dot.
+    sizes = {"input": n * d, "state": d * d, "softmax": d * n}
+    by_hand = d < 64 and 100 <= batch_size <= 5000 and runs == 1 and not remat and k2 == num_steps
+    return dataclasses.replace(
+        cell, layout="batch_last", elementwise=tuple(m for m, size in sizes.items() if size <= 16),
+        gradient="by_hand" if by_hand else "autodiff",
+        softmax_grad="difference" if by_hand and num_steps == 1 else "full", xla_options=_options(runs))
+
+
+def _options(runs: int) -> tuple:
+    return tuple(sorted((_YNN_DOTS,) + ((_MEMORY_SCHEDULE,) if runs == 1 else ())))
