@@ -1,18 +1,11 @@
-"""The project's one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``), and its one atomic writer.
+"""The project's one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``) and its atomic writer.
 
-A checkpoint is one ``.npz`` file (no pickle), written at the end of every epoch. Contents: ``format``;
-``config`` (JSON: the training's configuration, `FitConfig` fields or ``rnn-compare``'s record);
-``epochs_done``; ``params/<scope>/<name>`` and ``accumulators/<scope>/<name>`` (Adagrad's state), both
-in the shared layout, float32, so a JAX checkpoint and a TensorFlow one hold the same arrays (absent
-from a record of losses only: a finished sweep cell); ``step_losses: f32[..., epochs_done, epoch_size]``;
-``epoch_seconds``; ``meta`` (JSON: the ``writer`` and what it checks on resume, e.g. `fit`'s data
-hashes, ``rnn-compare``'s implementation, initial parameters' fingerprint and timings). The data stream needs no state: the epochs of a seed come from
-one ``default_rng(seed)`` stream (`jax_rnn.data.epochs`), so a resumed run regenerates and skips them.
-
-Atomic: the bytes go to a temporary file in the same directory (``.NAME.<random>.tmp``), are flushed
-and fsync'ed, then ``os.replace``-d over the target, so the target is always either the previous
-complete checkpoint or the new complete one, even if the process is killed mid-write. A stray
-temporary file (left by a SIGKILL) is never read: `load` opens only the path it is given.
+One ``.npz`` (no pickle): ``format``, ``config`` (JSON), ``epochs_done``, ``params/<scope>/<name>`` and
+``accumulators/...`` (Adagrad's state, shared layout, float32; absent for a record of losses only),
+``step_losses: f32[..., epochs_done, epoch_size]``, ``epoch_seconds``, ``meta`` (JSON: the writer, the plan,
+what it checks on resume). The data needs no state: a seed's epochs are one ``default_rng(seed)`` stream,
+regenerated and skipped. Written to a temporary file in the same directory, fsync'ed and ``os.replace``-d,
+so the target is always a complete checkpoint, even if the process is killed mid-write.
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ import numpy as np
 
 from .model import PARAM_KEYS, flatten, nest
 
-FORMAT = "rnn-scan checkpoint v1"  # replaces "jax_rnn.fit checkpoint v2" and "rnn-compare run checkpoint v1"
+FORMAT = "rnn-scan checkpoint v1"
 
 
 class Checkpoint(NamedTuple):

@@ -42,11 +42,8 @@ def _check_size(size: int) -> int:
 
 
 def y_probability(x: np.ndarray) -> np.ndarray:
-    """P(Y_t = 1) for every t of a binary sequence ``x: int[size]``, with the tutorial's wrap-around.
-
-    Looks the probability up from a 4-entry table indexed by the bits (X_{t-3}, X_{t-8}); ``np.roll``
-    puts ``x[t - lag]`` at position t, wrapping around exactly like the tutorial's ``X[i - lag]``.
-    """
+    """P(Y_t = 1) for every t of ``x: int[size]``: ``np.roll`` puts ``x[t - lag]`` at t, wrapping around
+    like the tutorial's ``X[i - lag]``."""
     x = np.asarray(x, dtype=np.int8)
     code = np.zeros(x.shape, dtype=np.int8)
     for bit, lag in enumerate(LAGS):
@@ -57,15 +54,12 @@ def y_probability(x: np.ndarray) -> np.ndarray:
 
 
 def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch of the task, vectorised: ``(x, y)``, both ``int32[size]``.
+    """One epoch, vectorised: ``(x, y)``, both ``int32[size]`` (size >= 9).
 
-    Draws X with ``rng.choice(2, size)`` and then one uniform ``u_t`` per step with ``rng.random``;
-    ``Y_t = 0`` if ``u_t > P(Y_t = 1)`` else 1: the same draws, in the same order, as the tutorial's
-    loop (`gen_data_reference`), so with the same random stream both return identical arrays. Pass
-    ``np.random.RandomState(s)`` to reproduce the tutorial bit for bit after ``np.random.seed(s)``.
-
-    **Arguments:** ``size``: number of points (>= 9); ``seed``: int, None, ``np.random.Generator`` or
-    ``np.random.RandomState`` (a generator passed in is advanced).
+    The same draws in the same order as the tutorial's loop (`gen_data_reference`): X by ``rng.choice(2,
+    size)``, then one ``rng.random()`` per step, so one random stream gives identical arrays; pass
+    ``np.random.RandomState(s)`` to reproduce the tutorial bit for bit. ``seed``: int, None or a generator
+    (advanced).
     """
     size = _check_size(size)
     rng = _rng(seed)
@@ -95,9 +89,8 @@ def gen_data_reference(size: int = 1_000_000, seed: Seed = None) -> tuple[np.nda
 
 
 def epochs(data_size: int, seed: int, count: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The epochs a seed stands for: ``count`` calls of `gen_data` on one ``np.random.default_rng(seed)``
-    stream (the tutorial's ``gen_epochs``), the first ``start`` of them generated and dropped (so that a
-    resumed run continues the stream exactly). Yields ``(x, y)``, ``int32[data_size]`` each."""
+    """The epochs a seed stands for: `gen_data` ``count`` times on one ``default_rng(seed)`` stream, the
+    first ``start`` made and dropped (a resumed run continues the stream exactly)."""
     rng = _rng(seed)
     for epoch in range(count):
         x, y = gen_data(data_size, rng)
@@ -122,14 +115,11 @@ def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
 
 
 def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-    """Cut one epoch into the tutorial's truncated-BPTT windows, in `gen_batch` order.
+    """Cut one epoch into the tutorial's windows (`gen_batch`): ``batch_size`` contiguous rows, each cut into
+    windows of ``num_steps``, so row b of window k+1 continues row b of window k (why the state carries).
 
-    The sequence is cut into ``batch_size`` contiguous rows of ``len(x) // batch_size`` points; each row
-    into windows of ``num_steps``; window k holds columns ``[k*num_steps, (k+1)*num_steps)`` of every row,
-    so row b of window k+1 continues row b of window k (that is what makes carrying the state right).
-
-    **Arguments:** ``x, y: int[..., size]`` (leading axes, e.g. one per run, are kept); ``dtype``: the
-    result's. **Returns:** ``(x_windows, y_windows)``, both ``dtype[..., epoch_size, batch_size, num_steps]``.
+    **Arguments:** ``x, y: int[..., size]`` (leading axes kept). **Returns:** ``(x_windows, y_windows)``,
+    ``dtype[..., epoch_size, batch_size, num_steps]``.
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 1 or x.shape != y.shape:
@@ -147,9 +137,8 @@ def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype
 
 
 def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of task data, one per epoch (`fit`'s ``data``, ``rnn-compare --data``): ``x, y: int[epochs,
-    data_size]`` of one shape (``shape`` if given), values in ``[0, num_classes)``. **Returns:** both as
-    int32; ValueError starting with ``x`` or ``y`` and saying what is wrong."""
+    """Task data, a row per epoch (`fit`'s ``data``, ``--data``): ``x, y: int[epochs, data_size]`` in
+    ``[0, num_classes)``, as int32; ValueError starting with ``x`` or ``y`` otherwise."""
     x, y = np.asarray(x), np.asarray(y)
     for name, a in (("x", x), ("y", y)):
         if a.ndim != 2 or a.shape[0] < 1:

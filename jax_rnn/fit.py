@@ -25,12 +25,9 @@ from .trainer import Divergence, History, JaxTrainer, train
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyperparameters, with the tutorial's defaults; validated on construction.
-
-    ``epoch_size = (data_size // batch_size) // num_steps`` windows (1000 by default); the points that
-    do not fill a window are dropped, as in the tutorial. ``backprop_steps``: k2 of TBPTT(k1, k2) with k1 =
-    ``num_steps`` (see `train_epoch`), from num_steps to a row of data (``data_size // batch_size``);
-    ``None`` is num_steps, the tutorial's truncation.
+    """Hyperparameters with the tutorial's defaults, validated on construction; the one configuration
+    type of the JAX side (``rnn-compare`` builds it from its options). ``epoch_size = (data_size //
+    batch_size) // num_steps`` windows; ``backprop_steps``: k2 of TBPTT(num_steps, k2), None for num_steps.
     """
 
     num_classes: int = 2
@@ -89,13 +86,8 @@ class FitResult(NamedTuple):
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised by `fit` at the first non-finite loss, parameter or accumulator (see `train_epoch_guarded`).
-
-    Attributes: ``epoch``, ``step`` (0-based), ``params`` and ``opt_state`` (the last finite ones: from
-    before that window), ``result`` (a `FitResult` of the epochs so far, the diverged epoch included with
-    NaN losses after ``step``; ``result.diverged`` is the `Divergence`). A checkpoint, if one is being
-    written, holds the last completed epoch, not the diverged one.
-    """
+    """Raised by `fit` at the first non-finite loss, parameter or accumulator: ``epoch``, ``step``
+    (0-based), ``params`` and ``opt_state`` (the last finite ones), ``result`` (the epochs so far)."""
 
     def __init__(self, divergence: "Divergence", result: "FitResult", learning_rate: float):
         self.epoch, self.step = divergence.epoch, divergence.step
@@ -107,9 +99,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
-    """Mean of each consecutive block of ``every`` steps within each epoch: ``[epochs, epoch_size]`` ->
-    ``[epochs * (epoch_size // every)]``; one mean per epoch if an epoch is shorter than ``every``.
-    (The tutorial summed 101 losses for its first line; not here.)"""
+    """The tutorial's log lines, computed right: the mean of each block of ``every`` steps of each epoch,
+    ``[epochs, epoch_size] -> [epochs * (epoch_size // every)]``."""
     step_losses = np.atleast_2d(np.asarray(step_losses, np.float64))
     every = min(every, step_losses.shape[1])
     blocks = step_losses.shape[1] // every
@@ -119,26 +110,16 @@ def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
 def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None, checkpoint: str | Path | None = None,
         resume: str | Path | None = None) -> FitResult:
-    """Train for ``config.epochs`` epochs of truncated BPTT, fresh data every epoch, state reset each epoch.
+    """Train ``config.epochs`` epochs of truncated BPTT (fresh data and zero state every epoch).
 
-    **Arguments:**
-    - ``config``: a `FitConfig`.
-    - ``data``: ``None`` for the epochs ``config.seed`` stands for (`jax_rnn.data.epochs`: the same data
-      as ``rnn-compare run --seed``), or ``(x, y)`` int arrays ``[epochs, data_size]`` (one row per epoch,
-      e.g. from `jax_rnn.data.gen_data`).
-    - ``params``: initial parameters in the shared layout; ``None`` for `glorot_params` of the seed (the
-      same weights as ``rnn-compare run --seed``, so the same seed gives the CLI's losses bit for bit).
-    - ``callback``: called as ``callback(epoch, losses: f32[epoch_size])`` after every epoch.
-    - ``checkpoint``: a file path; after every epoch the parameters, Adagrad state, epoch count, data
-      seed and losses so far are saved there (``.npz``, written atomically: `jax_rnn.checkpoint`).
-    - ``resume``: a checkpoint file to continue from. Its config must equal ``config`` except for
-      ``epochs`` (which may be larger, to train further); with ``data``, the epochs already done must be
-      the same rows. The resumed run's losses and parameters equal an uninterrupted run's bit for bit.
-      Pass the same path as ``checkpoint`` to keep saving there.
+    **Arguments:** ``data``: None for the epochs ``config.seed`` stands for (the same as ``rnn-compare run
+    --seed``), or ``(x, y)`` int arrays ``[epochs, data_size]``; ``params``: initial parameters, None for
+    `glorot_params` of the seed; ``callback(epoch, losses)`` after every epoch; ``checkpoint``: a file saved
+    (atomically) after every epoch; ``resume``: a checkpoint to continue from, with the same config but
+    ``epochs`` (the result equals an uninterrupted run's bit for bit: it trains on with its saved plan).
 
-    **Returns:** a `FitResult`. **Raises:** `TrainingDiverged` at the first non-finite loss, parameter
-    or accumulator (with the epoch, the step and the last finite parameters); ValueError/TypeError for
-    bad arguments or a checkpoint from another config.
+    **Returns:** a `FitResult`. **Raises:** `TrainingDiverged` at the first non-finite loss or update;
+    ValueError/TypeError for bad arguments or a checkpoint of another config.
     """
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
