@@ -1,4 +1,4 @@
-"""TBPTT(k1, k2) in tf_rnn's four versions (../shared/TASK.md, "Truncation styles").
+"""TBPTT(k1, k2) in tf_rnn's four versions (docs/task.md, "Truncation styles").
 
 The definition itself is checked literally on the JAX side (tests/test_tbptt.py), and every TF version
 gives `jax_rnn.train_epoch(..., backprop_steps=k2)`'s numbers in tests/test_equivalence.py. Here, what
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tf_rnn
+from conftest import numpy_params
 from jax_rnn.data import gen_data, windows
 from tf_rnn.base import tbptt_windows
 
@@ -71,7 +72,7 @@ def test_tbptt_windows_hold_the_stream_positions_of_the_definition(k1, k2):
 def test_set_params_reaches_the_graph_and_loss_with_start_gives_the_logged_loss(name):
     k1, k2 = 2, 5
     config, (xw, yw) = _config(k1, k2), _windows(k1)
-    params = tf_rnn.glorot_uniform_params(config, seed=1)
+    params = numpy_params(1)
     x0, y0, starts = tbptt_windows(xw, yw, k2)
     with tf_rnn.build(name, config, params=params) as model:
         result = model.train_epoch(xw, yw)
@@ -94,7 +95,7 @@ def _ops(model) -> list[tuple[str, str]]:
 def test_n_n_is_todays_graph_and_the_first_update_is_the_tf_style_one(name):
     k1, k2 = 2, 5
     xw, yw = _windows(k1, points=BATCH * k1 * 3)
-    params = tf_rnn.glorot_uniform_params(_config(k1), seed=2)
+    params = numpy_params(2)
     with tf_rnn.build(name, _config(k1), params=params) as plain, \
             tf_rnn.build(name, _config(k1, k1), params=params) as same, \
             tf_rnn.build(name, _config(k1, k2), params=params) as tbptt:
@@ -122,7 +123,7 @@ def test_what_the_guard_kept_is_training_on_the_windows_before_the_divergence(na
     k1, k2 = 2, 5
     config = _config(k1, k2, learning_rate=1e37)
     xw, yw = _windows(k1, points=BATCH * k1 * 10)
-    params = tf_rnn.glorot_uniform_params(config, seed=0)
+    params = numpy_params(0)
     with tf_rnn.build(name, config, params=params) as model:
         r = model.train_epoch(xw, yw)
         k = r.diverged_at

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tf_rnn
+from conftest import numpy_params
 from jax_rnn.data import gen_data, windows
 from tf_rnn import _env
 
@@ -52,9 +53,30 @@ def test_config_is_frozen_and_defaults_are_the_tutorials():
         config.batch_size = 3  # type: ignore[misc]
 
 
+def test_config_of_reads_the_fields_of_any_object():
+    from types import SimpleNamespace
+
+    fields = dict(num_classes=3, state_size=8, batch_size=16, num_steps=4, learning_rate=0.3, backprop_steps=6)
+    assert tf_rnn.ModelConfig.of(SimpleNamespace(**fields, seed=1)) == tf_rnn.ModelConfig(**fields)
+    assert tf_rnn.ModelConfig.of(SMALL) == SMALL
+    with pytest.raises(TypeError, match="lacks learning_rate, backprop_steps"):
+        tf_rnn.ModelConfig.of(SimpleNamespace(num_classes=2, state_size=4, batch_size=16, num_steps=5))
+    with pytest.raises(ValueError, match="ModelConfig.num_steps must be an integer >= 1, got 0"):
+        tf_rnn.ModelConfig.of(SimpleNamespace(**{**fields, "num_steps": 0}))
+
+
+def test_build_takes_any_config_with_the_fields():
+    from types import SimpleNamespace
+
+    like = SimpleNamespace(**{f: getattr(SMALL, f) for f in ("num_classes", "state_size", "batch_size", "num_steps",
+                                                                "learning_rate", "backprop_steps")})
+    with tf_rnn.build("tf2", like, numpy_params(0)) as model:
+        assert model.config == SMALL
+
+
 def test_unknown_implementation_lists_the_allowed_ones():
     with pytest.raises(ValueError, match="raw, static, dynamic, tf2"):
-        tf_rnn.build("cudnn", SMALL)
+        tf_rnn.build("cudnn", SMALL, numpy_params(0))
 
 
 def test_gpu_request_without_gpu_is_a_clear_error():
@@ -63,14 +85,14 @@ def test_gpu_request_without_gpu_is_a_clear_error():
         pytest.skip("this machine has a GPU")
     for name in ("dynamic", "tf2"):
         with pytest.raises(RuntimeError, match="sees no GPU"):
-            tf_rnn.build(name, SMALL, device="gpu")
+            tf_rnn.build(name, SMALL, numpy_params(0), device="gpu")
 
 
 # --- parameters ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def models():
-    built = {name: tf_rnn.build(name, SMALL, seed=1) for name in IMPLS}
+    built = {name: tf_rnn.build(name, SMALL, numpy_params(1)) for name in IMPLS}
     yield built
     for model in built.values():
         model.close()
@@ -96,25 +118,32 @@ def test_params_exported_from_one_version_give_identical_losses_in_every_other(m
 
 @pytest.mark.parametrize("name", IMPLS)
 def test_params_layout_and_initialisation(name):
-    with tf_rnn.build(name, SMALL, seed=5) as model:
+    """A model starts from exactly the params it was built from, in the shared layout, float32."""
+    start = numpy_params(5)
+    start["softmax"]["b"] = start["softmax"]["b"].astype(np.float64) + 0.5  # converted to float32
+    with tf_rnn.build(name, SMALL, start) as model:
         params = model.get_params()
+        accumulators = model.get_accumulators()
     n, d = SMALL.num_classes, SMALL.state_size
     shapes = {s: {k: v.shape for k, v in g.items()} for s, g in params.items()}
     assert shapes == {"rnn_cell": {"W": (n + d, d), "b": (d,)}, "softmax": {"W": (d, n), "b": (n,)}}
     assert all(v.dtype == np.float32 for g in params.values() for v in g.values())
-    assert not params["rnn_cell"]["b"].any() and not params["softmax"]["b"].any()  # biases start at zero
-    limit = np.sqrt(6.0 / (n + 2 * d))  # Glorot-uniform bound of the cell's kernel
-    assert 0 < np.abs(params["rnn_cell"]["W"]).max() <= limit
+    for scope in start:
+        for key in start[scope]:
+            np.testing.assert_array_equal(params[scope][key], np.float32(start[scope][key]), err_msg=f"{scope}/{key}")
+            np.testing.assert_array_equal(accumulators[scope][key], np.full(shapes[scope][key], 0.1, np.float32))
 
 
 @pytest.mark.parametrize("name", IMPLS)
-def test_the_same_seed_gives_the_same_initial_weights(name):
-    """static/dynamic once drew a new Keras seed per build (per process): a seed must mean one start."""
-    with tf_rnn.build(name, SMALL, seed=4) as first, tf_rnn.build(name, SMALL, seed=4) as second:
-        a, b = first.get_params(), second.get_params()
-    for scope in a:
-        for key in a[scope]:
-            np.testing.assert_array_equal(a[scope][key], b[scope][key], err_msg=f"{name}: {scope}/{key}")
+def test_build_checks_params_against_the_models_variables(name):
+    with pytest.raises(ValueError, match=r"params rnn_cell/W must have shape \(6, 4\).*got \(10, 8\)"):
+        tf_rnn.build(name, SMALL, numpy_params(0, state_size=8))
+    bad = numpy_params(0)
+    bad["rnn_cell"]["b"] = np.full(4, np.inf, np.float32)
+    with pytest.raises(ValueError, match="params rnn_cell/b contains non-finite values"):
+        tf_rnn.build(name, SMALL, bad)
+    with pytest.raises(ValueError, match="top-level keys"):
+        tf_rnn.build(name, SMALL, None)
 
 
 @pytest.mark.parametrize("name", IMPLS)
@@ -150,7 +179,7 @@ def test_train_epoch_result_and_input_checks(models):
 def test_state_is_carried_between_windows(models):
     """Two half-epochs, the second starting from the first's final state, equal one epoch."""
     x_windows, y_windows = _small_windows(n=10, seed=4)
-    start = tf_rnn.glorot_uniform_params(SMALL, seed=2)
+    start = numpy_params(2)
     with tf_rnn.build("raw", SMALL, params=start) as a, tf_rnn.build("raw", SMALL, params=start) as b:
         whole = a.train_epoch(x_windows, y_windows)
         first = b.train_epoch(x_windows[:5], y_windows[:5])
@@ -167,7 +196,7 @@ def test_building_does_not_touch_the_callers_graph_or_eager_mode():
     with tf.Graph().as_default() as mine:
         tf.constant(1.0, name="callers_op")
         before = [op.name for op in mine.get_operations()]
-        with tf_rnn.build("static", SMALL) as a, tf_rnn.build("dynamic", SMALL) as b:
+        with tf_rnn.build("static", SMALL, numpy_params(0)) as a, tf_rnn.build("dynamic", SMALL, numpy_params(0)) as b:
             assert a.graph is not b.graph and mine not in (a.graph, b.graph)
             assert tf.compat.v1.get_default_graph() is mine
         assert [op.name for op in mine.get_operations()] == before
@@ -235,8 +264,9 @@ TF_NOISE = ("oneDNN", "cuda", "cuInit", "TF-TRT", "This TensorFlow binary is opt
 def test_import_and_training_are_quiet_by_default_and_verbose_on_request():
     code = """
         import numpy as np, tf_rnn
+        from jax_rnn.model import glorot_params
         for name in tf_rnn.IMPLEMENTATIONS:
-            with tf_rnn.build(name, tf_rnn.ModelConfig(batch_size=4, num_steps=3)) as m:
+            with tf_rnn.build(name, tf_rnn.ModelConfig(batch_size=4, num_steps=3), glorot_params(2, 4, 0)) as m:
                 m.train_epoch(np.zeros((2, 4, 3), np.int32), np.zeros((2, 4, 3), np.int32))
         tf_rnn.set_verbose(False)  # a second call changes nothing
         import keras  # still Keras 3 for the caller
@@ -256,7 +286,7 @@ def test_tf2_with_xla_trains_identically():
     """jit_compile is a speed choice only (see tf_rnn.tf2): both settings give the same run."""
     from tf_rnn.tf2 import EagerModel
     x_windows, y_windows = _small_windows(n=20, seed=6)
-    start = tf_rnn.glorot_uniform_params(SMALL, seed=4)
+    start = numpy_params(4)
     runs = []
     for jit in (False, True):
         with EagerModel(SMALL, start, jit_compile=jit) as model:
@@ -284,7 +314,7 @@ def test_a_non_finite_value_that_the_replay_does_not_reproduce_is_a_clear_error(
     """Non-deterministic TF: the first run saw a NaN (a loss at window 3, or the end-of-epoch
     parameter check), the replay does not; this must not be reported as a divergence anywhere."""
     x_windows, y_windows = _small_windows(n=6, seed=7)
-    with tf_rnn.build("raw", SMALL, seed=3) as model:
+    with tf_rnn.build("raw", SMALL, numpy_params(3)) as model:
         if where == "loss":
             real, calls = model._step, []
 
