@@ -1,4 +1,4 @@
-"""``python -m compare``: the same as the ``rnn-compare`` command (see `compare.cli`)."""
+"""``python -m compare``: the ``rnn-compare`` command."""
 
 import sys
 

@@ -1,26 +1,64 @@
-"""Files in and out: the input ``.npz`` files (validated), parameters under their flat keys (``rnn_cell/W``...),
-and the outputs, written atomically and never over an existing file unless ``--overwrite``."""
+"""What goes in and out: `UsageError`, input files, outputs, checkpoints, the JSON of a config, the machine."""
 
-from __future__ import annotations
-
+import dataclasses
 import hashlib
+import importlib.metadata
 import io
 import json
+import math
 import os
+import platform
+import sys
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax_rnn import checkpoint as ckpt_io
 from jax_rnn import data as task
-from jax_rnn.checkpoint import atomic_write, read_npz
+from jax_rnn.cache import active_dir
+from jax_rnn.checkpoint import atomic_write as write_bytes
 from jax_rnn.model import PARAM_KEYS, flatten, nest, param_shapes
 
-from .config import UsageError
-
 OUTPUT_EXTS = ("json", "md", "png")
+DEVICES = ("cpu", "gpu", "auto")
+GPU_HELP = "install the CUDA builds (pip install -e '.[tf,cuda]'), or use --device cpu"
 
 
-def fingerprint(params: dict) -> str:
-    """A short SHA-256 of the parameter values: equal fingerprints mean identical starting points."""
+class UsageError(ValueError):
+    """A bad option or input file: reported argparse-style, exit status 2."""
+
+
+def at_least(value, option, minimum=1) -> int:
+    if value < minimum:
+        raise UsageError(f"{option} must be >= {minimum}, got {value}")
+    return value
+
+
+def record(config, impls=None) -> dict:
+    """A `FitConfig` as JSON: its fields, ``epoch_size``, ``backprop_steps`` as trained, and ``impls``."""
+    out = {**dataclasses.asdict(config), "epoch_size": config.epoch_size, "backprop_steps": config.window_steps}
+    return out if impls is None else {**out, "impls": list(impls)}
+
+
+def result(command, config: dict, devices, **fields) -> dict:
+    """A command's result: ``command``, ``config``, ``environment``, ``targets``, ``fields``; strict JSON."""
+    return json_safe({"command": command, "config": config, "environment": describe(devices),
+                      "targets": task.TARGETS._asdict(), **fields})
+
+
+def json_safe(tree):
+    """``tree`` with NaN/inf as None and numpy values as Python ones: strict JSON."""
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in (tree.tolist() if isinstance(tree, np.ndarray) else tree)]
+    if isinstance(tree, np.generic):
+        tree = tree.item()
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+
+
+def fingerprint(params) -> str:
+    """SHA-256 (16 hex digits) of the parameters: equal means the same starting point."""
     digest = hashlib.sha256()
     for key, value in flatten(params).items():
         digest.update(key.encode())
@@ -28,12 +66,13 @@ def fingerprint(params: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load_npz(path: str, option: str, keys: tuple[str, ...]) -> dict:
-    """The arrays of ``path``; UsageError unless it is a readable ``.npz`` file of exactly ``keys``."""
+# --- input files ---
+
+def _load_npz(path, option, keys: tuple[str, ...]):
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
     try:
-        arrays = read_npz(path)
+        arrays = ckpt_io.read_npz(path)
     except ValueError as err:
         raise UsageError(f"{option}: cannot read {path} as an .npz file ({err})") from None
     if set(arrays) != set(keys):
@@ -42,10 +81,9 @@ def _load_npz(path: str, option: str, keys: tuple[str, ...]) -> dict:
     return arrays
 
 
-def load_params(path: str, num_classes: int, state_size: int) -> dict:
-    """Read initial parameters (``--init-params``); UsageError naming a missing/extra key or bad shape."""
-    arrays = _load_npz(path, "--init-params", PARAM_KEYS)
-    shapes = param_shapes(num_classes, state_size)
+def load_params(path, num_classes, state_size) -> dict:
+    """``--init-params``: keys ``rnn_cell/W`` ..., finite floats of the cell's shapes."""
+    arrays, shapes = _load_npz(path, "--init-params", PARAM_KEYS), param_shapes(num_classes, state_size)
     for key in PARAM_KEYS:
         a, shape = arrays[key], shapes[key.split("/")[0]][key.split("/")[1]]
         if a.shape != shape:
@@ -56,11 +94,8 @@ def load_params(path: str, num_classes: int, state_size: int) -> dict:
     return nest(arrays)
 
 
-def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``--data``: keys ``x``, ``y``, integer arrays ``[epochs, data_size]`` with values in [0, n).
-
-    **Returns:** ``(x, y)``, both ``int32[epochs, data_size]``.
-    """
+def load_data(path, num_classes=2) -> tuple[np.ndarray, np.ndarray]:
+    """``--data``: keys ``x``, ``y``; returns both as ``int32[epochs, data_size]``."""
     arrays = _load_npz(path, "--data", ("x", "y"))
     try:
         return task.check_rows(arrays["x"], arrays["y"], num_classes)
@@ -68,50 +103,56 @@ def load_data(path: str, num_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
         raise UsageError(f"--data: {path}: {err}") from None
 
 
-def check_writable(path: Path, overwrite: bool, option: str) -> Path:
-    """UsageError if ``path`` exists (and not ``overwrite``) or its directory cannot be created."""
+def load_result(path) -> dict:
+    """``--from``: the JSON of an ``rnn-compare run``."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--from: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--from: cannot read {path} as JSON ({err})") from None
+    if not isinstance(result, dict) or result.get("command") != "run" or not isinstance(result.get("config"), dict):
+        raise UsageError(f"--from: {path} is not the JSON of an 'rnn-compare run' (no command 'run' / config)")
+    return result
+
+
+# --- outputs ---
+
+def check_writable(path, overwrite, option) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise UsageError(f"{option}: {path} exists; pass --overwrite to replace it, or choose another name")
-    if path.is_dir():
-        raise UsageError(f"{option}: {path} is a directory")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{option}: {parent} is not a directory")
+    for p in (path, path.parent):
+        if p.exists() and (p is path) == p.is_dir():
+            raise UsageError(f"{option}: {p} is {'a' if p is path else 'not a'} directory")
     return path
 
 
-write_bytes = atomic_write  # the project's one writer: a temporary file in the same directory, then os.replace
-
-
-def write_text(path: Path, text: str) -> Path:
+def write_text(path, text) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: Path, obj) -> Path:
+def write_json(path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
-def save_params(path: Path, params: dict) -> Path:
-    """Save parameters as ``.npz`` with the flat keys (atomically)."""
+def save_params(path, params) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **flatten(params))
     return write_bytes(path, buffer.getvalue())
 
 
-def params_path(pattern: str, impl: str) -> Path:
-    """``--save-params`` path of one implementation: ``{impl}`` in the pattern is replaced by the name;
-    without it, ``-<impl>`` is inserted before the suffix (``p.npz`` -> ``p-jax.npz``)."""
+def params_path(pattern, impl) -> Path:
+    """``--save-params``: ``{impl}`` replaced by the name, else ``-<impl>`` before the suffix."""
     if "{impl}" in pattern:
         return Path(pattern.replace("{impl}", impl))
     path = Path(pattern)
     return path.with_name(f"{path.stem}-{impl}{path.suffix or '.npz'}")
 
 
-def output_paths(command: str, out_dir: str, name: str | None, json_path: str | None, overwrite: bool,
-                 stamp: str) -> dict[str, Path]:
-    """``{"json", "md", "png"}`` -> ``<out_dir>/<name>.<ext>``, checked before any work. ``name`` defaults to
-    ``<command>-<stamp>``, then ``-2``, ``-3``... until no file of that name exists."""
+def output_paths(command, out_dir, name, json_path, overwrite, stamp) -> dict[str, Path]:
+    """``{ext: OUT/NAME.ext}``, checked before any work; NAME defaults to ``<command>-<stamp>[-k]``, a new one."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is not a directory")
@@ -126,3 +167,109 @@ def output_paths(command: str, out_dir: str, name: str | None, json_path: str | 
     for kind, path in paths.items():
         check_writable(path, overwrite, "--json" if kind == "json" and json_path else "--name/--out")
     return paths
+
+
+def check_dirs(checkpoint, resume) -> None:
+    if resume is not None and not Path(resume).is_dir():
+        raise UsageError(f"--resume: {resume} is not a directory of checkpoints")
+    if checkpoint is not None and Path(checkpoint).exists() and not Path(checkpoint).is_dir():
+        raise UsageError(f"--checkpoint: {checkpoint} exists and is not a directory")
+    if checkpoint is not None and resume is None and any(Path(checkpoint).glob("*.npz")):
+        raise UsageError(f"--checkpoint: {checkpoint} already holds checkpoints; resume with --resume {checkpoint}, "
+                         f"or choose an empty directory")
+
+
+def run_path(directory, impl) -> Path:
+    return Path(directory) / f"{impl}.npz"
+
+
+def cell_path(directory, cell) -> Path:
+    n, k2 = cell["num_steps"], cell["backprop_steps"]
+    return Path(directory) / f"sweep-{n}{'' if k2 == n else f'x{k2}'}-{cell['state_size']}-{cell['impl']}.npz"
+
+
+def load_checkpoint(file, config, writer, kind, impl=None, free=()):
+    """The checkpoint at ``file`` (None if none yet); UsageError if it is not ``writer``'s for ``impl`` or
+    its config differs (but for the keys ``free``)."""
+    if not file.is_file():
+        return None
+    try:
+        saved = ckpt_io.load(file, where="--resume")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if saved.meta.get("writer") != writer or saved.meta.get("impl") != impl:
+        raise UsageError(f"--resume: {file} is not a checkpoint of {writer!r}" + (f" for {impl}" if impl else ""))
+    differ = [k for k in sorted(set(saved.config) | set(config)) if k not in free and saved.config.get(k) != config.get(k)]
+    if differ:
+        detail = ", ".join(f"{k}={saved.config.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
+        raise UsageError(f"--resume: {file} was written by another {kind} ({detail}); refusing to resume from it")
+    return saved
+
+
+@dataclasses.dataclass(frozen=True)
+class Devices:
+    """``--device`` resolved per framework: ``"cpu"`` or ``"gpu"``; ``tf`` None without TensorFlow."""
+
+    requested: str
+    jax: str
+    tf: str | None
+
+    def of(self, impl) -> str | None:
+        return self.jax if impl == "jax" else self.tf
+
+
+def _gpus(framework) -> list:
+    if framework == "jax":
+        try:
+            return jax.devices("gpu")
+        except RuntimeError:
+            return []
+    import tf_rnn  # noqa: F401  (prepares legacy Keras before TensorFlow loads)
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def resolve(requested, need_tf) -> Devices:
+    """``cpu``; ``gpu`` (UsageError if a framework sees none); ``auto``: the GPU wherever one is seen.
+    Imports TensorFlow only if ``need_tf`` (now, so that loading it is not timed as training)."""
+    if requested not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    if need_tf:
+        import tf_rnn  # noqa: F401
+    kinds = {}
+    for framework, name in (("jax", "JAX"), ("tf", "TensorFlow")) if need_tf else (("jax", "JAX"),):
+        kinds[framework] = "gpu" if requested != "cpu" and _gpus(framework) else "cpu"
+        if requested == "gpu" and kinds[framework] == "cpu":
+            raise UsageError(f"--device gpu: {name} sees no GPU; {GPU_HELP}")
+    return Devices(requested, kinds["jax"], kinds.get("tf"))
+
+
+def jax_device(kind):
+    return jax.devices(kind)[0]
+
+
+def _version(*dists):
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+
+
+def describe(devices: Devices) -> dict:
+    """A result's ``environment``: versions (TensorFlow's without importing it), devices, machine, JAX's
+    compilation cache directory (None: off)."""
+    jd = jax_device(devices.jax)
+    env = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
+           "jaxlib": _version("jaxlib"), "optax": _version("optax"),
+           "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-macos"), "tf_keras": _version("tf-keras"),
+           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "jax_compile_cache": active_dir(),
+           "device": {"requested": devices.requested,
+                      "jax": {"kind": devices.jax, "name": getattr(jd, "device_kind", str(jd)), "id": str(jd)}}}
+    if devices.tf is not None and "tensorflow" in sys.modules:
+        gpus = _gpus("tf") if devices.tf == "gpu" else []
+        details = sys.modules["tensorflow"].config.experimental.get_device_details(gpus[0]) if gpus else {}
+        env["device"]["tf"] = {"kind": devices.tf, "name": details.get("device_name", gpus[0].name) if gpus else "cpu"}
+    return env

@@ -1,15 +1,11 @@
 """The vanilla RNN of r2rt's "Recurrent Neural Networks in Tensorflow I", as pure JAX functions.
 
-    S_t = tanh([onehot(X_t), S_{t-1}] @ W + b)        params["rnn_cell"]
-    logits_t = S_t @ U + b_p                            params["softmax"]
+    S_t = tanh([onehot(X_t), S_{t-1}] @ W + b)   (params["rnn_cell"]);   logits_t = S_t @ U + b_p   (params["softmax"])
 
 Parameters are a pytree in TensorFlow's ``BasicRNNCell`` layout, so weights move between the frameworks
-unchanged: ``{"rnn_cell": {"W": f32[n + d, d], "b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``
-(n classes, d = state size; input rows of ``W`` first). ``onehot(x) @ W[:n]`` is never materialised.
-
-`cell` is the one step, scan-ready: ``(state, x_t) -> (state, logits_t)``. `forward` scans it over a
-time-major window: the one forward pass of the loss, the hand-written backward and the tests. `loss_window`
-is what training differentiates; `rnn` and `loss` take ``[batch, steps]`` arrays. A `Plan` (`jax_rnn.plan`) says in which layout they run and which products are elementwise.
+unchanged: ``{"rnn_cell": {"W": f32[n + d, d], "b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``.
+`cell` is the one step, scan-ready; `forward` scans it: the one forward pass of the loss, the hand-written
+backward and the tests. A `Plan` says in which layout they run and which products are elementwise.
 """
 
 from __future__ import annotations
@@ -47,7 +43,7 @@ def nest(flat) -> dict:
 
 
 def check_params(params, where: str = "params") -> tuple[int, int]:
-    """``(num_classes, state_size)`` of ``params``; ValueError/TypeError naming the key that is not the layout."""
+    """``(num_classes, state_size)``; ValueError/TypeError naming the key that is not the layout."""
     if not isinstance(params, dict) or set(params) != {"rnn_cell", "softmax"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"{where}: params must be a dict with keys ['rnn_cell', 'softmax'], got {got}")
@@ -61,7 +57,7 @@ def check_params(params, where: str = "params") -> tuple[int, int]:
             if tuple(np.shape(leaf)) != shape:
                 raise ValueError(f"{where}: params[{scope!r}][{name!r}] must have shape {shape} for num_classes={n}, "
                                  f"state_size={d}; got {tuple(np.shape(leaf))}")
-            if not jnp.issubdtype(getattr(leaf, "dtype", np.asarray(leaf).dtype), jnp.floating):
+            if not jnp.issubdtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype, jnp.floating):
                 raise TypeError(f"{where}: params must be floating point, got {scope}/{name} of dtype {leaf.dtype}")
     return int(n), int(d)
 
@@ -76,9 +72,8 @@ def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Pa
 
 
 def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
-    """The initial parameters a seed stands for everywhere in the project (`fit`, ``rnn-compare``, the TF
-    versions): Glorot-uniform ``W`` drawn with ``np.random.default_rng(seed)`` (cell, then softmax), zero
-    biases, float32 numpy."""
+    """The initial parameters a seed stands for everywhere (`fit`, ``rnn-compare``, the TF versions):
+    Glorot-uniform ``W`` from ``np.random.default_rng(seed)`` (cell, then softmax), zero biases, numpy."""
     rng = np.random.default_rng(seed)
     params: dict = {}
     for scope, leaves in param_shapes(num_classes, state_size).items():
@@ -94,8 +89,8 @@ def zero_state(batch_size: int, state_size: int) -> jax.Array:
 
 
 def product(w: jax.Array, s: jax.Array, plan: Plan, elementwise: bool) -> jax.Array:
-    """``s @ w`` on the feature axis in the plan's layout: ``s: [..., batch, k] -> [..., batch, m]``, or
-    batch-last ``[..., k, batch] -> [..., m, batch]``, as a broadcast product where ``elementwise``."""
+    """``s @ w`` on the feature axis: ``[..., batch, k] -> [..., batch, m]``, or batch-last ``[..., k, batch]
+    -> [..., m, batch]``, as a broadcast product where ``elementwise``."""
     if not plan.batch_last:
         return s @ w
     if elementwise:
@@ -117,11 +112,8 @@ def _bias(b: jax.Array, plan: Plan) -> jax.Array:
 
 
 def cell(params: Params, state: jax.Array, x_t: jax.Array, plan: Plan | None = None) -> tuple[jax.Array, jax.Array]:
-    """One step, ``(state, x_t) -> (state, logits_t)`` (the signature ``lax.scan`` takes).
-
-    **Arguments:** ``state: f32[batch, d]`` (``[d, batch]`` in a batch-last plan); ``x_t: int[batch]``.
-    **Returns:** the new state, and the step's logits ``f32[batch, n]`` (``[n, batch]``).
-    """
+    """One step, ``(state: f32[batch, d], x_t: int[batch]) -> (state, logits_t: f32[batch, n])`` (batch-last
+    plan: ``[d, batch]``, ``[n, batch]``), the signature ``lax.scan`` takes."""
     plan = plan or _default_plan
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     d = b.shape[0]
@@ -143,15 +135,12 @@ def remat_block_size(num_steps: int) -> int:
 
 
 def forward(params: Params, x_t: jax.Array, state: jax.Array, plan: Plan | None = None, start=None):
-    """`cell` scanned over a time-major window.
-
-    **Arguments:** ``x_t: int[steps, batch]``; ``state`` in the plan's layout; ``start``: the stream
-    position of the first step, or None: steps at negative positions are absent (the state is kept).
-    With ``plan.remat`` the window runs in ``jax.checkpoint``-ed blocks of `remat_block_size` steps: the
-    backward pass keeps one state per block and recomputes the rest (memory ~ sqrt(steps)).
-    **Returns:** ``(final_state, (states, logits))``, per step ``[steps, ...]``.
+    """`cell` scanned over ``x_t: int[steps, batch]`` from ``state`` (the plan's layout): ``(final_state,
+    (states, logits))``, per step ``[steps, ...]``. ``start``: the stream position of the first step; steps
+    at negative positions are absent (the state is kept). ``plan.remat``: ``jax.checkpoint``-ed blocks of
+    `remat_block_size` steps, so the backward pass keeps one state per block (memory ~ sqrt(steps)).
     """
-    plan = plan or _default_plan
+    plan, params = plan or _default_plan, jax.tree.map(jnp.asarray, params)  # numpy weights index with tracers
     steps = x_t.shape[0]
     present = None if start is None else start + jnp.arange(steps) >= 0
 
@@ -184,13 +173,8 @@ def cross_entropy(log_p: jax.Array, y: jax.Array, plan: Plan) -> jax.Array:
 
 
 def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array, plan: Plan, start=None):
-    """The loss of one update of truncated BPTT, time-major, in the plan's layout.
-
-    A window of k2 steps (``x_t: int[k2, batch]``) whose labels ``y_t: int[k1, batch]`` cover its last k1:
-    the mean cross-entropy over those steps and the batch, and the state after the window's first k1 steps
-    (where the next update starts; the final state when k1 == k2). ``start``: see `forward`.
-    **Returns:** ``(mean_loss: f32[], state)``.
-    """
+    """One update's loss, time-major: ``x_t: int[k2, batch]``, ``y_t: int[k1, batch]`` the labels of its last
+    k1 steps. **Returns:** ``(mean cross-entropy, the state after k1 steps)``, where the next update starts."""
     k2, k1 = x_t.shape[0], y_t.shape[0]
     final, (states, logits_t) = forward(params, x_t, state, plan, start)
     log_p = jax.nn.log_softmax(logits_t[k2 - k1:], axis=-2 if plan.batch_last else -1)
@@ -198,9 +182,8 @@ def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array
 
 
 def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, plan: Plan | None = None):
-    """Mean sparse softmax cross-entropy of one window: ``x, y: int[batch, num_steps]``, ``state: f32[batch,
-    d]``. **Returns:** ``(mean_loss: f32[], final_state: f32[batch, d])``. Differentiable (``jax.grad``).
-    Checks its arguments like the training functions (values only where concrete)."""
+    """Mean cross-entropy of one window, ``x, y: int[batch, num_steps]``, and the final state ``f32[batch, d]``;
+    arguments checked like the training functions'."""
     n, d = check_params(params, "loss")
     batch = checks.class_ids("loss", {"x": x, "y": y}, "[batch, num_steps]", n)[0]
     checks.state("loss", state, (batch, d))

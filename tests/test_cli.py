@@ -134,12 +134,14 @@ def test_init_params_and_data_files_are_honoured(files, tmp_path):
     assert np.max(np.abs(losses("params2.npz", "data1.npz", "b") - reference)) > 1e-3
     assert np.max(np.abs(losses("params1.npz", "data2.npz", "c") - reference)) > 1e-3
     # The first step's loss is the loss of the file's parameters on the file's first window.
+    import jax
+    import jax.numpy as jnp
     import jax_rnn
     from jax_rnn import data as task
 
     with np.load(files / "data1.npz") as data:
         xw, yw = task.windows(data["x"][0], data["y"][0], 20, 5)
-    params = io.load_params(str(files / "params1.npz"), 2, 4)
+    params = jax.tree.map(jnp.asarray, io.load_params(str(files / "params1.npz"), 2, 4))
     first, _ = jax_rnn.loss(params, xw[0], yw[0], jax_rnn.zero_state(20, 4))
     assert reference[0] == pytest.approx(float(first), abs=1e-6)
 
@@ -206,8 +208,21 @@ def test_bench(tmp_path):
     assert (tmp_path / "r.png").exists()
 
 
+@pytest.mark.parametrize("command", [["run", "--epochs", "1"], ["bench", "--repeats", "1"]])
+def test_jax_plan_is_recorded_and_named(command, tmp_path):
+    """``run`` and ``bench`` record the plan JAX trained with: the one `jax_rnn.plan` makes for the options' cell."""
+    import jax_rnn
+
+    status, result = _run([*command, "--impl", "jax", "--state-size", "8", "--num-steps", "4", *SMALL], tmp_path)
+    assert status == 0
+    plan = result["plan"]
+    assert (plan["state_size"], plan["batch_size"], plan["num_steps"]) == (8, 20, 4)
+    assert plan == jax_rnn.plan(8, 20, 4).record() == result["results"]["jax"]["plan"]
+    assert "JAX trained with the plan for state 8, batch 20, num_steps 4" in (tmp_path / "r.md").read_text()
+
+
 def test_running_average_positions_follow_epochs_and_blocks():
-    from compare.plots import block_ends
+    from compare.report import block_ends
     from compare.run import running_averages
 
     assert block_ends(2, 250).tolist() == [100, 200, 350, 450]
@@ -216,7 +231,7 @@ def test_running_average_positions_follow_epochs_and_blocks():
 
 
 def test_environment_records_tensorflow_versions_without_importing_it(tmp_path):
-    code = ("import sys; from compare import environment as e; env = e.describe(e.resolve('cpu', False)); "
+    code = ("import sys; from compare import io; env = io.describe(io.resolve('cpu', False)); "
             "assert 'tensorflow' not in sys.modules; print(env['tensorflow'], env['tf_keras'])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "None" not in out and len(out.split()) == 2

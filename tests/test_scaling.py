@@ -9,21 +9,21 @@ import sys
 import numpy as np
 import pytest
 
-from compare import cli, scaling
+from compare import bench, cli
 
 
 def test_slope_recovers_the_exponent_of_a_power_law():
     values = [4, 16, 64, 256]
-    assert scaling.slope(values, [2e-3 * v ** 1.5 for v in values]) == pytest.approx(1.5)
-    assert scaling.slope(values, [0.1] * 4) == pytest.approx(0.0, abs=1e-12)
-    assert scaling.slope([1], [1.0]) is None
+    assert bench.slope(values, [2e-3 * v ** 1.5 for v in values]) == pytest.approx(1.5)
+    assert bench.slope(values, [0.1] * 4) == pytest.approx(0.0, abs=1e-12)
+    assert bench.slope([1], [1.0]) is None
 
 
 def test_crossover_is_where_the_gpu_stays_faster():
     values = [1, 10, 100, 1000]
-    assert scaling.crossover(values, cpu_seconds=[1, 2, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
-    assert scaling.crossover(values, cpu_seconds=[1, 2, 3, 4], gpu_seconds=[5, 5, 5, 5]) is None
-    assert scaling.crossover(values, cpu_seconds=[9, 1, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
+    assert bench.crossover(values, cpu_seconds=[1, 2, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
+    assert bench.crossover(values, cpu_seconds=[1, 2, 3, 4], gpu_seconds=[5, 5, 5, 5]) is None
+    assert bench.crossover(values, cpu_seconds=[9, 1, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
 
 
 @pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
@@ -46,10 +46,40 @@ def test_bench_grid_times_jax_c_and_tf_in_one_run(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n| 3 | ") == 2
 
 
+TINY = ["--data-size", "20000", "--states", "4", "--steps", "5", "--repeats", "1", "--quiet"]
+
+
+def test_bench_truncation_times_each_k2_against_tf_style(tmp_path, capsys):
+    assert cli.main(["bench", "--truncation", "3,9,10", *TINY, "--out", str(tmp_path), "--name", "t"]) == 0
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert result["command"] == "bench --truncation" and not (tmp_path / "t.png").exists()
+    rows = result["rows"]
+    assert [(r["state_size"], r["num_steps"], r["backprop_steps"]) for r in rows] == [(4, 5, 9), (4, 5, 10)]  # k2 > k1
+    for r in rows:
+        assert r["cost"] == pytest.approx(r["tbptt"]["median"] / r["tf_style"]["median"]) and r["cost"] > 0
+        assert r["bound"] == pytest.approx(1.2 * r["backprop_steps"] / 5) and r["compile_seconds"] > 0
+        assert len(r["tbptt"]["seconds"]) == len(r["tf_style"]["seconds"]) == 1
+    assert capsys.readouterr().out.count("\n| 4 | 5 | ") == 2
+
+
+def test_bench_plan_options_times_each_choice_of_the_plan(tmp_path, capsys):
+    import jax_rnn
+
+    assert cli.main(["bench", "--plan-options", *TINY, "--out", str(tmp_path), "--name", "p"]) == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["command"] == "bench --plan-options"
+    options = list(bench._without(jax_rnn.plan(4, 200, 5)))
+    assert options and [r["option"] for r in result["rows"]] == options
+    for r in result["rows"]:
+        assert (r["state_size"], r["num_steps"], r["runs"]) == (4, 5, 1)
+        assert r["gain"] == pytest.approx(1 - r["plan"]["median"] / r["without"]["median"])
+    assert "| gain |" in capsys.readouterr().out
+
+
 def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scaling, "SWEEPS", {"state_size": (4, 32)})
-    monkeypatch.setattr(scaling, "MEMORY_NUM_STEPS", (64,))
-    monkeypatch.setattr(scaling, "MEMORY_STATE_SIZE", 32)
+    monkeypatch.setattr(bench, "SWEEPS", {"state_size": (4, 32)})
+    monkeypatch.setattr(bench, "MEMORY_NUM_STEPS", (64,))
+    monkeypatch.setattr(bench, "MEMORY_STATE_SIZE", 32)
     code = cli.main(["bench", "--scaling", "--impl", "jax,tf2", "--data-size", "4000", "--batch-size", "20",
                      "--out", str(tmp_path), "--name", "s", "--quiet"])
     assert code == 0
