@@ -1,6 +1,4 @@
-"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``.
-
-Parameters are a pytree in TensorFlow's layout; every function is pure. Quick use::
+"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``::
 
     import jax_rnn
     params = jax_rnn.glorot_params(2, 4, seed=0)
@@ -9,8 +7,7 @@ Parameters are a pytree in TensorFlow's layout; every function is pure. Quick us
     params, opt_state, state, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt,
                                                            plan=plan)
 
-or ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``. Importing changes no JAX
-setting; ``jax_rnn.enable_compile_cache()`` turns on JAX's persistent compilation cache.
+or ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``. Importing changes no JAX setting.
 """
 
 from . import checkpoint, data

@@ -1,10 +1,8 @@
 """Backpropagation through time written out: the gradient of a plan with ``gradient="by_hand"``.
 
-Every weight's gradient is a sum over the window's steps and its batch. Derived by ``jax.grad``, each
-step adds its own batch sum, which XLA's CPU compiler turns into a two-pass reduction per step. Here each
-weight's gradient is one step-batched matrix product over the whole window (``einsum("tib,tjb->tij")``,
-then a sum over at most num_steps terms). Equal to ``jax.value_and_grad(loss_window)`` to float rounding
-(tests/test_plan.py).
+Derived by ``jax.grad``, each step adds its own batch sum to every weight's gradient, a two-pass reduction
+per step on XLA:CPU; here each weight's gradient is one step-batched product over the window. Equal to
+``jax.value_and_grad(loss_window)`` to float rounding (tests/test_plan.py).
 """
 
 from __future__ import annotations

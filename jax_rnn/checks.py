@@ -4,6 +4,8 @@ checked on tracers too (a caller's own ``jit``); values only on concrete arrays.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -60,10 +62,21 @@ def optimizer(where: str, optimizer, opt_state, params) -> None:
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. jax_rnn.adagrad(0.1)), "
                         f"got {type(optimizer).__name__}")
-    expected = jax.eval_shape(optimizer.init, params)
-    if jax.tree.structure(opt_state) != jax.tree.structure(expected):
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
+    try:
+        structure, want = _expected(optimizer, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)))
+    except TypeError:  # an unhashable optimizer
+        structure, want = _expected.__wrapped__(optimizer, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)))
+    if jax.tree.structure(opt_state) != structure:
         raise ValueError(f"{where}: opt_state does not have the structure of optimizer.init(params)")
     got = [tuple(np.shape(a)) for a in jax.tree.leaves(opt_state)]
-    want = [tuple(a.shape) for a in jax.tree.leaves(expected)]
     if got != want:
         raise ValueError(f"{where}: opt_state leaf shapes {got} do not match optimizer.init(params): {want}")
+
+
+@functools.lru_cache(maxsize=64)
+def _expected(optimizer, treedef, leaves: tuple):
+    """The structure and leaf shapes of ``optimizer.init`` for parameters of these shapes (cached: a loop of
+    `train_step` calls pays for it once)."""
+    expected = jax.eval_shape(optimizer.init, jax.tree.unflatten(treedef, leaves))
+    return jax.tree.structure(expected), [tuple(a.shape) for a in jax.tree.leaves(expected)]

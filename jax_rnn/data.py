@@ -70,7 +70,7 @@ def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.n
 
 
 def gen_data_reference(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
-    """The tutorial's own ``gen_data`` loop (about a second per 1M points), kept as the reference path."""
+    """The tutorial's own loop (about a second per 1M points): the reference."""
     size = _check_size(size)
     rng = _rng(seed)
     X = np.array(rng.choice(2, size=(size,)))
@@ -186,28 +186,22 @@ def gen_epochs(n: int, batch_size: int, num_steps: int, data_size: int = 1_000_0
 # --- The analytic targets ------------------------------------------------------------------------
 
 
-def entropy(p: float) -> float:
-    """Binary entropy in nats (the expected cross-entropy of predicting p for a Bernoulli(p) event)."""
-    return -sum(q * math.log(q) for q in (p, 1.0 - p) if q > 0.0)
-
-
 def expected_loss(known_lags: tuple[int, ...]) -> float:
-    """Expected cross-entropy of the best predictor that sees X at ``known_lags`` (a subset of LAGS).
-
-    Enumerates the four equally likely values of (X_{t-3}, X_{t-8}); the predictor knows some of them
-    and predicts the average of P(Y=1) over the ones it does not know.
-    """
-    unknown = [i for i, lag in enumerate(LAGS) if lag not in known_lags]
+    """Expected cross-entropy of the best predictor that sees X at ``known_lags``: over the four equally likely
+    (X_{t-3}, X_{t-8}), it predicts P(Y=1) averaged over the lags it does not see."""
+    p = lambda xs: BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs))
     total = 0.0
     for xs in itertools.product((0, 1), repeat=len(LAGS)):
-        p_true = BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs))
-        # The prediction averages p over the unknown inputs, holding the known ones at their values.
-        others = [tuple(v if i not in unknown else alt[unknown.index(i)] for i, v in enumerate(xs))
-                  for alt in itertools.product((0, 1), repeat=len(unknown))]
-        p_pred = float(np.mean([BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, o)) for o in others]))
-        total += (-(p_true * math.log(p_pred)) if p_true > 0 else 0.0) + (
-            -((1 - p_true) * math.log(1 - p_pred)) if p_true < 1 else 0.0)
+        seen = [v if lag in known_lags else None for v, lag in zip(xs, LAGS)]
+        predicted = np.mean([p(alt) for alt in itertools.product((0, 1), repeat=len(LAGS))
+                             if all(s is None or s == a for s, a in zip(seen, alt))])
+        total += sum(-t * math.log(q) for t, q in ((p(xs), predicted), (1 - p(xs), 1 - predicted)) if t > 0)
     return total / 2 ** len(LAGS)
+
+
+def entropy(p: float) -> float:
+    """Binary entropy in nats."""
+    return -sum(q * math.log(q) for q in (p, 1.0 - p) if q > 0.0)
 
 
 class Targets(NamedTuple):

@@ -1,9 +1,5 @@
-"""Adagrad with the semantics of ``tf.compat.v1.train.AdagradOptimizer``, as an Optax transformation.
-
-TF1: ``acc_0 = 0.1; acc += g * g; var -= lr * g / sqrt(acc)``, no epsilon. ``optax.adagrad`` adds
-``eps=1e-7`` by default; with ``initial_accumulator_value=0.1, eps=0.0`` the updates are identical
-(tested against a numpy transcription and against TensorFlow).
-"""
+"""Adagrad with ``tf.compat.v1.train.AdagradOptimizer``'s semantics: ``acc_0 = 0.1; acc += g * g; var -= lr *
+g / sqrt(acc)``, no epsilon: ``optax.adagrad`` with ``eps=0.0`` (tested against numpy and TensorFlow)."""
 
 from __future__ import annotations
 
@@ -25,11 +21,8 @@ def check_positive(name: str, value, hint: str = "") -> None:
 
 def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = TF1_INITIAL_ACCUMULATOR
             ) -> optax.GradientTransformation:
-    """TF1-compatible Adagrad: ``optax.adagrad(learning_rate, initial_accumulator_value, eps=0.0)``.
-
-    Equal values give the same object (the training functions take the optimizer as a static argument,
-    so no recompilation). **Example:** ``opt = adagrad(0.1); opt_state = opt.init(params)``.
-    """
+    """TF1 Adagrad; equal values give the same object (a static argument: no recompilation).
+    **Example:** ``opt = adagrad(0.1); opt_state = opt.init(params)``."""
     check_positive("learning_rate", learning_rate)
     check_positive("initial_accumulator_value", initial_accumulator_value, " (TF1 uses 0.1)")
     return _adagrad(float(learning_rate), float(initial_accumulator_value))
@@ -51,8 +44,7 @@ def with_accumulators(opt_state, values):
 
 
 def initial_state(init, params, values=None):
-    """``init(params)`` built without running a JAX program: the structure traced abstractly, the
-    accumulators float32 numpy at `TF1_INITIAL_ACCUMULATOR` or ``values``."""
+    """``init(params)`` without running a JAX program, the accumulators at 0.1 or ``values`` (numpy)."""
     state = jax.eval_shape(init, params)
     if values is None:
         values = jax.tree.map(lambda a: np.full(a.shape, TF1_INITIAL_ACCUMULATOR, np.float32), accumulators(state))

@@ -1,9 +1,8 @@
 """The plan: which program trains a cell. `plan` is the only code that looks at sizes to choose one.
 
-Like an FFTW or cuDNN plan, a `Plan` names the cell it was made for and every choice of program; the
-training functions execute it and never look at sizes themselves. It is hashable (a static argument of
-``jax.jit``) and JSON-able (`Plan.record`). What each CPU choice gains: docs/performance.md
-(``rnn-compare bench --plan-options``).
+Like an FFTW or cuDNN plan, a `Plan` names its cell and every choice of program; the training functions
+execute it. It is hashable (jit's static argument) and JSON-able (`Plan.record`: results, checkpoints).
+What each CPU choice gains: docs/performance.md (``rnn-compare bench --plan-options``).
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from typing import Optional
 
 import jax
 
-# One XLA:CPU option for every CPU program: YNNPACK keeps the dots only, so the small batch sums stay
-# fused loops; one run at a time also takes the memory-optimised schedule (fewer kernels handed to the
-# other core at once). Under vmap that schedule is slower, so runs keep XLA's default.
+# XLA:CPU options: YNNPACK keeps the dots only (the small batch sums stay fused loops); one run at a time
+# also takes the memory-optimised schedule (fewer kernels handed to the other core at once), which is
+# slower under vmap.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
 _MEMORY_SCHEDULE = ("xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
 MAX_UNROLL = 16  # longer windows are unrolled by this factor: compile time stays bounded
@@ -25,17 +24,13 @@ MAX_UNROLL = 16  # longer windows are unrolled by this factor: compile time stay
 class Plan:
     """A cell and the program that trains it.
 
-    The cell: ``state_size``, ``batch_size``, ``num_steps`` (k1, each update's new steps),
-    ``backprop_steps`` (k2 >= k1, the steps each update backpropagates through), ``runs`` (trained at
-    once under ``vmap``), ``remat`` (rematerialise blocks of about sqrt(k2) steps), ``num_classes``,
-    ``backend``.
-
-    The program: ``gradient`` ("autodiff": ``jax.grad``; "by_hand": BPTT written out, `jax_rnn.backward`);
-    ``layout`` of the state ("batch_first" ``[batch, d]`` or "batch_last" ``[d, batch]``); ``elementwise``:
-    the weight matrices ("input", "state", "softmax") applied as broadcast products instead of dots or
-    gathers (batch-last only); ``softmax_grad`` ("difference": the by-hand softmax backward with one class
-    fewer, d_logits sums to zero over classes; "full"); ``unroll`` (``lax.scan``'s); ``xla_options``:
-    XLA compile options, as ``(name, value)`` pairs.
+    The cell: sizes, ``num_steps`` k1 and ``backprop_steps`` k2 >= k1 of TBPTT(k1, k2), ``runs`` trained
+    at once (vmap), ``remat`` (blocks of about sqrt(k2) steps recomputed in the backward pass), ``backend``.
+    The program: ``gradient`` ("autodiff": ``jax.grad``; "by_hand": `jax_rnn.backward`); the state's
+    ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``); ``elementwise``: the matrices
+    ("input", "state", "softmax") applied as broadcast products, not dots (batch-last only); ``softmax_grad``
+    ("difference": the by-hand softmax backward sums one class fewer, as d_logits sums to zero over classes);
+    ``unroll`` (the scan's); ``xla_options``: ``(name, value)`` pairs.
     """
 
     state_size: int
@@ -112,12 +107,8 @@ class Plan:
 
 def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optional[int] = None, runs: int = 1,
          remat: bool = False, num_classes: int = 2, backend: Optional[str] = None) -> Plan:
-    """The program for a cell: a rule per choice on the CPU, measured there (docs/performance.md); the
-    plain autodiff program on any other backend.
-
-    **Arguments:** the cell (see `Plan`); ``backprop_steps`` None means ``num_steps`` (the tutorial's
-    truncation); ``backend`` None means ``jax.default_backend()``.
-
+    """The program for a cell (see `Plan`): on the CPU a rule per choice, measured there; on any other
+    backend the plain program. ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default.
     **Example:** ``print(jax_rnn.plan(state_size=16, batch_size=200, num_steps=10))``.
     """
     k2 = num_steps if backprop_steps is None else backprop_steps
@@ -130,8 +121,7 @@ def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optio
     d, n = state_size, num_classes
     if d >= 128:  # large states: plain matrix products, batch-first
         return dataclasses.replace(cell, xla_options=_options(runs))
-    # Batch-last: the per-step work is short loops over the batch that XLA fuses; a matrix of at most
-    # 16 entries is cheaper as a broadcast product than as a dot.
+    # Batch-last: each step is short loops over the batch that XLA fuses; tiny matrices as broadcast products.
     sizes = {"input": n * d, "state": d * d, "softmax": d * n}
     by_hand = d < 64 and 100 <= batch_size <= 5000 and runs == 1 and not remat and k2 == num_steps
     return dataclasses.replace(

@@ -1,23 +1,21 @@
-"""Truncated backpropagation through time: one window per optimizer step, the state carried.
+"""Truncated backpropagation through time: one update per window, the state carried, the gradient not.
 
-The final state of window k is the initial state of window k+1; the gradient is not carried. A whole
-epoch is ONE compiled call: a ``lax.scan`` over the windows carrying ``(params, opt_state, state)``.
-Every function trains through a `Plan` (`jax_rnn.plan`; made from the shapes when not given) and
-compiles `program` of it, so a cell runs the same program however it is reached.
-
-Shapes: ``x_windows, y_windows: int[epoch_size, batch, num_steps]`` (`jax_rnn.data.windows`); the state
-``f32[batch, state_size]``; ``losses: f32[epoch_size]``, each window's loss before its update.
+A whole epoch is ONE compiled call, a ``lax.scan`` over the windows carrying ``(params, opt_state, state)``.
+Every function executes a `Plan` (made from the shapes when not given) through `program`, so a cell runs
+the same program however it is reached. ``losses``: each window's loss before its update.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax._src.core import trace_state_clean as _trace_state_clean  # whether no trace is active (not public)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import checks
@@ -55,13 +53,9 @@ def _layout(state, plan: Plan):
 
 
 def _updates(x_windows, y_windows, k2: int) -> list[tuple]:
-    """The epoch's updates as parts ``(xs, window_of, first)``: a scan runs over ``xs``, ``window_of`` makes
-    one item ``(x_t, y_t, start)``, ``first`` is the index of the part's first update.
-
-    TF style (k2 == k1): the windows, time-major. TBPTT(k1, k2): update u reads the k2 steps ``[u*k1 + k1 -
-    k2, (u+1)*k1)`` of the stream, padded in front; the updates whose windows begin before the stream
-    (masked steps) are a scan of their own, so that the rest carry no mask.
-    """
+    """The epoch's updates as parts ``(xs, window_of, first)``, a scan each: ``window_of(item) -> (x_t, y_t,
+    start)``. TBPTT(k1, k2): update u reads the stream's steps ``[u*k1 + k1 - k2, (u+1)*k1)``; those that
+    begin before the stream (masked) are a scan of their own, so the rest carry no mask."""
     x_t, y_t = jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2)   # [epoch_size, k1, batch]
     updates, k1, batch = x_t.shape
     if k2 == k1:
@@ -116,6 +110,7 @@ def _runs(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan,
 
 
 def _one_step(params, opt_state, state, x, y, start, optimizer, plan: Plan):
+    _check_step(params, opt_state, state, x, y, optimizer, plan)  # while tracing: once per signature
     params, opt_state, final, mean_loss = _step(params, opt_state, _layout(state, plan), x.T, y.T, start,
                                                 optimizer, plan)
     return params, opt_state, _layout(final, plan), mean_loss
@@ -123,40 +118,45 @@ def _one_step(params, opt_state, state, x, y, start, optimizer, plan: Plan):
 
 @functools.cache
 def _jit(fn, xla_options: tuple):
-    return jax.jit(fn, static_argnames=("optimizer", "plan", "guard"), compiler_options=dict(xla_options) or None)
+    static = [name for name in ("optimizer", "plan", "guard") if name in inspect.signature(fn).parameters]
+    return jax.jit(fn, static_argnames=static, compiler_options=dict(xla_options) or None)
 
 
 def program(plan: Plan, kind: str = "epoch", nested: bool = False):
-    """The jitted function that executes ``plan``: ``kind`` "epoch", "runs" or "step", with the plan's XLA
-    compile options unless ``nested`` (inside a caller's trace, JAX takes compile options from the top
-    level only). ``program(plan).lower(...).compile()`` compiles it ahead of time."""
+    """The jitted function ("epoch", "runs" or "step") that executes ``plan``, with its XLA options unless
+    ``nested`` in a caller's trace (JAX takes compile options at the top level only)."""
     fn = {"epoch": _epoch, "runs": _runs, "step": _one_step}[kind]
     return _jit(fn, () if nested else plan.xla_options)
 
 
 def _traced(*trees) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+    """Inside a caller's trace: a tracer among the arguments, or a trace active (a call that closes over the
+    caller's values, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has no tracer among its arguments)."""
+    return not _trace_state_clean() or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
-def _plan(where: str, given, state_size: int, batch: int, num_steps: int, runs: int = 1) -> Plan:
-    if given is None:
-        return make_plan(state_size, batch, num_steps, runs=runs)
-    if not isinstance(given, Plan):
-        raise TypeError(f"{where}: plan must be a jax_rnn.Plan (jax_rnn.plan(...)), got {type(given).__name__}")
-    cell = (given.state_size, given.batch_size, given.num_steps, given.runs)
-    if cell != (state_size, batch, num_steps, runs):
-        raise ValueError(f"{where}: the plan is for state {cell[0]}, batch {cell[1]}, num_steps {cell[2]}, "
-                         f"{cell[3]} run(s); the arguments have {state_size}, {batch}, {num_steps}, {runs}")
-    return given
+def _plan(where: str, plan, d: int, batch: int, k1: int, k2: int | None = None, runs: int = 1) -> Plan:
+    """``plan``, or the plan of this cell if None; an error if it was made for another cell."""
+    if plan is None:
+        return make_plan(d, batch, k1, k2, runs)
+    if not isinstance(plan, Plan):
+        raise TypeError(f"{where}: plan must be a jax_rnn.Plan (jax_rnn.plan(...)), got {type(plan).__name__}")
+    got = (plan.state_size, plan.batch_size, plan.num_steps, plan.backprop_steps if k2 else None, plan.runs)
+    if got != (d, batch, k1, k2, runs):
+        raise ValueError(f"{where}: the plan is for {_cell(*got)}; the arguments have {_cell(d, batch, k1, k2, runs)}")
+    return plan
+
+
+def _cell(d, batch, k1, k2, runs) -> str:
+    return f"state {d}, batch {batch}, " + (f"TBPTT({k1}, {k2})" if k2 else f"num_steps {k1}, {runs} run(s)")
 
 
 def _check_epoch(where: str, params, opt_state, x_windows, y_windows, optimizer, state, plan, runs: bool) -> Plan:
-    lead = (" [R, ...]" if runs else "")
     per_run = params
     if runs:
         sizes = {np.shape(a)[:1] for a in jax.tree.leaves(params)}
         if len(sizes) != 1 or () in sizes:
-            raise ValueError(f"{where}: every leaf of params must have one leading run axis{lead}, got {sorted(sizes)}")
+            raise ValueError(f"{where}: every leaf of params must have one leading run axis [R, ...], got {sorted(sizes)}")
         per_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), params)
     n, d = check_params(per_run, where)
     checks.optimizer(where, optimizer, opt_state, params)
@@ -167,11 +167,18 @@ def _check_epoch(where: str, params, opt_state, x_windows, y_windows, optimizer,
     checks.state(where, state, (*shape[:-3], shape[-2], d))
     checks.finite(where, "params", params)
     epoch_size, batch, num_steps = shape[-3:]
-    plan = _plan(where, plan, d, batch, num_steps, shape[0] if runs else 1)
+    plan = _plan(where, plan, d, batch, num_steps, runs=shape[0] if runs else 1)
     if plan.backprop_steps > epoch_size * num_steps:
         raise ValueError(f"{where}: backprop_steps must be an integer from num_steps ({num_steps}) to the steps in "
                          f"a row of data ({epoch_size * num_steps}), got {plan.backprop_steps}")
     return plan
+
+
+def _train(where: str, guard: bool, params, opt_state, x_windows, y_windows, optimizer, state, plan):
+    plan = _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
+    nested = _traced(params, opt_state, x_windows, y_windows, state)
+    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
+                                        plan=plan, guard=guard)
 
 
 def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
@@ -184,31 +191,22 @@ def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: opta
     remat are the plan's (``plan(..., backprop_steps=k2, remat=True)``).
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``.
     """
-    plan = _check_epoch("train_epoch", params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
-    nested = _traced(params, opt_state, x_windows, y_windows, state)
-    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
-                                        plan=plan, guard=False)
+    return _train("train_epoch", False, params, opt_state, x_windows, y_windows, optimizer, state, plan)
 
 
 def train_epoch_guarded(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                         state=None, plan: Plan | None = None) -> GuardedEpoch:
     """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator; returns a
     `GuardedEpoch`, equal to `train_epoch`'s result where everything stays finite."""
-    plan = _check_epoch("train_epoch_guarded", params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
-    nested = _traced(params, opt_state, x_windows, y_windows, state)
-    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
-                                        plan=plan, guard=True)
+    return _train("train_epoch_guarded", True, params, opt_state, x_windows, y_windows, optimizer, state, plan)
 
 
 def train_runs(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                state=None, plan: Plan | None = None, guard: bool = False, mesh: Mesh | None = None):
-    """`train_epoch` for R independent runs in one call (``vmap`` over a leading run axis R).
+    """`train_epoch` for R independent runs at once (``vmap`` over a leading run axis on every argument).
 
-    **Arguments:** every leaf of ``params``, ``opt_state`` and the windows has a leading run axis ``[R,
-    ...]``; ``state: f32[R, batch, d]`` or None; ``plan``: made with ``runs=R``; ``guard``: each run as
-    `train_epoch_guarded`; ``mesh``: a 1-D `run_mesh` to split the runs over its devices (runs never
-    interact, so no communication; R is padded with copies of the last run to a multiple of the devices).
-    **Returns:** as `train_epoch` (or `GuardedEpoch`), with the leading run axis.
+    ``plan``: made with ``runs=R``; ``guard``: as `train_epoch_guarded`; ``mesh``: a `run_mesh` to split the
+    runs over its devices (no communication; R padded with copies of the last run to fill them).
     """
     if not isinstance(guard, bool):
         raise TypeError(f"train_runs: guard must be True or False, got {guard!r}")
@@ -231,29 +229,39 @@ def run_mesh(devices=None) -> Mesh:
 
 def train_step(params: Params, opt_state, state, x, y, optimizer: optax.GradientTransformation,
                plan: Plan | None = None, start=None):
-    """One truncated-BPTT update on one window, for a loop of one's own.
-
-    **Arguments:** ``state: f32[batch, d]`` (no gradient flows into it); ``x, y: int[batch, num_steps]``;
-    TBPTT(k1, k2): ``x: int[batch, k2]``, ``y: int[batch, k1]`` the labels of its last k1 steps, ``start``
-    the stream position of ``x``'s first step (steps before 0 are absent), and a plan with
-    ``backprop_steps=k2``. Checks shapes only (a loop pays nothing per call).
-    **Returns:** ``(params, opt_state, final_state: f32[batch, d], loss: f32[])``; with k2 > k1 the state
-    after the window's first k1 steps.
+    """One update on one window, for a loop of one's own: ``x, y: int[batch, num_steps]``, ``state:
+    f32[batch, d]``. TBPTT(k1, k2): ``x: int[batch, k2]``, ``y`` the labels of its last k1 steps, ``start``
+    the stream position of its first step (earlier ones are absent); the state returned is the one after
+    k1 steps. Shapes are checked when it compiles, so a loop pays nothing for them.
+    **Returns:** ``(params, opt_state, state, loss)``.
     """
+    if plan is None:
+        shapes = tuple(tuple(np.shape(a)) for a in (state, x, y))
+        if any(len(shape) != 2 for shape in shapes):
+            _check_step(params, opt_state, state, x, y, optimizer, None)
+        try:
+            plan = _step_plan(*shapes)
+        except ValueError:  # shapes no plan fits (y longer than x, an empty axis): name the argument
+            _check_step(params, opt_state, state, x, y, optimizer, None)
+            raise
+    nested = _traced(params, opt_state, state, x, y, start)
+    return program(plan, "step", nested)(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_plan(state_shape, x_shape, y_shape) -> Plan:
+    return make_plan(state_shape[1], x_shape[0], y_shape[1], backprop_steps=x_shape[1])
+
+
+def _check_step(params, opt_state, state, x, y, optimizer, plan) -> None:
     n, d = check_params(params, "train_step")
     checks.optimizer("train_step", optimizer, opt_state, params)
-    (batch, k2) = checks.class_ids("train_step", {"x": x}, "[batch, num_steps]", n, values=False)
+    batch, k2 = checks.class_ids("train_step", {"x": x}, "[batch, num_steps]", n, values=False)
     y_shape = checks.class_ids("train_step", {"y": y}, "[batch, num_steps]", n, values=False)
     if y_shape[0] != batch or y_shape[1] > k2:
         raise ValueError(f"train_step: y {y_shape} must have x's batch ({batch}) and at most its {k2} steps "
                          f"(y labels the last k1 <= k2 steps of x)")
     if tuple(np.shape(state)) != (batch, d):
         raise ValueError(f"train_step: state must have shape {(batch, d)} ([batch, state_size]), got {np.shape(state)}")
-    if plan is None:
-        plan = make_plan(d, batch, y_shape[1], backprop_steps=k2)
-    if (plan.state_size, plan.batch_size, plan.num_steps, plan.backprop_steps) != (d, batch, y_shape[1], k2):
-        raise ValueError(f"train_step: the plan is for state {plan.state_size}, batch {plan.batch_size}, "
-                         f"TBPTT({plan.num_steps}, {plan.backprop_steps}); the arguments have {d}, {batch}, "
-                         f"TBPTT({y_shape[1]}, {k2})")
-    nested = _traced(params, opt_state, state, x, y, start)
-    return program(plan, "step", nested)(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)
+    if plan is not None:
+        _plan("train_step", plan, d, batch, y_shape[1], k2)

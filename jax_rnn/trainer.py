@@ -1,15 +1,7 @@
-"""The one training loop: every epoch that `fit` and ``rnn-compare`` train, in JAX or TensorFlow, goes
-through `train`.
+"""The one training loop: every epoch `fit` and ``rnn-compare`` train, JAX or TensorFlow, goes through `train`.
 
-A *trainer* holds one implementation's parameters and optimizer state (one run, or many at once)::
-
-    finish = trainer.start_epoch(x_windows, y_windows, progress)   # may return before the work is done
-    stats = finish()          # .losses, .seconds, .first_step_seconds, .diverged_at
-    trainer.get_params(), trainer.get_accumulators(), trainer.build_seconds, trainer.close()
-
-`JaxTrainer` is JAX's; ``tf_rnn.build`` returns TensorFlow models with the same methods. `train` feeds
-the epochs (the next one is made while JAX trains the current one), records a `History`, stops when
-every run has diverged, and calls ``after_epoch(history, trainer)`` after every epoch it goes on from.
+A trainer (`JaxTrainer`, or a ``tf_rnn`` model) has ``start_epoch(x_windows, y_windows, progress) ->
+finish``, ``finish() -> EpochStats``, ``get_params``, ``get_accumulators``, ``build_seconds`` and ``close``.
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ from .train import program, train_runs
 
 
 class Divergence(NamedTuple):
-    """Window ``step`` of epoch ``epoch`` (0-based) had a non-finite loss or update; ``loss`` its loss."""
+    """Window ``step`` of ``epoch`` (0-based) had a non-finite loss or update."""
 
     epoch: int
     step: int
@@ -39,9 +31,8 @@ class Divergence(NamedTuple):
 
 
 class EpochStats(NamedTuple):
-    """One epoch of a trainer: ``losses: f32[(runs,) epoch_size]``; ``seconds`` of wall time;
-    ``first_step_seconds``: TensorFlow's first step (in ``seconds``), None for JAX; ``diverged_at``: per
-    run the first window that was not finite, -1 (or None) where none was."""
+    """``losses: f32[(runs,) epoch_size]``; ``first_step_seconds``: TF's first step (in ``seconds``);
+    ``diverged_at``: per run the first non-finite window, or -1 (None)."""
 
     losses: np.ndarray
     seconds: float
@@ -51,9 +42,8 @@ class EpochStats(NamedTuple):
 
 @dataclasses.dataclass
 class History:
-    """``step_losses``: per epoch ``f32[(runs,) epoch_size]`` (NaN after a run diverged); ``epoch_seconds``
-    (TensorFlow's first step excluded: it is ``first_step_seconds``); ``build_seconds``; ``diverged``: per
-    run None or its `Divergence`."""
+    """What training produced: per epoch ``f32[(runs,) epoch_size]`` losses (NaN after a run diverged) and
+    seconds (TF's first step apart), ``build_seconds``, per run None or its `Divergence`."""
 
     step_losses: list = dataclasses.field(default_factory=list)
     epoch_seconds: list = dataclasses.field(default_factory=list)
@@ -95,7 +85,7 @@ class History:
         self.epoch_seconds.append(seconds)
 
     def checkpoint(self, config: dict, trainer, meta: dict) -> Checkpoint:
-        """This history and the trainer's parameters (and plan, for JAX) as a `Checkpoint`."""
+        """This history, the trainer's parameters and JAX's plan as a `Checkpoint`."""
         meta = {**meta, "build_seconds": self.build_seconds, "first_step_seconds": self.first_step_seconds,
                 "diverged": [None if d is None else d._asdict() for d in self.diverged]}
         if getattr(trainer, "plan", None) is not None:
@@ -115,8 +105,8 @@ class History:
 def train(trainer, windows: Iterable[tuple], history: History | None = None,
           after_epoch: Callable[[History, object], None] | None = None,
           progress: Callable[[int], None] | None = None) -> History:
-    """Train ``trainer`` on every epoch of ``windows`` (per epoch ``(x_windows, y_windows)``) and return
-    the `History` (``history`` extended: a resumed run); ``progress(n)`` after every n steps trained."""
+    """Train on every epoch of ``windows`` (the next one is made while JAX trains); extend ``history``; stop
+    when every run has diverged; ``after_epoch(history, trainer)`` after every other epoch."""
     history = history if history is not None else History()
     if history.build_seconds is None:
         history.build_seconds = trainer.build_seconds
@@ -140,7 +130,7 @@ def _finish(pending, history: History, after_epoch, trainer) -> bool:
 
 
 def _finite(runs: bool, *trees) -> np.ndarray:
-    """Per run (or overall), whether every float in ``trees`` is finite; on the host, no program to compile."""
+    """Per run (or overall): every float in ``trees`` finite? On the host: no program to compile."""
     leaves = [np.asarray(a) for a in jax.tree.leaves(trees)]
     return np.logical_and.reduce([np.isfinite(a).reshape(len(a), -1).all(axis=1) if runs else np.isfinite(a).all()
                                   for a in leaves if np.issubdtype(a.dtype, np.floating)])
@@ -148,8 +138,7 @@ def _finite(runs: bool, *trees) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
-    """The plan's epoch compiled ahead of time for ``device`` (once per process: ``lower().compile()``
-    bypasses JAX's in-memory cache)."""
+    """The plan's epoch compiled ahead of time, once per process (``lower().compile()`` skips JAX's cache)."""
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device))
     params = {s: {k: spec(shape, jnp.float32) for k, shape in leaves.items()}
               for s, leaves in param_shapes(plan.num_classes, plan.state_size).items()}
@@ -160,18 +149,13 @@ def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
 
 
 class JaxTrainer:
-    """JAX's trainer: the whole epoch is one compiled call of the cell's `Plan` (``plan``).
+    """JAX's trainer: each epoch one compiled call of the cell's `Plan` (``plan``; a resumed run passes its own).
 
-    One run: compiled ahead of time (``build_seconds``) on ``device`` (default: JAX's first). Many runs
-    (``mesh`` given, every leaf of ``params`` with a leading run axis): `train_runs` over the mesh.
-    ``config``: a `FitConfig` (sizes, ``learning_rate``, ``epoch_size``, ``backprop_steps``);
-    ``accumulators``: Adagrad's state to start from (a resumed run); ``plan``: the plan to train with (a
-    resumed run's), default `jax_rnn.plan` of the cell.
-
+    One run: compiled ahead of time on ``device``. Many runs (``mesh``, params with a leading run axis):
+    `train_runs` over the mesh. ``config``: a `FitConfig`; ``accumulators``: Adagrad's state to start from.
     The divergence guard costs nothing while training is finite: a non-finite parameter or accumulator
-    stays non-finite through every later update, so an epoch was finite throughout exactly when its losses
-    and final parameters and accumulators are. That is checked on the host after each epoch; only if it
-    fails is the epoch replayed from its start with the per-window guard (`train_epoch_guarded`).
+    stays non-finite, so an epoch was finite exactly when its losses and final state are, checked on the
+    host; only then is the epoch replayed with the per-window guard (`train_epoch_guarded`).
     """
 
     def __init__(self, config, params, accumulators: dict | None = None, device=None, mesh=None,
@@ -200,7 +184,7 @@ class JaxTrainer:
         return (_compiled(*self._key, guard=True) if guard else self._epoch)(params, opt_state, xw, yw, None)
 
     def start_epoch(self, x_windows, y_windows, progress=None):
-        """Dispatch one epoch; returns ``finish() -> EpochStats``, which waits for it and checks it stayed finite."""
+        """Dispatch one epoch; ``finish()`` waits for it and checks it stayed finite."""
         start = time.perf_counter()
         xw, yw = (w if isinstance(w, jax.Array) and w.dtype == self.window_dtype else np.asarray(w, self.window_dtype)
                   for w in (x_windows, y_windows))
