@@ -2,9 +2,10 @@
 
 Each row trains an epoch, or evaluates one window's loss, from given parameters and data, and answers in
 numpy, so a cross-implementation test is one parametrisation over `IMPLEMENTATIONS` (tests/test_equivalence.py).
-`jax` is ``jax_rnn.train_epoch_guarded``: like ``tf_rnn``'s ``train_epoch`` it stops at the first
-non-finite window, and where training stays finite it equals `jax_rnn.train_epoch` bit for bit
-(tests/test_reliability.py). The other four are ``tf_rnn.build(name, ...)``.
+`jax` is ``jax_rnn.train_epoch_guarded`` with the cell's plan (`jax_rnn.plan`, as `fit` and ``rnn-compare``
+train): like ``tf_rnn``'s ``train_epoch`` it stops at the first non-finite window, and where training stays
+finite it equals `jax_rnn.train_epoch` bit for bit (tests/test_reliability.py). The other four are
+``tf_rnn.build(name, ...)``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def train(impl: str, config: tf_rnn.ModelConfig, params: dict, x_windows, y_wind
     """One epoch of ``impl`` from ``params`` (numpy, shared layout), TBPTT(num_steps, ``config.window_steps``)."""
     if impl == REFERENCE:
         opt, start = jax_rnn.adagrad(config.learning_rate), jax.tree.map(jnp.asarray, params)
-        r = jax_rnn.train_epoch_guarded(start, opt.init(start), x_windows, y_windows, opt,
-                                        backprop_steps=config.backprop_steps)
+        plan = jax_rnn.plan(config.state_size, config.batch_size, config.num_steps, config.backprop_steps,
+                            num_classes=config.num_classes)
+        r = jax_rnn.train_epoch_guarded(start, opt.init(start), x_windows, y_windows, opt, plan=plan)
         return Trained(np.asarray(r.losses), _numpy(r.params), np.asarray(r.final_state), int(r.diverged_at))
     with tf_rnn.build(impl, config, params=params) as model:
         r = model.train_epoch(x_windows, y_windows)

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache (jax_rnn.compile_cache, ``rnn-compare cache``, ``--no-compile-cache``).
+"""JAX's persistent compilation cache (jax_rnn.cache, ``rnn-compare cache``, ``--no-compile-cache``).
 
 Whatever turns the cache on runs in a subprocess, so this process's JAX configuration never changes
 (conftest.py turns the cache off for the test session: RNN_SCAN_COMPILE_CACHE=0).
@@ -14,7 +14,7 @@ import pytest
 from test_cli import ROOT, SMALL
 
 from compare.cli import main
-from jax_rnn import compile_cache
+from jax_rnn import cache as compile_cache
 
 
 def _env(cache_dir) -> dict:
@@ -29,8 +29,10 @@ def _entries(cache_dir) -> set:
 def test_enable_writes_entries_and_a_fresh_compile_loads_them(tmp_path):
     """The AOT path the trainers use (``lower().compile()``): a miss that writes, then a hit."""
     code = ("import sys, jax, jax.numpy as jnp; from jax_rnn import enable_compile_cache\n"
+            "from jax_rnn.cache import active_dir\n"
             "events = []; jax.monitoring.register_event_listener(lambda event, **kw: events.append(event))\n"
-            "assert enable_compile_cache(sys.argv[1]) is not None\n"
+            "assert active_dir() is None and enable_compile_cache(sys.argv[1]) is not None\n"
+            "assert active_dir() == sys.argv[1], active_dir()\n"
             "f = jax.jit(lambda x: jnp.tanh(x) * 2.0); x = jax.ShapeDtypeStruct((3,), jnp.float32)\n"
             "f.lower(x).compile(); jax.clear_caches(); f.lower(x).compile()\n"
             "print(*(events.count(f'/jax/compilation_cache/cache_{e}') for e in ('misses', 'hits')))")
@@ -45,8 +47,15 @@ def test_enable_writes_entries_and_a_fresh_compile_loads_them(tmp_path):
 @pytest.mark.parametrize("value", ["0", "off", "False", "no"])
 def test_env_var_turns_it_off(value, tmp_path, monkeypatch):
     monkeypatch.setenv(compile_cache.SWITCH_ENV, value)
-    assert compile_cache.enable_compile_cache(tmp_path / "cache") is None
+    assert compile_cache.disabled_by_env()
+    assert compile_cache.enable_compile_cache(tmp_path / "cache") is None and compile_cache.active_dir() is None
     assert not (tmp_path / "cache").exists() and jax.config.jax_compilation_cache_dir is None
+
+
+@pytest.mark.parametrize("value", ["", "1", "on", "yes"])
+def test_other_values_leave_it_on(value, monkeypatch):
+    monkeypatch.setenv(compile_cache.SWITCH_ENV, value)
+    assert not compile_cache.disabled_by_env()
 
 
 def test_default_dir(tmp_path, monkeypatch):

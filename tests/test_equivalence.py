@@ -115,10 +115,3 @@ def test_each_implementation_learns_the_three_step_dependency(impl):
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_three_step_dependency_over_seeds(impl, seed):
     _reaches_first_level(impl, seed)
-
-
-def test_the_numpy_initial_parameters_are_tf_rnns():
-    for seed, state_size in ((0, 4), (5, 16)):
-        ours = glorot_params(2, state_size, seed)
-        theirs = tf_rnn.glorot_uniform_params(tf_rnn.ModelConfig(state_size=state_size), seed)
-        _assert_params_close(theirs, ours, f"seed {seed}", rtol=0, atol=0)

@@ -1,4 +1,7 @@
-"""jax_rnn.model: the cell and window loss against literal references, gradients against finite differences."""
+"""jax_rnn.model: the cell and window loss against literal references in every layout a plan can choose,
+gradients against finite differences. (The hand-written gradient: tests/test_plan.py.)"""
+
+import dataclasses
 
 import jax
 import jax.flatten_util
@@ -40,13 +43,36 @@ def test_init_params_layout_dtype_and_glorot_bounds(key):
     assert jnp.std(params["rnn_cell"]["W"]) > 0.1
 
 
-def test_rnn_cell_is_the_equation_of_the_task(key):
+# The layouts and products a plan can choose for the state-4 cell of `window`: plain batch-first, batch-last
+# with dots, batch-last with every matrix elementwise (what `jax_rnn.plan` picks), and one matrix alone.
+PLAIN = jax_rnn.plan(4, 6, 7, backend="cpu").plain()
+PLANS = {
+    "plain": PLAIN,
+    "batch-last dots": dataclasses.replace(PLAIN, layout="batch_last"),
+    "batch-last elementwise": jax_rnn.plan(4, 6, 7, backend="cpu"),
+    "elementwise state only": dataclasses.replace(PLAIN, layout="batch_last", elementwise=("state",)),
+}
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_the_cell_is_the_equation_of_the_task(key, plan):
+    """``cell(params, state, x_t) -> (S_t, logits_t)``, in the plan's layout (batch-last: transposed)."""
+    plan = PLANS[plan]
+    assert plan.batch_last == (plan != PLAIN)
     params = jax_rnn.init_params(key, state_size=4)
     x_t = jnp.array([0, 1, 1], jnp.int32)
     state = jax.random.normal(jax.random.key(1), (3, 4))
     concat = jnp.concatenate([jax.nn.one_hot(x_t, 2), state], axis=1)
     expected = jnp.tanh(concat @ params["rnn_cell"]["W"] + params["rnn_cell"]["b"])
-    np.testing.assert_allclose(jax_rnn.rnn_cell(params["rnn_cell"], x_t, state), expected, atol=1e-6)
+    expected_logits = expected @ params["softmax"]["W"] + params["softmax"]["b"]
+    layout = (lambda a: a.T) if plan.batch_last else (lambda a: a)
+    new, logits_t = jax_rnn.cell(params, layout(state), x_t, plan)
+    np.testing.assert_allclose(layout(new), expected, atol=1e-6)
+    np.testing.assert_allclose(layout(logits_t), expected_logits, atol=1e-6)
+    np.testing.assert_allclose(layout(jax_rnn.logits(params, new, plan)), expected_logits, atol=1e-6)
+    if plan == PLAIN:  # the default is the plain program
+        for a, b in zip(jax_rnn.cell(params, state, x_t), (new, logits_t)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_rnn_scan_equals_a_loop_of_the_cell(key):
@@ -56,20 +82,52 @@ def test_rnn_scan_equals_a_loop_of_the_cell(key):
     assert states.shape == (6, 7, 4) and final.shape == (6, 4)
     s = jax_rnn.zero_state(6, 4)
     for t in range(7):
-        s = jax_rnn.rnn_cell(params["rnn_cell"], x[:, t], s)
+        s, _ = jax_rnn.cell(params, s, x[:, t])
         np.testing.assert_allclose(states[:, t], s, atol=1e-6)
     np.testing.assert_allclose(final, s, atol=1e-6)
 
 
-@pytest.mark.parametrize("num_classes,state_size,unroll", [(2, 4, 1), (2, 16, True), (3, 5, 2)])
-def test_loss_and_final_state_equal_the_reference_loop(num_classes, state_size, unroll):
+@pytest.mark.parametrize("plan", PLANS)
+def test_forward_is_scan_ready_and_time_major_in_every_layout(key, plan):
+    """`forward` is ``lax.scan`` of `cell`: per step the states and logits of the cell, time-major."""
+    plan = PLANS[plan]
+    params = jax_rnn.init_params(key, state_size=4)
+    x, _ = window()
+    layout = (lambda a: a.T) if plan.batch_last else (lambda a: a)
+    state = layout(0.5 * jax.random.normal(jax.random.key(2), (6, 4)))
+    final, (states, logits_t) = jax_rnn.forward(params, x.T, state, plan)
+    assert states.shape == (7,) + state.shape and logits_t.shape == (7,) + layout(jnp.zeros((6, 2))).shape
+    def step(s, x_t):
+        s, logits_step = jax_rnn.cell(params, s, x_t, plan)
+        return s, (s, logits_step)
+
+    scanned = jax.lax.scan(step, state, x.T)
+    np.testing.assert_allclose(final, scanned[0], atol=1e-6)
+    np.testing.assert_allclose(states, scanned[1][0], atol=1e-6)
+    np.testing.assert_allclose(logits_t, scanned[1][1], atol=1e-6)
+    np.testing.assert_allclose(final, states[-1], atol=0)
+    # ``start``: steps at negative stream positions are absent (the state is kept through them).
+    late, (kept, _) = jax_rnn.forward(params, x.T, state, plan, start=-3)
+    np.testing.assert_array_equal(kept[:3], jnp.stack([state] * 3))
+    np.testing.assert_allclose(late, jax_rnn.forward(params, x.T[3:], state, plan)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_classes,state_size,unroll", [(2, 4, 1), (2, 16, 7), (3, 5, 2)])
+@pytest.mark.parametrize("program", ["plain", "plan"])
+def test_loss_and_final_state_equal_the_reference_loop(num_classes, state_size, unroll, program):
+    """`loss` (batch-major) in the plain program and in the plan's (batch-last; elementwise products for
+    the small matrices), with a rolled, partly and fully unrolled scan."""
     params = jax.tree.map(jnp.asarray, numpy_params(1, num_classes, state_size))
     x, y = window(num_classes=num_classes)
     state = 0.5 * jax.random.normal(jax.random.key(2), (6, state_size))
-    loss, final = jax_rnn.loss(params, x, y, state, unroll=unroll)
+    plan = jax_rnn.plan(state_size, 6, 7, num_classes=num_classes, backend="cpu")
+    plan = dataclasses.replace(plan.plain() if program == "plain" else plan, unroll=unroll)
+    loss, final = jax_rnn.loss(params, x, y, state, plan)
     ref_loss, ref_final = reference_loss(params, x, y, state)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     np.testing.assert_allclose(final, ref_final, atol=1e-6)
+    if program == "plain" and unroll == 1:  # the default plan of `loss` is the plain program
+        np.testing.assert_array_equal(jax_rnn.loss(params, x, y, state)[0], loss)
 
 
 def test_gradient_equals_the_reference_loop_and_finite_differences():
@@ -88,29 +146,6 @@ def test_gradient_equals_the_reference_loop_and_finite_differences():
         fd = np.array([(f(unravel(flat.at[i].add(eps))) - f(unravel(flat.at[i].add(-eps)))) / (2 * eps)
                        for i in range(flat.size)])
         np.testing.assert_allclose(jax.flatten_util.ravel_pytree(grads)[0], fd, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("num_classes,state_size,num_steps,unroll",
-                         [(2, 4, 1, True), (3, 4, 1, True), (2, 4, 6, True), (3, 4, 6, 2), (2, 16, 1, True),
-                          (2, 16, 5, True), (2, 20, 3, 1)])
-def test_explicit_bptt_equals_jax_grad_of_the_window_loss(num_classes, state_size, num_steps, unroll):
-    """The training loop's hand-written backward pass (`value_and_grad_window`) against ``jax.grad`` of
-    `loss_window` in float64: both small-matrix paths (elementwise, state 4; ``einsum``, states 16 and 20),
-    one step and several, rolled and unrolled scans, two and three classes."""
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), numpy_params(4, num_classes, state_size))
-        x, y = window(seed=5, batch=7, num_steps=num_steps, num_classes=num_classes)
-        state_t = 0.4 * jax.random.normal(jax.random.key(4), (state_size, 7), jnp.float64)
-        (loss, final), grads = jax.jit(jax_rnn.value_and_grad_window, static_argnums=4)(
-            params, x.T, y.T, state_t, unroll)
-        (ref_loss, ref_final), ref_grads = jax.value_and_grad(jax_rnn.loss_window, has_aux=True)(
-            params, x.T, y.T, state_t, unroll)
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
-        np.testing.assert_allclose(final, ref_final, rtol=1e-12, atol=1e-14)
-        assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
-        for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-            assert g.shape == r.shape
-            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-13)
 
 
 def test_truncation_earlier_windows_reach_the_gradient_only_through_the_state_value():
@@ -147,10 +182,39 @@ def test_truncation_earlier_windows_reach_the_gradient_only_through_the_state_va
     assert not jnp.any(jax.grad(loss_after_step)(state1))
 
 
-def test_check_params_names_the_bad_leaf(key):
+def test_check_params_returns_the_sizes_and_names_the_bad_leaf(key):
     params = jax_rnn.init_params(key)
-    jax_rnn.check_params(params, 2, 4)
-    with pytest.raises(ValueError, match=r"params\['rnn_cell'\]\['W'\] must have shape \(6, 4\).*got \(7, 5\)"):
-        jax_rnn.check_params(jax_rnn.init_params(key, 2, 5) | {"softmax": params["softmax"]}, 2, 4)
-    with pytest.raises(ValueError, match="keys"):
-        jax_rnn.check_params({"rnn_cell": params["rnn_cell"]}, 2, 4)
+    assert jax_rnn.check_params(params) == (2, 4) and jax_rnn.check_params(jax_rnn.init_params(key, 3, 5)) == (3, 5)
+    # Sizes come from the biases; the leaf that does not fit them is named, with where it was checked.
+    with pytest.raises(ValueError, match=r"^mine: params\['softmax'\]\['W'\] must have shape \(5, 2\) for "
+                                         r"num_classes=2, state_size=5; got \(4, 2\)"):
+        jax_rnn.check_params(jax_rnn.init_params(key, 2, 5) | {"softmax": params["softmax"]}, "mine")
+    with pytest.raises(ValueError, match=r"params\['rnn_cell'\]\['W'\] must have shape \(6, 4\).*got \(7, 4\)"):
+        jax_rnn.check_params({"rnn_cell": {"W": jnp.zeros((7, 4)), "b": jnp.zeros(4)}, "softmax": params["softmax"]})
+    with pytest.raises(ValueError, match=r"params must be a dict with keys \['rnn_cell', 'softmax'\], got \['rnn_cell'\]"):
+        jax_rnn.check_params({"rnn_cell": params["rnn_cell"]})
+    with pytest.raises(ValueError, match=r"params\['softmax'\] must have keys \['W', 'b'\]"):
+        jax_rnn.check_params({"rnn_cell": params["rnn_cell"], "softmax": {"W": params["softmax"]["W"]}})
+    with pytest.raises(TypeError, match="params must be floating point, got rnn_cell/W of dtype int32"):
+        jax_rnn.check_params(jax.tree.map(lambda a: a.astype(jnp.int32), params))
+
+
+def test_flatten_and_nest_are_the_npz_layout():
+    from jax_rnn.model import PARAM_KEYS, flatten, nest, param_shapes
+
+    params = numpy_params(3, 3, 5)
+    flat = flatten(jax.tree.map(jnp.asarray, params))
+    assert tuple(flat) == PARAM_KEYS == ("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b")
+    assert all(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in flat.values())
+    assert jax.tree.map(np.shape, nest(flat)) == param_shapes(3, 5) == jax.tree.map(np.shape, params)
+    for a, b in zip(jax.tree.leaves(nest(flat)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_glorot_params_are_the_seeds_numpy_draws():
+    a, b, c = (jax_rnn.glorot_params(2, 4, seed) for seed in (0, 0, 1))
+    assert all(isinstance(leaf, np.ndarray) and leaf.dtype == np.float32 for leaf in jax.tree.leaves(a))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a["rnn_cell"]["W"], c["rnn_cell"]["W"])
+    assert not a["rnn_cell"]["b"].any() and np.abs(a["rnn_cell"]["W"]).max() <= np.sqrt(6 / (6 + 4))

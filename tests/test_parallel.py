@@ -1,4 +1,5 @@
-"""Runs split across devices (a Mesh over the run axis) equal the single-device runs exactly; remat is exact."""
+"""Runs split across devices (``train_runs(..., mesh=run_mesh())``) equal the single-device runs exactly;
+remat (a plan's ``remat=True``) trains the same as without."""
 
 import os
 import subprocess
@@ -22,20 +23,22 @@ SCRIPT = textwrap.dedent("""
     opt_state = jax.vmap(opt.init)(params)
     xw, yw = jnp.stack([d[0] for d in data]), jnp.stack([d[1] for d in data])
     single = jax_rnn.train_runs(params, opt_state, xw, yw, opt)
-    sharded = jax_rnn.train_runs_sharded(params, opt_state, xw, yw, opt)
+    sharded = jax_rnn.train_runs(params, opt_state, xw, yw, opt, mesh=jax_rnn.run_mesh())
     assert len(sharded[3].sharding.device_set) == 4, sharded[3].sharding
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     six = jax.tree.map(lambda a: a[:6], (params, opt_state, xw, yw))  # 6 runs on 4 devices: padded to 8
-    for a, b in zip(jax.tree.leaves(jax_rnn.train_runs(*six, opt)), jax.tree.leaves(jax_rnn.train_runs_sharded(*six, opt))):
-        assert a.shape == b.shape
+    for a, b in zip(jax.tree.leaves(jax_rnn.train_runs(*six, opt)),
+                    jax.tree.leaves(jax_rnn.train_runs(*six, opt, mesh=jax_rnn.run_mesh()))):
+        assert a.shape == b.shape and a.shape[0] == 6
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    try:
-        jax_rnn.shard_runs(six, jax_rnn.run_mesh())
-    except ValueError as e:
-        assert "divisible by the number of devices" in str(e), e
-    else:
-        raise AssertionError("shard_runs: 6 runs on 4 devices should be refused")
+    # The guard, a given state and the plan go with the runs onto the devices (padded too).
+    state, plan = jnp.full((6, 8, 4), 0.5, jnp.float32), jax_rnn.plan(4, 8, 5, runs=6)
+    alone = jax_rnn.train_runs(*six, opt, state, plan, guard=True)
+    split = jax_rnn.train_runs(*six, opt, state, plan, guard=True, mesh=jax_rnn.run_mesh())
+    assert type(alone) is type(split) is jax_rnn.GuardedEpoch and split.losses.shape == (6, 100)
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(split)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     print("OK sharded equals single")
 """)
 
@@ -52,19 +55,24 @@ def test_sharded_on_one_device_is_train_runs():
     params = jax.tree.map(lambda a: a[None], jax_rnn.init_params(jax.random.key(0)))
     xw, yw = (a[None] for a in task.windows(*task.gen_data(2_000, 0), 10, 5))
     a = jax_rnn.train_runs(params, jax.vmap(opt.init)(params), xw, yw, opt)
-    b = jax_rnn.train_runs_sharded(params, jax.vmap(opt.init)(params), xw, yw, opt, mesh=jax_rnn.run_mesh(jax.devices()[:1]))
+    b = jax_rnn.train_runs(params, jax.vmap(opt.init)(params), xw, yw, opt, mesh=jax_rnn.run_mesh(jax.devices()[:1]))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
+    mesh = jax_rnn.run_mesh()
+    assert mesh.axis_names == ("runs",) and mesh.devices.size == len(jax.devices())
 
 
 def test_remat_gives_the_same_training_as_without():
     opt = jax_rnn.adagrad(0.1)
     params = jax_rnn.init_params(jax.random.key(0), state_size=8)
-    xw, yw = task.windows(*task.gen_data(20_000, 0), batch_size=10, num_steps=40)
-    plain = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt)
-    remat = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt, remat=True)
-    np.testing.assert_allclose(plain[3], remat[3], rtol=0, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(plain[0]), jax.tree.leaves(remat[0])):
+    xw, yw = task.windows(*task.gen_data(2_600, 0), batch_size=10, num_steps=13)   # blocks of 4 steps and 1
+    plan = jax_rnn.plan(8, 10, 13)
+    remat = jax_rnn.plan(8, 10, 13, remat=True)
+    assert remat.remat and not plan.remat and jax_rnn.model.remat_block_size(13) == 4
+    plain = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt, plan=plan)
+    rematted = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt, plan=remat)
+    np.testing.assert_allclose(plain[3], rematted[3], rtol=0, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain[:3]), jax.tree.leaves(rematted[:3])):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -74,8 +82,10 @@ def test_remat_blocks_handle_a_prime_number_of_steps_and_save_memory():
     params = jax_rnn.init_params(jax.random.key(1), state_size=8)
     x, y = (np.asarray(a[0]) for a in task.windows(*task.gen_data(4 * 997, 0), batch_size=4, num_steps=997))
     state = jax_rnn.zero_state(4, 8)
-    compiled = {remat: jax.jit(jax.value_and_grad(lambda p: jax_rnn.loss(p, x, y, state, unroll=16, remat=remat)[0]))
-                .lower(params).compile() for remat in (False, True)}          # each compiled once
+    plans = {remat: jax_rnn.plan(8, 4, 997, remat=remat) for remat in (False, True)}
+    assert all(p.unroll == 16 for p in plans.values())
+    compiled = {remat: jax.jit(jax.value_and_grad(lambda p, plan=plan: jax_rnn.loss(p, x, y, state, plan)[0]))
+                .lower(params).compile() for remat, plan in plans.items()}          # each compiled once
     (plain, g_plain), (remat, g_remat) = compiled[False](params), compiled[True](params)
     np.testing.assert_allclose(remat, plain, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):

@@ -49,8 +49,8 @@ def test_guarded_epoch_stops_at_the_first_non_finite_step_and_keeps_finite_param
 
 def test_guarded_runs_equal_guarded_epochs_run_by_run(small_windows):
     """``train_runs(guard=True)``: each vmapped run stops where `train_epoch_guarded` stops it alone, with the
-    same parameters to float rounding (alone, the gradient is BPTT by hand, vmapped ``jax.grad``: at this
-    learning rate the parameters reach 1e35, and the two roundings differ by about 1e-6 of that scale)."""
+    same parameters to float rounding (vmapped and alone are other programs: at this learning rate the
+    parameters reach 1e35, and the two roundings differ by about 1e-6 of that scale)."""
     xw, yw = small_windows
     opt = jax_rnn.adagrad(1e37)
     runs = [jax.tree.map(jnp.asarray, numpy_params(seed, state_size=16)) for seed in (0, 1, 2)]
@@ -64,11 +64,17 @@ def test_guarded_runs_equal_guarded_epochs_run_by_run(small_windows):
             np.testing.assert_allclose(a[r], b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))))
 
 
-def test_guard_changes_nothing_in_the_normal_case(small_windows):
+@pytest.mark.parametrize("gradient", ["autodiff", "by_hand"])
+def test_guard_changes_nothing_in_the_normal_case(gradient):
+    """Where training stays finite the guarded epoch is the epoch, bit for bit, in either gradient."""
+    xw, yw = task.windows(*task.gen_data(10_000, seed=0), 100, 5)
     params = jax.tree.map(jnp.asarray, numpy_params(0))
+    plan = jax_rnn.plan(4, 100, 5, backend="cpu")
+    assert plan.gradient == "by_hand"
+    plan = dataclasses.replace(plan, gradient=gradient)
     opt = jax_rnn.adagrad(0.1)
-    plain = jax_rnn.train_epoch(params, opt.init(params), *small_windows, opt)
-    guarded = jax_rnn.train_epoch_guarded(params, opt.init(params), *small_windows, opt)
+    plain = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt, plan=plan)
+    guarded = jax_rnn.train_epoch_guarded(params, opt.init(params), xw, yw, opt, plan=plan)
     assert int(guarded.diverged_at) == -1
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuple(guarded)[:4])):
         np.testing.assert_array_equal(a, b)
@@ -124,9 +130,9 @@ def test_sweep_reports_divergence_per_seed_and_stops_tf_there(tmp_path):
 
 @pytest.mark.slow  # two processes importing TensorFlow: 10 s; `make test-all`
 def test_tensorflow_with_op_determinism_is_bit_identical_across_processes():
-    code = ("import numpy as np, sys, tf_rnn; from jax_rnn import data as task; "
+    code = ("import numpy as np, sys, jax_rnn, tf_rnn; from jax_rnn import data as task; "
             "xw, yw = task.windows(*task.gen_data(20000, seed=0), 20, 5); cfg = tf_rnn.ModelConfig(batch_size=20); "
-            "m = tf_rnn.build('dynamic', cfg, params=tf_rnn.glorot_uniform_params(cfg, 0), deterministic=True); "
+            "m = tf_rnn.build('dynamic', cfg, jax_rnn.glorot_params(2, 4, 0), deterministic=True); "
             "sys.stdout.write(m.train_epoch(xw, yw).losses.tobytes().hex())")
     runs = [subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
             for _ in range(2)]
@@ -147,7 +153,7 @@ def test_run_from_json_reproduces_the_step_losses(tmp_path, capsys):
 
 
 def test_run_from_json_restores_the_device(tmp_path, monkeypatch):
-    from compare import environment, rerun
+    from compare import cli, io
 
     assert main(["run", "--impl", "jax", *SMALL, "--out", str(tmp_path), "--name", "a"]) == 0
     saved = json.loads((tmp_path / "a.json").read_text())
@@ -155,16 +161,16 @@ def test_run_from_json_restores_the_device(tmp_path, monkeypatch):
     saved["config"]["device"] = "auto"  # as if recorded with --device auto
     (tmp_path / "auto.json").write_text(json.dumps(saved))
     asked = []
-    real = environment.resolve
-    monkeypatch.setattr(environment, "resolve", lambda requested, need_tf: asked.append(requested) or real("cpu", need_tf))
+    real = io.resolve
+    monkeypatch.setattr(io, "resolve", lambda requested, need_tf: asked.append(requested) or real("cpu", need_tf))
     assert main(["run", "--from", str(tmp_path / "auto.json"), "--out", str(tmp_path), "--name", "b"]) == 0
     assert asked == ["auto"]
     del saved["config"]["device"]  # written before the key existed: environment.device.requested
     saved["environment"]["device"]["requested"] = "gpu"
     (tmp_path / "old.json").write_text(json.dumps(saved))
     args = type("Args", (), {"from_json": str(tmp_path / "old.json"), "option_defaults": {},
-                             **{name: None for name in rerun.OPTIONS}})()
-    rerun.apply(args)
+                             **{name: None for name in cli.FROM_OPTIONS}})()
+    cli.apply_from(args)
     assert args.device == "gpu"
 
 
@@ -202,6 +208,39 @@ def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys, truncation):
         with pytest.raises(SystemExit):
             main([*base, "--epochs", "3", "--backprop-steps", "9", "--resume", str(tmp_path / "ck"), "--name", "y"])
         assert "backprop_steps=7 there vs 9 here" in capsys.readouterr().err
+
+
+def test_fit_checkpoints_its_plan_and_a_resumed_fit_trains_with_it(tmp_path, monkeypatch):
+    """The plan a run trained with is in its checkpoint (``meta["plan"]``); resuming trains with that plan,
+    not with one made anew (the rules may have changed in between)."""
+    import importlib
+
+    from jax_rnn import checkpoint
+
+    fit_module = importlib.import_module("jax_rnn.fit")  # the module (``jax_rnn.fit`` is the function)
+
+    config = jax_rnn.FitConfig(data_size=2_000, batch_size=20, epochs=2)
+    ckpt = tmp_path / "fit.npz"
+    jax_rnn.fit(dataclasses.replace(config, epochs=1), checkpoint=ckpt)
+    saved = checkpoint.load(ckpt)
+    plan = jax_rnn.plan(config.state_size, config.batch_size, config.num_steps)
+    assert jax_rnn.Plan.from_record(saved.meta["plan"]) == plan
+    # The checkpoint of a run trained with another plan: the plain program.
+    checkpoint.save(ckpt, saved._replace(meta={**saved.meta, "plan": plan.plain().record()}))
+    used = []
+    real = fit_module.JaxTrainer
+
+    def trainer(*args, **kwargs):
+        t = real(*args, **kwargs)
+        used.append(t.plan)
+        return t
+
+    monkeypatch.setattr(fit_module, "JaxTrainer", trainer)
+    jax_rnn.fit(config, resume=ckpt, checkpoint=ckpt)
+    assert used == [plan.plain()]
+    assert jax_rnn.Plan.from_record(checkpoint.load(ckpt).meta["plan"]) == plan.plain()
+    jax_rnn.fit(config, checkpoint=tmp_path / "fresh.npz")
+    assert used[-1] == plan
 
 
 def test_fit_and_the_cli_write_one_checkpoint_format(tmp_path):

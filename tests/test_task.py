@@ -118,3 +118,29 @@ def test_windows_refuse_bad_arguments(kwargs, message):
     x, y = task.gen_data(1_000, 0)
     with pytest.raises(ValueError, match=message):
         task.windows(x, y, **kwargs)
+
+
+def test_windows_take_a_dtype_and_keep_leading_axes():
+    rows = [task.gen_data(1_000, seed) for seed in (0, 1)]
+    x_windows, y_windows = task.windows(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), 10, 5, np.int8)
+    assert x_windows.dtype == y_windows.dtype == np.int8 and x_windows.shape == (2, 20, 10, 5)
+    for i, row in enumerate(rows):
+        for got, want in zip((x_windows[i], y_windows[i]), task.windows(*row, 10, 5)):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_epoch_windows_are_the_seeds_epochs_or_the_given_rows():
+    """`epoch_windows`: every epoch's windows from the epochs a seed stands for, or from rows; ``start``
+    skips the epochs done (a resumed run continues the same stream)."""
+    from jax_rnn import FitConfig
+
+    config = FitConfig(data_size=1_000, batch_size=10, num_steps=5, epochs=3, seed=4)
+    want = [task.windows(x, y, 10, 5) for x, y in task.epochs(1_000, 4, 3)]
+    rows = tuple(np.stack(a) for a in zip(*task.epochs(1_000, 4, 3)))
+    for got, skip in ((list(task.epoch_windows(config)), 0), (list(task.epoch_windows(config, start=1)), 1),
+                      (list(task.epoch_windows(config, rows, start=2, dtype=np.int8)), 2)):
+        assert len(got) == 3 - skip
+        for (gx, gy), (wx, wy) in zip(got, want[skip:]):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    assert got[0][0].dtype == np.int8

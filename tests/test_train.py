@@ -1,8 +1,10 @@
 """jax_rnn.train: the scanned epoch against a loop of steps, vmap against one-by-one, determinism, convergence."""
 
+import dataclasses
 import json
 import re
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -162,9 +164,10 @@ needs_cc = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc") or 
 @needs_cc
 @pytest.mark.parametrize("state_size, num_steps", [(4, 5), (3, 7), (16, 1), (64, 10)])
 def test_the_c_reference_loop_of_the_benchmark_computes_the_same_losses(state_size, num_steps):
-    """jax_rnn/reference_loop.c (the speed reference of `python -m jax_rnn.bench`) is the same training for
-    any state size and window length (it reads them at run time): per-step losses equal train_epoch's."""
-    from jax_rnn.bench import c_epoch
+    """compare/reference_loop.c (the speed reference of ``rnn-compare bench``) is the same training for any
+    state size and window length (it reads them at run time): per-step losses equal train_epoch's.
+    (``bench --grid`` itself: tests/test_scaling.py.)"""
+    from compare.bench import c_epoch
 
     x_windows, y_windows = task.windows(*task.gen_data(10_000, seed=0), batch_size=20, num_steps=num_steps)
     params = jax.tree.map(jnp.asarray, numpy_params(0, 2, state_size))
@@ -175,26 +178,18 @@ def test_the_c_reference_loop_of_the_benchmark_computes_the_same_losses(state_si
     np.testing.assert_allclose(c_loop.losses, losses, rtol=0, atol=1e-5)
 
 
-@needs_cc
-def test_bench_grid_writes_one_row_per_cell(tmp_path, capsys):
-    from jax_rnn import bench
+def test_the_c_reference_loop_says_what_is_missing():
+    """Without a C compiler on PATH, the C loop says so (in a fresh process: the build is cached per process)."""
+    import subprocess
+    import sys
 
-    out = tmp_path / "grid.json"
-    bench.main(["--grid", "--states", "3", "--steps", "2,4", "--data-size", "4000", "--batch-size", "20",
-                "--repeats", "1", "--json", str(out)])
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["state_size"], r["num_steps"]) for r in rows] == [(3, 2), (3, 4)]
-    assert all(r["results"]["c"]["max_loss_diff"] < 1e-5 and r["jax_over_c"] > 0 for r in rows)
-    assert capsys.readouterr().out.count("\n| 3 | ") == 2
-
-
-def test_the_c_reference_loop_says_what_is_missing(monkeypatch):
-    from jax_rnn import bench
-
-    monkeypatch.setattr(bench.shutil, "which", lambda name: None)
-    bench.c_program.cache_clear()  # a failed build is not cached
-    with pytest.raises(RuntimeError, match="needs a C compiler"):
-        bench.c_program()
+    code = ("import numpy as np, jax_rnn; from compare.bench import c_epoch\n"
+            "xw = np.zeros((2, 4, 5), np.int32)\n"
+            "try:\n    c_epoch(jax_rnn.glorot_params(2, 4, 0), xw, xw, 0.1)\n"
+            "except RuntimeError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={"PATH": "", "JAX_PLATFORMS": "cpu"},
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert "the C reference loop needs a C compiler" in out.stdout, out.stderr[-2000:]
 
 
 def test_the_epoch_inside_a_callers_jit_equals_the_direct_call(small_windows):
@@ -214,25 +209,23 @@ def test_the_epoch_inside_a_callers_jit_equals_the_direct_call(small_windows):
 
 
 def test_the_one_run_schedule_changes_speed_not_results(small_windows):
-    """`train_epoch` compiles with XLA's memory-optimised schedule (`ONE_RUN_OPTIONS`); the same epoch under
-    XLA's default schedule gives the same parameters, state and losses, bit for bit."""
-    from jax_rnn.train import COMPILER_OPTIONS, ONE_RUN_OPTIONS, _train_epoch
-
-    assert ONE_RUN_OPTIONS["xla_cpu_scheduler_type"] == "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
-    x_windows, y_windows = small_windows
+    """One run's plan compiles with XLA's memory-optimised schedule (runs under vmap do not); the same epoch
+    under XLA's default schedule gives the same parameters, state and losses, bit for bit."""
+    schedule = ("xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
+    plan = jax_rnn.plan(16, 20, 5, backend="cpu")
+    assert schedule in plan.xla_options and schedule not in jax_rnn.plan(16, 20, 5, runs=2, backend="cpu").xla_options
+    default = dataclasses.replace(plan, xla_options=tuple(o for o in plan.xla_options if o != schedule))
     params = jax.tree.map(jnp.asarray, numpy_params(0, state_size=16))
     opt = jax_rnn.adagrad(0.1)
-    out = {name: jax.jit(lambda p, o, x, y: _train_epoch(p, o, x, y, opt), compiler_options=options)(
-               params, opt.init(params), x_windows, y_windows)
-           for name, options in (("default", COMPILER_OPTIONS), ("memory", ONE_RUN_OPTIONS))}
-    for a, b in zip(jax.tree.leaves(out["default"]), jax.tree.leaves(out["memory"])):
+    out = {p: jax_rnn.train_epoch(params, opt.init(params), *small_windows, opt, plan=p) for p in (plan, default)}
+    for a, b in zip(jax.tree.leaves(out[plan]), jax.tree.leaves(out[default])):
         np.testing.assert_array_equal(a, b)
 
 
 def test_the_trainer_takes_the_sweeps_int8_windows_for_many_runs():
     """Many runs (a mesh): int8 windows, cut for all runs at once (`windows` with a leading run axis), train
     exactly as the int32 windows of each run cut alone."""
-    from jax_rnn.driver import JaxTrainer, train
+    from jax_rnn import JaxTrainer, train
 
     config = jax_rnn.FitConfig(batch_size=10, data_size=2_000, epochs=1)
     seeds = [0, 1, 2]
@@ -254,7 +247,7 @@ def test_the_trainer_takes_the_sweeps_int8_windows_for_many_runs():
 def test_the_one_run_trainer_takes_int8_windows_and_any_integer_type():
     """`data.window_dtype` is the smallest type for the class ids; the one-run trainer is compiled for it,
     and windows of another integer type (int32) train exactly the same."""
-    from jax_rnn.driver import JaxTrainer, train
+    from jax_rnn import JaxTrainer, train
 
     assert [task.window_dtype(n) for n in (1, 2, 128, 129, 32768, 32769)] == [
         np.int8, np.int8, np.int8, np.int16, np.int16, np.int32]
@@ -269,31 +262,36 @@ def test_the_one_run_trainer_takes_int8_windows_and_any_integer_type():
     np.testing.assert_array_equal(losses[np.int8], losses[np.int32])
 
 
-def test_adagrads_flat_carry_equals_optax_adagrad_on_the_pytree(small_windows):
-    """`jax_rnn.adagrad` (marked elementwise) runs one run's epoch on all parameters as one vector; optax's
-    own Adagrad with the same settings (not marked) runs it on the pytree: the same epoch, to float rounding
-    (the update is elementwise; XLA may fuse the gradient's sums differently around the vector)."""
+def test_adagrad_is_optax_adagrad_without_epsilon(small_windows):
+    """`jax_rnn.adagrad` is optax's own Adagrad with TF1's settings (accumulators from 0.1, eps 0): an epoch
+    with either is the same, bit for bit."""
     params = jax.tree.map(jnp.asarray, numpy_params(2))
-    marked = jax_rnn.adagrad(0.1)
+    ours = jax_rnn.adagrad(0.1)
     plain = optax.adagrad(0.1, initial_accumulator_value=0.1, eps=0.0)
-    assert isinstance(marked, jax_rnn.optim.Adagrad) and not isinstance(plain, jax_rnn.optim.Adagrad)
+    assert isinstance(ours, optax.GradientTransformation) and ours is not plain
     out = {name: jax_rnn.train_epoch(params, opt.init(params), *small_windows, opt)
-           for name, opt in (("flat", marked), ("pytree", plain))}
-    assert jax.tree.structure(out["flat"][:2]) == jax.tree.structure(out["pytree"][:2])
-    for a, b in zip(jax.tree.leaves(out["flat"]), jax.tree.leaves(out["pytree"])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+           for name, opt in (("ours", ours), ("optax", plain))}
+    assert jax.tree.structure(out["ours"]) == jax.tree.structure(out["optax"])
+    for a, b in zip(jax.tree.leaves(out["ours"]), jax.tree.leaves(out["optax"])):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_hand_written_backward_pass_trains_as_jax_grad():
-    """At the tutorial's batch of 200 one run's epoch computes its gradients by hand (`value_and_grad_window`);
-    `train_runs` uses ``jax.grad``: the same epoch to float rounding, at both small-matrix paths."""
-    for state_size in (4, 16):
+    """At the tutorial's batch of 200 one run's plan computes its gradients by hand (`jax_rnn.backward`);
+    the same plan with ``jax.grad``, and `train_runs` (vmapped, ``jax.grad``), train the same epoch to float
+    rounding. (Every cell the rules tell apart, the elementwise state 4 among them: tests/test_plan.py.)"""
+    for state_size in (16,):
         params = jax.tree.map(jnp.asarray, numpy_params(3, state_size=state_size))
         xw, yw = task.windows(*task.gen_data(20_000, seed=4), batch_size=200, num_steps=5)
         opt = jax_rnn.adagrad(0.1)
-        alone = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt)
-        stack = lambda tree: jax.tree.map(lambda a: jnp.stack([a]), tree)
-        vmapped = jax_rnn.train_runs(stack(params), stack(opt.init(params)), xw[None], yw[None], opt)
-        np.testing.assert_allclose(alone[3], vmapped[3][0], rtol=0, atol=1e-6)
-        for a, b in zip(jax.tree.leaves(alone[:3]), jax.tree.leaves(vmapped[:3])):
-            np.testing.assert_allclose(a, b[0], rtol=1e-5, atol=1e-6)
+        plan = jax_rnn.plan(state_size, 200, 5, backend="cpu")
+        assert plan.gradient == "by_hand" and jax_rnn.plan(state_size, 200, 5, runs=2).gradient == "autodiff"
+        alone = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt, plan=plan)
+        autodiff = jax_rnn.train_epoch(params, opt.init(params), xw, yw, opt,
+                                       plan=dataclasses.replace(plan, gradient="autodiff"))
+        stack = lambda tree: jax.tree.map(lambda a: jnp.stack([a, a]), tree)
+        vmapped = jax_rnn.train_runs(stack(params), stack(opt.init(params)), stack(xw), stack(yw), opt)
+        for other in (autodiff, jax.tree.map(lambda a: a[1], vmapped)):
+            np.testing.assert_allclose(alone[3], other[3], rtol=0, atol=1e-6)
+            for a, b in zip(jax.tree.leaves(alone[:3]), jax.tree.leaves(other[:3])):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -26,6 +26,11 @@ def _with(tree, scope, key, value):
     return {s: {k: (value if (s, k) == (scope, key) else v) for k, v in g.items()} for s, g in tree.items()}
 
 
+def _runs(runs: int):
+    """``(params, opt_state, x_windows, y_windows)`` of ``runs`` runs, each with a leading run axis."""
+    return jax.tree.map(lambda a: jnp.stack([jnp.asarray(a)] * runs), (P, O, XW, XW))
+
+
 JAX_CASES = {
     "x rank": (lambda: jax_rnn.train_epoch(P, O, X, X, OPT), "x_windows must be int[epoch_size, batch, num_steps] (rank 3), got shape (4, 5)"),
     "x float": (lambda: jax_rnn.train_epoch(P, O, XW.astype(np.float32), XW, OPT), "x_windows must hold integer class ids in [0, 2), got dtype float32"),
@@ -45,6 +50,15 @@ JAX_CASES = {
     "step: state batch": (lambda: jax_rnn.train_step(P, O, jnp.zeros((3, 4)), X, X, OPT), "train_step: state must have shape (4, 4)"),
     "runs: no run axis": (lambda: jax_rnn.train_runs(P, O, XW[None], XW[None], OPT), "leading run axis"),
     "loss: y out of range": (lambda: jax_rnn.loss(P, X, X + 5, jnp.zeros((4, 4))), "loss: x and y must hold class ids in [0, 2)"),
+    "loss: state NaN": (lambda: jax_rnn.loss(P, X, X, jnp.full((4, 4), jnp.nan)), "loss: state contains NaN or inf"),
+    "step: y longer than x": (lambda: jax_rnn.train_step(P, O, jnp.zeros((4, 4)), X, np.zeros((4, 6), np.int32), OPT), "train_step: y (4, 6) must have x's batch (4) and at most its 5 steps"),
+    "runs: guard not a bool": (lambda: jax_rnn.train_runs(*_runs(2), OPT, guard=1), "train_runs: guard must be True or False, got 1"),
+    "runs: other run counts": (lambda: jax_rnn.train_runs(*_runs(2)[:2], np.stack([XW] * 3), np.stack([XW] * 3), OPT), "train_runs: x_windows has 3 runs, params 2"),
+    "plan: not a Plan": (lambda: jax_rnn.train_epoch(P, O, XW, XW, OPT, plan="fast"), "train_epoch: plan must be a jax_rnn.Plan (jax_rnn.plan(...)), got str"),
+    "plan: another cell": (lambda: jax_rnn.train_epoch(P, O, XW, XW, OPT, plan=jax_rnn.plan(4, 200, 5)), "train_epoch: the plan is for state 4, batch 200, num_steps 5, 1 run(s); the arguments have state 4, batch 4, num_steps 5, 1 run(s)"),
+    "plan: backprop_steps below num_steps": (lambda: jax_rnn.plan(4, 4, 5, backprop_steps=4), "plan: backprop_steps must be an integer >= num_steps (5), got 4"),
+    "plan: backprop_steps past the row": (lambda: jax_rnn.train_epoch(P, O, XW, XW, OPT, plan=jax_rnn.plan(4, 4, 5, backprop_steps=16)), "train_epoch: backprop_steps must be an integer from num_steps (5) to the steps in a row of data (15), got 16"),
+    "plan: by hand in batch-first": (lambda: jax_rnn.Plan(4, 200, 5, 5, gradient="by_hand"), "plan: gradient='by_hand' needs layout='batch_last'"),
     "fit: lr": (lambda: jax_rnn.FitConfig(learning_rate=-1.0), "learning_rate must be a finite number > 0, got -1.0"),
     "fit: epochs": (lambda: jax_rnn.FitConfig(epochs=0), "epochs must be an integer >= 1, got 0"),
     "fit: data_size float": (lambda: jax_rnn.FitConfig(data_size=1e6), "data_size must be an integer >= 1, got 1000000.0"),
@@ -62,12 +76,21 @@ def test_jax_rnn_bad_input(case):
     assert message in str(err.value)
 
 
-def test_checks_on_tracers_are_shape_only_and_lower_is_checked():
-    """Under the caller's own jit, values cannot be checked but shapes still are; ``.lower`` checks too."""
+def test_checks_on_tracers_are_shape_only():
+    """Under the caller's own jit (or eval_shape), values cannot be checked but shapes and dtypes still are,
+    by the public functions and by `train_step` when its program is traced."""
     f = jax.jit(lambda p, o, xw, yw: jax_rnn.train_epoch(p, o, xw, yw, OPT))
     jax.block_until_ready(f(P, O, XW, XW))
-    with pytest.raises(ValueError, match="rank 3"):
-        jax_rnn.train_epoch.lower(P, O, jax.ShapeDtypeStruct((4, 5), jnp.int32), XW, OPT)
+    with pytest.raises(ValueError, match=r"train_epoch: x_windows must be int\[epoch_size, batch, num_steps\] \(rank 3\)"):
+        jax.eval_shape(lambda xw: jax_rnn.train_epoch(P, O, xw, XW, OPT), jax.ShapeDtypeStruct((4, 5), jnp.int32))
+    with pytest.raises(TypeError, match="train_epoch: y_windows must hold integer class ids in .0, 2., got dtype float32"):
+        f(P, O, XW, XW.astype(np.float32))
+    with pytest.raises(ValueError, match=r"train_step: x must be int\[batch, num_steps\] \(rank 2\)"):
+        jax.jit(lambda x: jax_rnn.train_step(P, O, jnp.zeros((4, 4)), x, X, OPT))(XW)
+    with pytest.raises(ValueError, match=r"train_step: state must have shape \(4, 4\)"):
+        jax.jit(lambda s: jax_rnn.train_step(P, O, s, X, X, OPT))(jnp.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"loss: x \(4, 5\) and y \(4, 3\) must have one shape"):
+        jax.jit(lambda y: jax_rnn.loss(P, X, y, jnp.zeros((4, 4))))(X[:, :3])
 
 
 def _tf_cases():
@@ -79,6 +102,7 @@ def _tf_cases():
         "x negative": (lambda m: m.loss(X - 1, X), "x must hold class ids in [0, 2)"),
         "x float": (lambda m: m.train_epoch(XW.astype(float), XW), "x must hold integer class ids, got dtype float64"),
         "NaN state": (lambda m: m.train_epoch(XW, XW, state=np.full((4, 4), np.nan)), "state contains NaN or inf"),
+        "params of another size": (lambda m: m.set_params(numpy_params(0, state_size=8)), "params rnn_cell/W must have shape (6, 4)"),
         "NaN params": (lambda m: m.set_params(_with(numpy_params(0), "softmax", "b", np.full(2, np.nan))), "params softmax/b contains non-finite values"),
         "bad accumulators": (lambda m: m.set_accumulators(_with(m.get_accumulators(), "softmax", "b", np.zeros(2, np.float32))), "accumulators softmax/b must be > 0"),
         "config lr": (lambda m: tf_rnn.ModelConfig(learning_rate=float("inf")), "learning_rate must be a finite number > 0, got inf"),
