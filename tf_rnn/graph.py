@@ -73,6 +73,7 @@ def build_graph(name: str, config: ModelConfig):
     b_size, n, d = config.batch_size, config.num_classes, config.state_size
     k1, steps = config.num_steps, config.window_steps
     tbptt = steps > k1
+    v1.set_random_seed(0)  # the variables' initial draws (overwritten by the given params); op determinism needs it
     x = v1.placeholder(tf.int32, [b_size, steps], name="input_placeholder")
     y = v1.placeholder(tf.int32, [b_size, steps], name="labels_placeholder")
     init_state = v1.placeholder(tf.float32, [b_size, d], name="init_state")
