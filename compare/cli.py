@@ -1,4 +1,4 @@
-"""``rnn-compare run|sweep|bench|cache``: options and input files are checked before any work (bad: exit 2)."""
+"""``rnn-compare run|sweep|bench|cache``; options and input files are checked before any work."""
 
 import argparse
 import dataclasses
@@ -15,32 +15,30 @@ from . import bench, io, report, run, sweep
 from .io import UsageError, at_least
 
 IMPLS = ("jax", "tf-raw", "tf-static", "tf-dynamic", "tf2")
-DEFAULT = FitConfig()  # the tutorial's
+DEFAULT = FitConfig()
 FIELDS = tuple(f.name for f in dataclasses.fields(FitConfig))
-# What --from sets -> the config key it comes from.
+# --from: option -> config key
 FROM_OPTIONS = {"impl": "impls", **{name: name for name in (*FIELDS, "init_params", "data", "deterministic", "device")
                                     if name not in ("num_classes", "log_every")}}
-OUTPUT_POLICY = ("Writes OUT/NAME.json, .md (the table) and .png (the plot), NAME '<command>-<date>-<time>' unless "
-                 "--name; an existing file is replaced only with --overwrite.")
+OUTPUT_POLICY = "Writes OUT/NAME.json, .md and .png (NAME: <command>-<date>-<time>, or --name); --overwrite replaces."
 
 
-def option(name) -> str:
+def option(name):
     return "--" + name.replace("_", "-")
 
 
-def parse_impls(text) -> tuple[str, ...]:
+def parse_impls(text):
     names = [part.strip() for part in text.split(",")]
     for name in names:
         if name not in IMPLS:
-            raise UsageError("--impl: " + (f"unknown implementation {name!r}" if name else f"an empty item in {text!r} "
-                                           "(a stray comma?)") + f" (choose from {', '.join(IMPLS)})")
+            what = f"unknown implementation {name!r}" if name else f"an empty item in {text!r} (a stray comma?)"
+            raise UsageError(f"--impl: {what} (choose from {', '.join(IMPLS)})")
     if len(set(names)) != len(names):
         raise UsageError(f"--impl: an implementation is named twice in {text!r}")
     return tuple(names)
 
 
-def parse_ints(text, name, words=()) -> tuple:
-    """``"1,5,10"`` -> ``(1, 5, 10)``, each >= 1 (a word of ``words`` is kept as it is)."""
+def parse_ints(text, name, words=()):
     values = []
     for part in (part.strip() for part in text.split(",")):
         if part not in words:
@@ -53,8 +51,7 @@ def parse_ints(text, name, words=()) -> tuple:
     return tuple(values)
 
 
-def fit_config(**fields) -> FitConfig:
-    """`FitConfig` of ``fields``; its errors ("num_steps must be ...") as UsageErrors naming the options."""
+def fit_config(**fields):
     try:
         return FitConfig(**fields)
     except ValueError as err:
@@ -65,10 +62,8 @@ def fit_config(**fields) -> FitConfig:
         raise UsageError(f"{'/'.join(map(option, parts))}{':' if names.endswith(':') else ''} {rest}") from None
 
 
-def apply_from(args) -> dict:
-    """``--from FILE``: set ``args``' config options from that result (none may be given too)."""
+def apply_from(args):
     original = io.load_result(args.from_json)
-    # What an older result lacks, and where else to find it.
     c = {"deterministic": False, "backprop_steps": original["config"].get("num_steps"),
          "device": original.get("environment", {}).get("device", {}).get("requested", "cpu"), **original["config"]}
     missing = [k for k in FROM_OPTIONS.values() if k not in c]
@@ -82,107 +77,101 @@ def apply_from(args) -> dict:
     return original
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
     parser = argparse.ArgumentParser(prog="rnn-compare", epilog=OUTPUT_POLICY, description=(
-        "Do JAX and TensorFlow learn the same thing, and how fast is each? Trains r2rt's vanilla RNN (truncated "
-        "BPTT on the binary toy task) with jax_rnn and tf_rnn and compares them."))
+        "Do jax_rnn and tf_rnn learn r2rt's vanilla RNN alike, and how fast is each?"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
-    def command(name, summary, description, impl=None, epochs=None, impl_help=None, size_help=None):
-        p = sub.add_parser(name, help=summary, description=description, epilog=OUTPUT_POLICY)
-        p.set_defaults(error=p.error)  # a UsageError is reported under that command's usage
+    def command(name, summary, impl, epochs=None, impl_help=None, size_help=None):
+        p = sub.add_parser(name, help=summary, description=summary, epilog=OUTPUT_POLICY)
+        p.set_defaults(error=p.error)  # UsageErrors under this command's usage
         add = p.add_argument
         add("--impl", default=impl, help=f"comma list of {', '.join(IMPLS)} (default: {impl_help or impl})")
-        add("--batch-size", type=int, default=DEFAULT.batch_size, help=f"sequences per batch (default: {DEFAULT.batch_size})")
-        add("--learning-rate", type=float, default=DEFAULT.learning_rate, help=f"Adagrad's (default: {DEFAULT.learning_rate})")
         if name != "bench":
             add("--epochs", type=int, default=epochs, help=f"(default: {epochs or '1, or the rows of --data'})")
         add("--data-size", type=int, default=None if size_help else DEFAULT.data_size,
             help=f"points per epoch (default: {size_help or f'{DEFAULT.data_size:,}'})")
-        add("--seed", type=int, default=DEFAULT.seed, help=f"of the data and weights (default: {DEFAULT.seed})")
+        fields = {"batch_size": "sequences per batch", "learning_rate": "Adagrad's", "seed": "of the data and weights"}
+        if name != "sweep":
+            fields.update(num_steps="steps per window", state_size="RNN state size")
+        for field, text in fields.items():
+            value = getattr(DEFAULT, field)
+            add(option(field), type=type(value), default=value, help=f"{text} (default: {value})")
+        if name != "sweep":
+            add("--backprop-steps", type=int, metavar="K2", help="train TBPTT(num_steps, K2) (default: num_steps)")
         add("--device", choices=io.DEVICES, default="cpu", help="auto: the GPU where seen (default: cpu)")
         add("--out", default="results", help="output directory (default: results)")
         add("--name", help="the outputs' file name stem")
         add("--json", help="the JSON's path instead")
         add("--overwrite", action="store_true")
         add("--quiet", action="store_true", help="no progress, only the table")
-        add("--no-compile-cache", action="store_true", help="neither read nor write JAX's compilation cache")
-        if name != "sweep":
-            add("--num-steps", type=int, default=DEFAULT.num_steps, help=f"steps per window (default: {DEFAULT.num_steps})")
-            add("--state-size", type=int, default=DEFAULT.state_size, help=f"RNN state size (default: {DEFAULT.state_size})")
-            add("--backprop-steps", type=int, metavar="K2", help="train TBPTT(num_steps, K2), K2 >= num_steps "
-                "(default: num_steps, the tutorial's)")
+        add("--no-compile-cache", action="store_true", help="don't use JAX's compilation cache")
+        if name != "bench":
+            add("--checkpoint", metavar="DIR", help="save checkpoints in DIR")
+            more = " (--epochs may be larger)" if name == "run" else ""
+            add("--resume", metavar="DIR", help=f"continue from DIR's checkpoints{more}")
         return p, add
 
-    p, add = command("run", "train implementations on the same data and weights; compare losses",
-                     "Train each implementation from the same weights on the same data; report losses, levels, "
-                     "timings and whether every step's loss agrees within 1e-4 (exit status 1 if not).",
-                     "jax,tf-dynamic", size_help=f"{DEFAULT.data_size:,}, or the columns of --data")
-    add("--init-params", metavar="FILE.npz", help="initial parameters, keys rnn_cell/W, rnn_cell/b, softmax/W, softmax/b")
+    p, add = command("run", "Train implementations from the same weights on the same data; compare losses (exit "
+                     "status 1 if they differ by over 1e-4).", "jax,tf-dynamic",
+                     size_help=f"{DEFAULT.data_size:,}, or the columns of --data")
+    add("--init-params", metavar="FILE.npz", help="initial parameters: rnn_cell/W, rnn_cell/b, softmax/W, softmax/b")
     add("--data", metavar="FILE.npz", help="training data, keys x, y: int arrays [epochs, data_size]")
-    add("--save-params", metavar="FILE.npz", help="save the final parameters ({impl} in the name: the implementation)")
-    add("--checkpoint", metavar="DIR", help="save DIR/<impl>.npz after every epoch")
-    add("--resume", metavar="DIR", help="continue from DIR's checkpoints (--epochs may be larger)")
+    add("--save-params", metavar="FILE.npz", help="save the final parameters ({impl}: the implementation)")
     add("--from", dest="from_json", metavar="FILE.json", help="rerun a run's result; are the losses identical?")
     add("--deterministic", action="store_true", help="TensorFlow op determinism")
     p.set_defaults(option_defaults={a.dest: a.default for a in p._actions})
 
-    _, add = command("sweep", "the tutorial's grid: num_steps x state_size (x backprop steps), several seeds",
-                     "Train every cell for every seed; report the final loss (mean and spread over seeds) and the level.",
-                     "jax", 5)
-    add("--num-steps", default="1,5,10", help="comma list (default: 1,5,10)")
-    add("--state-size", default="4,16", help="comma list (default: 4,16)")
+    _, add = command("sweep", "The tutorial's grid, num_steps x state_size (x backprop steps), over seeds: final "
+                     "loss (mean, spread) and level.", "jax", 5)
+    for name, value in ("num_steps", "1,5,10"), ("state_size", "4,16"):
+        add(option(name), default=value, help=f"comma list (default: {value})")
     add("--backprop-steps", default="num_steps", metavar="K2S", help="comma list: each num_steps also trains "
-        "TBPTT(num_steps, K2) for every K2 >= it (e.g. num_steps,9,15; default: num_steps)")
+        "TBPTT(num_steps, K2) for every K2 >= it, e.g. num_steps,9 (default: num_steps)")
     add("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
-    add("--checkpoint", metavar="DIR", help="save every cell in DIR")
-    add("--resume", metavar="DIR", help="load DIR's cells and train the rest")
     add("--workers", type=int, help="JAX cells trained at once (default: the CPU cores, on a GPU 1)")
 
-    _, add = command("bench", "speed: build, first epoch, steady state, memory, speed-up",
-                     f"Time every implementation on the same data: build, first epoch, --repeats epochs (median, "
-                     f"min-max), rates, peak memory, speed-up against {bench.BASELINE}.",
-                     impl_help=f"all five, {','.join(IMPLS)}; with --scaling {','.join(bench.SCALING_IMPLS)}",
-                     size_help=f"{DEFAULT.data_size:,}; with --scaling {bench.SCALING_DATA_SIZE:,}")
+    _, add = command("bench", f"Speed on the same data: build, first epoch, --repeats epochs, memory, speed-up vs "
+                     f"{bench.BASELINE}.", None, impl_help=f"all five, {','.join(IMPLS)}; with --scaling "
+                     f"{','.join(bench.SCALING_IMPLS)}", size_help=f"{DEFAULT.data_size:,}; with --scaling "
+                     f"{bench.SCALING_DATA_SIZE:,}")
     add("--repeats", type=int, help="timed epochs after a warm-up one (default: 3; 2 with --scaling)")
-    add("--scaling", action="store_true", help="seconds as state_size, num_steps and batch_size grow; JAX's memory "
-        "with and without remat")
+    add("--scaling", action="store_true", help="seconds as state_size, num_steps, batch_size grow; memory with remat")
     add("--no-memory", action="store_true", help="with --scaling: skip the memory study")
     add("--grid", action="store_true", help="JAX, the C loop and TF on --states x --steps, then --large-states")
     add("--truncation", metavar="K2S", help="JAX's TBPTT(k1, K2) against num_steps k1 on --states x --steps "
         "(default: 4,16 x 1,3,5)")
     add("--plan-options", action="store_true", help="each choice of jax_rnn.plan against the plan without it")
     add("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default: 1)")
-    for name, values in (("states", bench.GRID_STATES), ("steps", bench.GRID_STEPS), ("large-states", bench.LARGE_STATES)):
-        add(f"--{name}", help=f"comma list (default: {','.join(map(str, values))}" + ("; none: skip)" if "large" in name else ")"))
+    for name, values in bench.GRID.items():
+        add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
-    p = sub.add_parser("cache", help="where JAX's compilation cache is, its size; --clear empties it", description=(
-        f"JAX's persistent compilation cache, used unless --no-compile-cache: ${compile_cache.DIR_ENV}, else "
-        f"$XDG_CACHE_HOME/rnn-scan/jax; {compile_cache.SWITCH_ENV}=0 turns it off."))
+    p = sub.add_parser("cache", help="Where JAX's compilation cache is, its size; --clear empties it.", description=(
+        f"JAX's compilation cache: ${compile_cache.DIR_ENV}, else $XDG_CACHE_HOME/rnn-scan/jax; "
+        f"{compile_cache.SWITCH_ENV}=0 or --no-compile-cache: off."))
     p.add_argument("--clear", action="store_true", help="delete the cached executables")
     return parser
 
 
 def _config(args, **fields):
-    """The options' `FitConfig`, ``fields`` overriding them; notes the points no window covers."""
-    c = fit_config(**{**{f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None}, **fields})
+    c = fit_config(**{f: getattr(args, f) for f in FIELDS if getattr(args, f, None) is not None} | fields)
     dropped, row = c.data_size - c.epoch_size * c.batch_size * c.num_steps, c.data_size // c.batch_size
     if dropped:
-        print(f"note: {c.data_size:,} points per epoch = {c.batch_size} rows of {row:,} (+{c.data_size - c.batch_size * row} "
-              f"dropped), {c.epoch_size} windows of {c.num_steps} per row: {dropped:,} points per epoch are not trained "
-              f"on", file=sys.stderr)
+        print(f"note: {c.data_size:,} points per epoch = {c.batch_size} rows of {row:,} (+{c.data_size % c.batch_size} "
+              f"dropped), {c.epoch_size} windows of {c.num_steps} per row: {dropped:,} points not trained on",
+              file=sys.stderr)
     return c
 
 
 def _start(args, kind, impls):
-    paths = io.output_paths(kind.replace("_", "-"), args.out, args.name, args.json, args.overwrite,
-                            time.strftime("%Y%m%d-%H%M%S"))
-    return paths, io.resolve(args.device, any(impl != "jax" for impl in impls))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    paths = io.output_paths(kind.replace("_", "-"), args.out, args.name, args.json, args.overwrite, stamp)
+    return paths, io.resolve(args.device, set(impls) != {"jax"})
 
 
 def _write(result, paths, kind):
     markdown, plot = getattr(report, f"{kind}_markdown")(result), getattr(report, f"{kind}_plot", None)
-    if plot is None:
+    if not plot:
         del paths["png"]
     else:
         io.write_bytes(paths["png"], plot(result))
@@ -195,43 +184,40 @@ def _run(args):
     original = apply_from(args) if args.from_json else None
     impls = parse_impls(args.impl)
     data = io.load_data(args.data) if args.data else None
-    epochs, data_size = args.epochs, args.data_size
-    if data is not None:
+    epochs, size = args.epochs, args.data_size
+    if data:
         rows, cols = data[0].shape
-        if data_size is not None and data_size != cols:
-            raise UsageError(f"--data-size {data_size} does not match --data {args.data} ({cols} points per row)")
+        if size is not None and size != cols:
+            raise UsageError(f"--data-size {size} does not match --data {args.data} ({cols} points per row)")
         if epochs is not None and epochs > rows:
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
-        epochs, data_size = rows if epochs is None else epochs, cols
-    config = _config(args, epochs=1 if epochs is None else epochs,
-                     data_size=DEFAULT.data_size if data_size is None else data_size)
-    if args.init_params:
-        params = io.load_params(args.init_params, config.num_classes, config.state_size)
-    else:
-        params = glorot_params(config.num_classes, config.state_size, config.seed)
+        epochs, size = rows if epochs is None else epochs, cols
+    c = _config(args, epochs=1 if epochs is None else epochs, data_size=DEFAULT.data_size if size is None else size)
+    params = (io.load_params(args.init_params, c.num_classes, c.state_size) if args.init_params
+              else glorot_params(c.num_classes, c.state_size, c.seed))
     io.check_dirs(args.checkpoint, args.resume)
-    save = {impl: io.check_writable(io.params_path(args.save_params, impl), args.overwrite, "--save-params")
-            for impl in impls} if args.save_params else None
+    save = args.save_params and {impl: io.check_writable(io.params_path(args.save_params, impl), args.overwrite,
+                                                         "--save-params") for impl in impls}
     if save and len(set(save.values())) != len(save):
         raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
     paths, devices = _start(args, "run", impls)
-    # What checkpoints hold: not the device, so that a run may resume on another one.
-    record = {**io.record(config, impls), "init_params": args.init_params, "data": args.data,
+    # not the device: a run may resume on another
+    record = {**io.record(c, impls), "init_params": args.init_params, "data": args.data,
               "deterministic": args.deterministic}
-    result = run.run(config, impls, params, devices, data, save, args.quiet, args.checkpoint or args.resume,
-                     args.resume, record, args.deterministic)
+    result = run.run(c, impls, params, devices, data, save, args.quiet, args.checkpoint or args.resume, args.resume,
+                     record, args.deterministic)
     result["config"]["device"] = args.device
-    if original is not None:
+    if original:
         result["rerun_of"] = run.rerun_of(args.from_json, original, result)
     _write(result, paths, "run")
-    if original is not None:
+    if original:
         print(run.rerun_summary(result["rerun_of"]))
     return 1 if result["agreement"]["all_agree"] is False else 0
 
 
 def _sweep(args):
     impls = parse_impls(args.impl)
-    num_steps, state_sizes = parse_ints(args.num_steps, "--num-steps"), parse_ints(args.state_size, "--state-size")
+    num_steps, state_sizes = (parse_ints(getattr(args, k), option(k)) for k in ("num_steps", "state_size"))
     at_least(args.seeds, "--seeds")
     workers = args.workers if args.workers is None else at_least(args.workers, "--workers")
     io.check_dirs(args.checkpoint, args.resume)
@@ -240,7 +226,7 @@ def _sweep(args):
                                      if k == "num_steps" or k >= n))
     if not truncations:
         raise UsageError(f"--backprop-steps: every value is below every --num-steps ({args.num_steps}); "
-                         f"each cell needs K2 >= its num_steps")
+                         "each cell needs K2 >= its num_steps")
     configs = [_config(args, num_steps=n, state_size=d, backprop_steps=None if k == n else k)
                for n, k in truncations for d in state_sizes]
     paths, devices = _start(args, "sweep", impls)
@@ -256,40 +242,37 @@ def _bench(args):
         raise UsageError(f"{' and '.join(map(option, modes))}: choose one")
     mode = modes[0] if modes else None
     if mode and args.backprop_steps is not None:
-        raise UsageError("--backprop-steps: " + ("the scaling study varies num_steps itself" if mode == "scaling"
-                                                 else f"{option(mode)} chooses the truncation itself"))
-    impls = parse_impls(args.impl or ",".join({"scaling": bench.SCALING_IMPLS, "grid": bench.GRID_IMPLS,
-                                               None: IMPLS}.get(mode, ("jax",))))
+        why = "the scaling study varies num_steps" if mode == "scaling" else f"{option(mode)} chooses the truncation"
+        raise UsageError(f"--backprop-steps: {why} itself")
+    impls = {"scaling": bench.SCALING_IMPLS, "grid": bench.GRID_IMPLS, None: IMPLS}.get(mode, ("jax",))
+    impls = parse_impls(args.impl or ",".join(impls))
     if mode not in (None, "scaling") and "jax" not in impls:
-        raise UsageError(f"--impl: {option(mode)} " + ("compares JAX with the C loop and TF" if mode == "grid"
-                                                      else "times JAX only") + "; include jax")
+        what = "compares JAX with the C loop and TF" if mode == "grid" else "times JAX only"
+        raise UsageError(f"--impl: {option(mode)} {what}; include jax")
     repeats = at_least(args.repeats if args.repeats is not None else 2 if mode == "scaling" else 3, "--repeats")
-    config = _config(args, epochs=repeats + 1, data_size=args.data_size if args.data_size is not None else
-                     bench.SCALING_DATA_SIZE if mode == "scaling" else DEFAULT.data_size)
-    csv = lambda values: ",".join(map(str, values))
-    states = parse_ints(args.states or ("4,16" if mode == "truncation" else csv(bench.GRID_STATES)), "--states")
-    steps = parse_ints(args.steps or ("1,3,5" if mode == "truncation" else csv(bench.GRID_STEPS)), "--steps")
-    large = args.large_states or csv(bench.LARGE_STATES)
+    size = bench.SCALING_DATA_SIZE if mode == "scaling" else DEFAULT.data_size
+    c = _config(args, epochs=repeats + 1, data_size=size if args.data_size is None else args.data_size)
+    grid = bench.GRID | (bench.TRUNCATION_GRID if mode == "truncation" else {})
+    states, steps = (parse_ints(getattr(args, k) or grid[k], option(k)) for k in ("states", "steps"))
+    large = args.large_states or grid["large_states"]
     large = () if large == "none" else parse_ints(large, "--large-states")
-    k2s, row = parse_ints(args.truncation, "--truncation") if args.truncation else (), config.data_size // config.batch_size
+    k2s, row = parse_ints(args.truncation, "--truncation") if args.truncation else (), c.data_size // c.batch_size
     if max(k2s, default=0) > row:
         raise UsageError(f"--truncation: at most the steps in a row of data ({row}), got {max(k2s)}")
     runs = at_least(args.runs, "--runs")
     for d, n in itertools.product(states, steps) if mode not in (None, "scaling") else ():
-        fit_config(**{**dataclasses.asdict(config), "state_size": d, "num_steps": n})  # every cell, before any work
+        fit_config(**dataclasses.asdict(c) | {"state_size": d, "num_steps": n})  # before any work
     paths, devices = _start(args, mode or "bench", impls)
     if mode == "grid":
-        cells = bench.grid_cells(states, steps, config.data_size, large)
-        result = bench.grid(config, impls, devices, repeats, cells, args.quiet)
+        result = bench.grid(c, impls, devices, repeats, states, steps, large, args.quiet)
     elif mode == "scaling":
-        result = bench.scaling(config, impls, devices, repeats, memory_steps=() if args.no_memory else
-                               bench.MEMORY_NUM_STEPS, quiet=args.quiet)
+        result = bench.scaling(c, impls, devices, repeats, () if args.no_memory else bench.MEMORY_NUM_STEPS, args.quiet)
     elif mode:
-        rows = (bench.truncation(config, states, steps, k2s, repeats, args.quiet) if mode == "truncation" else
-                bench.plan_options(config, states, steps, runs, repeats, args.quiet))
-        result = bench.page(f"bench {option(mode)}", config, devices, repeats, rows=rows)
+        rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet) if mode == "truncation" else
+                bench.plan_options(c, states, steps, runs, repeats, args.quiet))
+        result = bench.page(f"bench {option(mode)}", c, devices, repeats, rows=rows)
     else:
-        result = bench.bench(config, impls, devices, repeats, args.quiet)
+        result = bench.bench(c, impls, devices, repeats, args.quiet)
     _write(result, paths, mode or "bench")
     return 0
 
@@ -303,18 +286,17 @@ def _cache(args):
     return 0
 
 
-def main(argv=None) -> int:
-    """Runs ``argv``'s command; returns the exit status."""
+def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command != "cache" and not args.no_compile_cache:
         try:
             compile_cache.enable_compile_cache()  # before anything compiles
-        except OSError as err:  # an unwritable cache directory costs only the cache
+        except OSError as err:  # costs only the cache
             print(f"note: JAX compilation cache off: {err}", file=sys.stderr)
     try:
         return {"run": _run, "sweep": _sweep, "bench": _bench, "cache": _cache}[args.command](args)
     except UsageError as err:
-        args.error(str(err))  # prints the usage and the message, exits with status 2
+        args.error(str(err))  # exits, status 2
         return 2
 
 

@@ -1,11 +1,10 @@
-"""What goes in and out: `UsageError`, input files, outputs, checkpoints, the JSON of a config, the machine."""
+"""Input files, outputs, checkpoints, a config's JSON, the machine; `UsageError`."""
 
 import dataclasses
 import hashlib
 import importlib.metadata
 import io
 import json
-import math
 import os
 import platform
 import sys
@@ -21,54 +20,46 @@ from jax_rnn.model import PARAM_KEYS, flatten, nest, param_shapes
 
 OUTPUT_EXTS = ("json", "md", "png")
 DEVICES = ("cpu", "gpu", "auto")
-GPU_HELP = "install the CUDA builds (pip install -e '.[tf,cuda]'), or use --device cpu"
 
 
 class UsageError(ValueError):
     """A bad option or input file: reported argparse-style, exit status 2."""
 
 
-def at_least(value, option, minimum=1) -> int:
-    if value < minimum:
-        raise UsageError(f"{option} must be >= {minimum}, got {value}")
+def at_least(value, option):
+    if value < 1:
+        raise UsageError(f"{option} must be >= 1, got {value}")
     return value
 
 
-def record(config, impls=None) -> dict:
-    """A `FitConfig` as JSON: its fields, ``epoch_size``, ``backprop_steps`` as trained, and ``impls``."""
+def record(config, impls=None):
     out = {**dataclasses.asdict(config), "epoch_size": config.epoch_size, "backprop_steps": config.window_steps}
     return out if impls is None else {**out, "impls": list(impls)}
 
 
-def result(command, config: dict, devices, **fields) -> dict:
-    """A command's result: ``command``, ``config``, ``environment``, ``targets``, ``fields``; strict JSON."""
-    return json_safe({"command": command, "config": config, "environment": describe(devices),
-                      "targets": task.TARGETS._asdict(), **fields})
+def result(command, config: dict, devices, **fields):
+    return json_safe(dict(command=command, config=config, environment=describe(devices),
+                          targets=task.TARGETS._asdict(), **fields))
 
 
 def json_safe(tree):
-    """``tree`` with NaN/inf as None and numpy values as Python ones: strict JSON."""
+    if isinstance(tree, (np.ndarray, np.generic)):
+        tree = tree.tolist()
     if isinstance(tree, dict):
         return {k: json_safe(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple, np.ndarray)):
-        return [json_safe(v) for v in (tree.tolist() if isinstance(tree, np.ndarray) else tree)]
-    if isinstance(tree, np.generic):
-        tree = tree.item()
-    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    return None if isinstance(tree, float) and not np.isfinite(tree) else tree
 
 
-def fingerprint(params) -> str:
-    """SHA-256 (16 hex digits) of the parameters: equal means the same starting point."""
+def fingerprint(params):
     digest = hashlib.sha256()
     for key, value in flatten(params).items():
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(value, np.float32).tobytes())
+        digest.update(key.encode() + np.ascontiguousarray(value, np.float32).tobytes())
     return digest.hexdigest()[:16]
 
 
-# --- input files ---
-
-def _load_npz(path, option, keys: tuple[str, ...]):
+def _load_npz(path, option, keys):
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
     try:
@@ -81,21 +72,19 @@ def _load_npz(path, option, keys: tuple[str, ...]):
     return arrays
 
 
-def load_params(path, num_classes, state_size) -> dict:
-    """``--init-params``: keys ``rnn_cell/W`` ..., finite floats of the cell's shapes."""
+def load_params(path, num_classes, state_size):
     arrays, shapes = _load_npz(path, "--init-params", PARAM_KEYS), param_shapes(num_classes, state_size)
     for key in PARAM_KEYS:
-        a, shape = arrays[key], shapes[key.split("/")[0]][key.split("/")[1]]
-        if a.shape != shape:
-            raise UsageError(f"--init-params: {path}: {key} must have shape {list(shape)} for state size "
-                             f"{state_size}, got {list(a.shape)}")
+        a, (group, name) = arrays[key], key.split("/")
+        if a.shape != (shape := shapes[group][name]):
+            raise UsageError(f"--init-params: {path}: {key} must have shape {list(shape)} for state size {state_size}"
+                             f", got {list(a.shape)}")
         if not np.issubdtype(a.dtype, np.floating) or not np.all(np.isfinite(a)):
             raise UsageError(f"--init-params: {path}: {key} must hold finite floats, got dtype {a.dtype}")
     return nest(arrays)
 
 
-def load_data(path, num_classes=2) -> tuple[np.ndarray, np.ndarray]:
-    """``--data``: keys ``x``, ``y``; returns both as ``int32[epochs, data_size]``."""
+def load_data(path, num_classes=2):
     arrays = _load_npz(path, "--data", ("x", "y"))
     try:
         return task.check_rows(arrays["x"], arrays["y"], num_classes)
@@ -103,13 +92,11 @@ def load_data(path, num_classes=2) -> tuple[np.ndarray, np.ndarray]:
         raise UsageError(f"--data: {path}: {err}") from None
 
 
-def load_result(path) -> dict:
-    """``--from``: the JSON of an ``rnn-compare run``."""
+def load_result(path):
     if not os.path.isfile(path):
         raise UsageError(f"--from: no such file: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise UsageError(f"--from: cannot read {path} as JSON ({err})") from None
     if not isinstance(result, dict) or result.get("command") != "run" or not isinstance(result.get("config"), dict):
@@ -117,9 +104,7 @@ def load_result(path) -> dict:
     return result
 
 
-# --- outputs ---
-
-def check_writable(path, overwrite, option) -> Path:
+def check_writable(path, overwrite, option):
     path = Path(path)
     if path.exists() and not overwrite:
         raise UsageError(f"{option}: {path} exists; pass --overwrite to replace it, or choose another name")
@@ -129,30 +114,28 @@ def check_writable(path, overwrite, option) -> Path:
     return path
 
 
-def write_text(path, text) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+def write_text(path, text):
+    return write_bytes(path, text.encode())
 
 
-def write_json(path, obj) -> Path:
+def write_json(path, obj):
     return write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
-def save_params(path, params) -> Path:
+def save_params(path, params):
     buffer = io.BytesIO()
     np.savez(buffer, **flatten(params))
     return write_bytes(path, buffer.getvalue())
 
 
-def params_path(pattern, impl) -> Path:
-    """``--save-params``: ``{impl}`` replaced by the name, else ``-<impl>`` before the suffix."""
+def params_path(pattern, impl):
     if "{impl}" in pattern:
         return Path(pattern.replace("{impl}", impl))
     path = Path(pattern)
     return path.with_name(f"{path.stem}-{impl}{path.suffix or '.npz'}")
 
 
-def output_paths(command, out_dir, name, json_path, overwrite, stamp) -> dict[str, Path]:
-    """``{ext: OUT/NAME.ext}``, checked before any work; NAME defaults to ``<command>-<stamp>[-k]``, a new one."""
+def output_paths(command, out_dir, name, json_path, overwrite, stamp):
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is not a directory")
@@ -169,28 +152,28 @@ def output_paths(command, out_dir, name, json_path, overwrite, stamp) -> dict[st
     return paths
 
 
-def check_dirs(checkpoint, resume) -> None:
-    if resume is not None and not Path(resume).is_dir():
+def check_dirs(checkpoint, resume):
+    if resume and not Path(resume).is_dir():
         raise UsageError(f"--resume: {resume} is not a directory of checkpoints")
-    if checkpoint is not None and Path(checkpoint).exists() and not Path(checkpoint).is_dir():
+    ck = checkpoint and Path(checkpoint)
+    if ck and ck.exists() and not ck.is_dir():
         raise UsageError(f"--checkpoint: {checkpoint} exists and is not a directory")
-    if checkpoint is not None and resume is None and any(Path(checkpoint).glob("*.npz")):
+    if ck and resume is None and any(ck.glob("*.npz")):
         raise UsageError(f"--checkpoint: {checkpoint} already holds checkpoints; resume with --resume {checkpoint}, "
-                         f"or choose an empty directory")
+                         "or choose an empty directory")
 
 
-def run_path(directory, impl) -> Path:
+def run_path(directory, impl):
     return Path(directory) / f"{impl}.npz"
 
 
-def cell_path(directory, cell) -> Path:
+def cell_path(directory, cell):
     n, k2 = cell["num_steps"], cell["backprop_steps"]
     return Path(directory) / f"sweep-{n}{'' if k2 == n else f'x{k2}'}-{cell['state_size']}-{cell['impl']}.npz"
 
 
 def load_checkpoint(file, config, writer, kind, impl=None, free=()):
-    """The checkpoint at ``file`` (None if none yet); UsageError if it is not ``writer``'s for ``impl`` or
-    its config differs (but for the keys ``free``)."""
+    """``file``'s checkpoint, None if none; UsageError unless ``writer``'s with ``config`` (but ``free``)."""
     if not file.is_file():
         return None
     try:
@@ -199,7 +182,7 @@ def load_checkpoint(file, config, writer, kind, impl=None, free=()):
         raise UsageError(str(err)) from None
     if saved.meta.get("writer") != writer or saved.meta.get("impl") != impl:
         raise UsageError(f"--resume: {file} is not a checkpoint of {writer!r}" + (f" for {impl}" if impl else ""))
-    differ = [k for k in sorted(set(saved.config) | set(config)) if k not in free and saved.config.get(k) != config.get(k)]
+    differ = [k for k in sorted({*saved.config, *config}) if k not in free and saved.config.get(k) != config.get(k)]
     if differ:
         detail = ", ".join(f"{k}={saved.config.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
         raise UsageError(f"--resume: {file} was written by another {kind} ({detail}); refusing to resume from it")
@@ -208,17 +191,15 @@ def load_checkpoint(file, config, writer, kind, impl=None, free=()):
 
 @dataclasses.dataclass(frozen=True)
 class Devices:
-    """``--device`` resolved per framework: ``"cpu"`` or ``"gpu"``; ``tf`` None without TensorFlow."""
-
     requested: str
     jax: str
     tf: str | None
 
-    def of(self, impl) -> str | None:
+    def of(self, impl):
         return self.jax if impl == "jax" else self.tf
 
 
-def _gpus(framework) -> list:
+def _gpus(framework):
     if framework == "jax":
         try:
             return jax.devices("gpu")
@@ -230,9 +211,8 @@ def _gpus(framework) -> list:
     return tf.config.list_physical_devices("GPU")
 
 
-def resolve(requested, need_tf) -> Devices:
-    """``cpu``; ``gpu`` (UsageError if a framework sees none); ``auto``: the GPU wherever one is seen.
-    Imports TensorFlow only if ``need_tf`` (now, so that loading it is not timed as training)."""
+def resolve(requested, need_tf):
+    """``auto``: the GPU wherever seen; imports TensorFlow now if ``need_tf``."""
     if requested not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {requested!r}")
     if need_tf:
@@ -241,7 +221,8 @@ def resolve(requested, need_tf) -> Devices:
     for framework, name in (("jax", "JAX"), ("tf", "TensorFlow")) if need_tf else (("jax", "JAX"),):
         kinds[framework] = "gpu" if requested != "cpu" and _gpus(framework) else "cpu"
         if requested == "gpu" and kinds[framework] == "cpu":
-            raise UsageError(f"--device gpu: {name} sees no GPU; {GPU_HELP}")
+            raise UsageError(f"--device gpu: {name} sees no GPU; install the CUDA builds (pip install -e "
+                             "'.[tf,cuda]'), or use --device cpu")
     return Devices(requested, kinds["jax"], kinds.get("tf"))
 
 
@@ -257,18 +238,15 @@ def _version(*dists):
             pass
 
 
-def describe(devices: Devices) -> dict:
-    """A result's ``environment``: versions (TensorFlow's without importing it), devices, machine, JAX's
-    compilation cache directory (None: off)."""
+def describe(devices: Devices):
     jd = jax_device(devices.jax)
-    env = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
-           "jaxlib": _version("jaxlib"), "optax": _version("optax"),
-           "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-macos"), "tf_keras": _version("tf-keras"),
-           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "jax_compile_cache": active_dir(),
-           "device": {"requested": devices.requested,
-                      "jax": {"kind": devices.jax, "name": getattr(jd, "device_kind", str(jd)), "id": str(jd)}}}
-    if devices.tf is not None and "tensorflow" in sys.modules:
+    env = dict(python=platform.python_version(), numpy=np.__version__, jax=jax.__version__, jaxlib=_version("jaxlib"),
+               optax=_version("optax"), tensorflow=_version("tensorflow", "tensorflow-cpu", "tensorflow-macos"),
+               tf_keras=_version("tf-keras"), platform=platform.platform(),
+               processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+               jax_compile_cache=active_dir(), device={"requested": devices.requested, "jax": {
+                   "kind": devices.jax, "name": getattr(jd, "device_kind", str(jd)), "id": str(jd)}})
+    if devices.tf and "tensorflow" in sys.modules:
         gpus = _gpus("tf") if devices.tf == "gpu" else []
         details = sys.modules["tensorflow"].config.experimental.get_device_details(gpus[0]) if gpus else {}
         env["device"]["tf"] = {"kind": devices.tf, "name": details.get("device_name", gpus[0].name) if gpus else "cpu"}

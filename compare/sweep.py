@@ -1,10 +1,10 @@
-"""``rnn-compare sweep``: num_steps x state_size (x backprop steps) cells, each over seeds; seed ``s`` fixes
-the weights and the data, so every implementation sees the same runs."""
+"""``rnn-compare sweep``: num_steps x state_size (x backprop steps) cells over seeds (a seed: weights, data)."""
 
 import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import jax
 import jax.monitoring
@@ -20,135 +20,115 @@ from jax_rnn.trainer import History, JaxTrainer, train
 from . import io
 from .run import final_loss, make_trainer, running_averages
 
-WRITER = "rnn-compare sweep"  # of its checkpoints
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "/jax/core/compile/backend_compile_duration")
+WRITER = "rnn-compare sweep"
+FIELDS = ("epochs", "data_size", "batch_size", "learning_rate")
+COMPILE_EVENTS = [f"/jax/core/compile/{e}_duration" for e in ("jaxpr_trace", "jaxpr_to_mlir_module", "backend_compile")]
 
 
-def tutorial_level(backprop_steps) -> str:
+def tutorial_level(backprop_steps):
     """The level TBPTT can reach: a lag of L steps needs errors that travel more than L steps."""
     return "none" if backprop_steps <= 3 else "first" if backprop_steps <= 8 else "both"
 
 
-class Shared:
-    """Every seed's epochs, made once (int8: the values are 0 and 1), and each thread's seconds of ``data``
-    and ``compile`` (JAX's compile events fire in the compiling thread)."""
-
-    def __init__(self, config, seeds):
-        self.seconds, start = {}, time.perf_counter()
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-        self.epochs = {s: [(x.astype(np.int8), y.astype(np.int8)) for x, y in task.epochs(config.data_size, s, config.epochs)]
-                       for s in seeds}
-        self.add("data", time.perf_counter() - start)
-
-    def add(self, kind, seconds) -> None:
-        self.mine()[kind] += seconds
-
-    def mine(self) -> dict:
-        return self.seconds.setdefault(threading.get_ident(), {"data": 0.0, "compile": 0.0})
-
-    def _on_event(self, event, duration, **_):
-        if event in COMPILE_EVENTS:
-            self.add("compile", duration)
-
-    def close(self) -> None:
-        from jax._src import monitoring  # the public module has no unregister
-
-        monitoring.unregister_event_duration_listener(self._on_event)
-
-    def windows(self, config, seeds, start=0, stacked=False):
-        """Per epoch: one seed's ``int32[epoch_size, batch, num_steps]`` windows, or ``stacked``,
-        ``int8[seeds, epoch_size, batch, num_steps]``."""
-        for epoch in range(start, len(self.epochs[seeds[0]])):
-            begin = time.perf_counter()
-            x, y = (np.stack([self.epochs[s][epoch][i] for s in seeds]) for i in (0, 1))
-            cut = task.windows(x, y, config.batch_size, config.num_steps, np.int8 if stacked else np.int32)
-            self.add("data", time.perf_counter() - begin)
-            yield cut if stacked else (cut[0][0], cut[1][0])
+_spent = threading.local()  # a cell's seconds (JAX's compile events fire in the compiling thread)
 
 
-def _train(impl, config, seeds, device, bar, data: Shared, saved=None, save=None):
-    """``(f32[seeds, epochs, epoch_size], diverged per seed)``: JAX trains every seed at once (``saved``: the
-    cell in progress; ``save(checkpoint)`` after every epoch), TensorFlow seed after seed."""
+def _on_event(event, duration, **_):
+    if event in COMPILE_EVENTS and hasattr(_spent, "seconds"):
+        _spent.seconds["compile"] += duration
+
+
+def _windows(epochs, c, seeds, start, stacked):
+    for epoch in range(start, c.epochs):
+        begin = time.perf_counter()
+        x, y = (np.stack([epochs[s][epoch][i] for s in seeds]) for i in (0, 1))
+        cut = task.windows(x, y, c.batch_size, c.num_steps, np.int8 if stacked else np.int32)
+        _spent.seconds["data"] += time.perf_counter() - begin
+        yield cut if stacked else (cut[0][0], cut[1][0])
+
+
+def _train(impl, c, seeds, device, bar, epochs, saved, save):
+    """``(losses[seeds, epochs, epoch_size], diverged per seed)``: JAX's seeds at once."""
     out, diverged = [], []
     for group in [seeds] if impl == "jax" else [[s] for s in seeds]:
-        params = [glorot_params(config.num_classes, config.state_size, s) for s in group]
+        params = [glorot_params(c.num_classes, c.state_size, s) for s in group]
         history = History.from_checkpoint(saved) if saved else History()
         if impl != "jax":
-            trainer = make_trainer(impl, config, params[0], device)
+            trainer = make_trainer(impl, c, params[0], device)
         else:
             plan = saved and saved.meta.get("plan") and jax_rnn.Plan.from_record(saved.meta["plan"])
             params, accumulators = (saved.params, saved.accumulators) if saved else (
                 jax.tree.map(lambda *a: np.stack(a), *params), None)
-            trainer = JaxTrainer(config, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)), plan=plan)
+            trainer = JaxTrainer(c, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)), plan=plan)
 
-        def after_epoch(history, trainer) -> None:
+        def after_epoch(history, trainer):
             bar(len(group))
             if save:
                 save(history.checkpoint(None, trainer, {}))
-        try:
-            history = train(trainer, data.windows(config, group, history.epochs, impl == "jax"), history, after_epoch)
-        finally:
-            trainer.close()
-        bar(len(group) * (config.epochs - history.epochs + 1) if history.stopped else 0)
-        out.append(history.losses(config.epochs).reshape(len(group), config.epochs, -1))
+        with closing(trainer):
+            history = train(trainer, _windows(epochs, c, group, history.epochs, impl == "jax"), history, after_epoch)
+        bar(len(group) * (c.epochs - history.epochs + 1) if history.stopped else 0)
+        out.append(history.losses(c.epochs).reshape(len(group), c.epochs, -1))
         diverged += [d and d._asdict() for d in history.diverged]
     return np.concatenate(out), diverged
 
 
-def _cell(config, impl, seeds, step_losses, diverged, seconds) -> dict:
+def _cell(c, impl, seeds, step_losses, meta, resumed):
+    diverged = meta["diverged"]
     finals = [None if d else final_loss(s) for s, d in zip(step_losses, diverged)]
     kept = [f for f in finals if f is not None]
     curves = np.stack([running_averages(s) for s in step_losses])
     finite = curves[[d is None for d in diverged]]
     mean = float(np.mean(kept)) if kept else None
-    return {
-        "num_steps": config.num_steps, "backprop_steps": config.window_steps, "state_size": config.state_size,
-        "impl": impl, "seeds": seeds, "final_losses": finals, "mean": mean,
-        "std": float(np.std(kept)) if kept else None, "min": min(kept, default=None), "max": max(kept, default=None),
-        "levels": ["diverged" if d else task.level(f) for f, d in zip(finals, diverged)],
-        "level": "diverged" if any(diverged) else task.level(mean), "diverged": diverged,
-        "tutorial_level": tutorial_level(config.window_steps), "seconds": seconds, "avg_losses": curves,
-        "avg_losses_mean": finite.mean(axis=0) if len(finite) else [None] * curves.shape[1]}
+    return dict(
+        num_steps=c.num_steps, backprop_steps=c.window_steps, state_size=c.state_size, impl=impl,
+        seeds=seeds, final_losses=finals, mean=mean, std=float(np.std(kept)) if kept else None,
+        min=min(kept, default=None), max=max(kept, default=None),
+        levels=["diverged" if d else task.level(f) for f, d in zip(finals, diverged)],
+        level="diverged" if any(diverged) else task.level(mean), diverged=diverged,
+        tutorial_level=tutorial_level(c.window_steps), seconds=meta["seconds"], avg_losses=curves,
+        avg_losses_mean=finite.mean(axis=0) if len(finite) else [None] * curves.shape[1], time=meta["time"],
+        resumed_epochs=resumed)
 
 
-def sweep(configs, impls, num_seeds, devices, quiet=False, workers=1, checkpoint_dir=None, resume_dir=None) -> dict:
-    """Every config (cell) for seeds ``seed .. seed + num_seeds - 1`` with every impl: ``workers`` JAX cells at
-    once, then TensorFlow's. A JAX cell is checkpointed after every epoch, a TF cell when done; neither
-    changes the results. Returns ``config`` (the grid), ``cells``, ``agreement``, ``time`` and the rest."""
+def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, resume_dir):
     first, wall, lock = configs[0], time.perf_counter(), threading.Lock()
     seeds = [first.seed + i for i in range(num_seeds)]
-    jobs = [(i, config, impl) for i, config in enumerate(configs) for impl in impls]
+    jobs = [(i, c, impl) for i, c in enumerate(configs) for impl in impls]
     progress = tqdm(total=len(jobs) * num_seeds * first.epochs, desc="sweep", unit="epoch", disable=quiet)
 
-    def bar(n) -> None:
+    def bar(n):
         with lock:  # tqdm's counter is not thread-safe
             progress.update(n)
 
     def train_cell(job):
-        _, config, impl = job
-        cell = {**io.record(config), "impl": impl, "seeds": seeds}
+        _, c, impl = job
+        cell = {**io.record(c), "impl": impl, "seeds": seeds}
         file = io.cell_path(checkpoint_dir or resume_dir or "", cell)
         saved = io.load_checkpoint(file, cell, WRITER, "sweep") if resume_dir else None
-        resumed = saved.epochs_done if saved else 0
-        bar(len(seeds) * (config.epochs if saved and saved.params is None else resumed))
-        if saved and saved.params is None:  # finished
-            return saved.step_losses, saved.meta["diverged"], saved.meta["seconds"], saved.meta["time"], resumed
-        save = checkpoint_dir and (lambda c: ckpt_io.save(file, c._replace(config=cell, meta={**c.meta, "writer": WRITER})))
-        start, before = time.perf_counter(), dict(data.mine())
-        losses, diverged = _train(impl, config, seeds, devices.of(impl), bar, data, saved, impl == "jax" and save)
-        seconds = time.perf_counter() - start
-        spent = {k: v - before[k] for k, v in data.mine().items()}
-        spent["train"] = seconds - spent["data"] - spent["compile"]
-        if save:
-            save(ckpt_io.Checkpoint(None, config.epochs, None, None, losses, [],
-                                    {"diverged": diverged, "seconds": seconds, "time": spent}))
-        return losses, diverged, seconds, spent, resumed
+        resumed, finished = (saved.epochs_done, saved.params is None) if saved else (0, False)
+        bar(len(seeds) * (c.epochs if finished else resumed))
+        if finished:
+            losses, meta = saved.step_losses, saved.meta
+        else:
+            def save(ckpt):
+                ckpt_io.save(file, ckpt._replace(config=cell, meta={**ckpt.meta, "writer": WRITER}))
+            spent = _spent.seconds = {"data": 0.0, "compile": 0.0}
+            start = time.perf_counter()
+            jax_save = impl == "jax" and checkpoint_dir and save
+            losses, diverged = _train(impl, c, seeds, devices.of(impl), bar, epochs, saved, jax_save)
+            meta = {"diverged": diverged, "seconds": time.perf_counter() - start, "time": spent}
+            spent["train"] = meta["seconds"] - spent["data"] - spent["compile"]
+            if checkpoint_dir:
+                save(ckpt_io.Checkpoint(None, c.epochs, None, None, losses, [], meta))
+        return losses, _cell(c, impl, seeds, losses, meta, resumed)
 
-    data = Shared(first, seeds)
-    shared_data_seconds = data.mine()["data"]
+    # every seed's epochs, made once (int8: values 0 and 1)
+    epochs = {s: [(np.int8(x), np.int8(y)) for x, y in task.epochs(first.data_size, s, first.epochs)] for s in seeds}
+    shared_data = time.perf_counter() - wall
+    jax.monitoring.register_event_duration_secs_listener(_on_event)
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    # Longest first: state products dominate, each step computed k2 / k1 times.
+    # longest first: state_size² x k2 / k1
     cost = lambda job: -max(job[1].state_size, 8) ** 2 * job[1].window_steps / job[1].num_steps
     try:
         done = {j: pool.submit(train_cell, j) for j in sorted((j for j in jobs if j[2] == "jax"), key=cost)}
@@ -156,23 +136,19 @@ def sweep(configs, impls, num_seeds, devices, quiet=False, workers=1, checkpoint
         done.update({j: train_cell(j) for j in jobs if j[2] != "jax"})  # TF after JAX: timed on a quiet machine
     finally:  # an error or Ctrl-C: start no more cells
         pool.shutdown(wait=False, cancel_futures=True)
-        data.close()
+        jax.monitoring.unregister_event_duration_listener(_on_event)
         progress.close()
-    cells, max_diff = [], 0.0
-    for i, config in enumerate(configs):
-        for impl in impls:
-            losses, diverged, seconds, spent, resumed = done[(i, config, impl)]
-            cells.append({**_cell(config, impl, seeds, losses, diverged, seconds), "time": spent, "resumed_epochs": resumed})
-        for a, b in itertools.combinations([done[(i, config, impl)][0] for impl in impls], 2):
-            both = np.isfinite(a) & np.isfinite(b)
-            max_diff = max(max_diff, float(np.max(np.abs(a[both] - b[both]), initial=0.0)))
-    same_level = all(len({tuple(c["levels"]) for c in cells[k:k + len(impls)]}) == 1 for k in range(0, len(cells), len(impls)))
-    grid = {"num_steps": sorted({c.num_steps for c in configs}), "state_size": sorted({c.state_size for c in configs}),
-            "truncations": [list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
-            "impls": list(impls), "seeds": seeds, "epochs": first.epochs, "data_size": first.data_size,
-            "batch_size": first.batch_size, "learning_rate": first.learning_rate,
-            "jax_devices": len(jax.devices(devices.jax)) if "jax" in impls else None, "workers": workers}
-    time_spent = {"total": time.perf_counter() - wall, "shared_data": shared_data_seconds,
-                  **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")}}
-    return io.result("sweep", grid, devices, cells=cells, time=time_spent,
-                     agreement={"max_abs_diff": max_diff, "same_level": same_level} if len(impls) > 1 else None)
+    cells = [done[j][1] for j in jobs]
+    groups = [[done[(i, c, impl)] for impl in impls] for i, c in enumerate(configs)]
+    diffs = [np.abs(a - b)[np.isfinite(a) & np.isfinite(b)]
+             for g in groups for (a, _), (b, _) in itertools.combinations(g, 2)]
+    grid = dict(num_steps=sorted({c.num_steps for c in configs}), state_size=sorted({c.state_size for c in configs}),
+                truncations=[list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
+                impls=list(impls), seeds=seeds, **{k: getattr(first, k) for k in FIELDS},
+                jax_devices=len(jax.devices(devices.jax)) if "jax" in impls else None, workers=workers)
+    time_spent = dict(total=time.perf_counter() - wall, shared_data=shared_data,
+                      **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")})
+    agreement = None if len(impls) < 2 else dict(
+        max_abs_diff=max((float(d.max(initial=0.0)) for d in diffs), default=0.0),
+        same_level=all(len({tuple(c["levels"]) for _, c in g}) == 1 for g in groups))
+    return io.result("sweep", grid, devices, cells=cells, time=time_spent, agreement=agreement)
