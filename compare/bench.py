@@ -185,7 +185,7 @@ def _wall(call):
     return time.perf_counter() - begin
 
 
-def _versus(c, states, steps, plans, repeats, row, fmt, quiet, runs=1):
+def _versus(c, states, steps, plans, repeats, row, fmt, quiet, runs=1, device="cpu"):
     data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
     for state_size, num_steps in itertools.product(states, steps):
         cell = dataclasses.replace(c, state_size=state_size, num_steps=num_steps)
@@ -193,7 +193,7 @@ def _versus(c, states, steps, plans, repeats, row, fmt, quiet, runs=1):
         xw, yw = task.windows(*data, cell.batch_size, num_steps, task.window_dtype(cell.num_classes))
         if runs > 1:
             params, xw, yw = jax.tree.map(lambda a: np.broadcast_to(a, (runs,) + a.shape), (params, xw, yw))
-        params, xw, yw = jax.device_put((params, xw, yw))
+        params, xw, yw = jax.device_put((params, xw, yw), io.jax_device(device))
         opt_state = (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params)
         kind = "epoch" if runs == 1 else "runs"
         timers, seconds = {}, {}
@@ -209,16 +209,16 @@ def _versus(c, states, steps, plans, repeats, row, fmt, quiet, runs=1):
     return rows
 
 
-def truncation(c, states, steps, backprop, repeats, quiet):
+def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
     def plans(c):
-        return {k2: jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backprop_steps=k2)
+        return {k2: jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backprop_steps=k2, backend=device)
                 for k2 in (c.num_steps, *(k for k in backprop if k > c.num_steps))}
 
     def row(c, k2, times, seconds):
         k1 = c.num_steps
         return dict(state_size=c.state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1], tbptt=times[k2],
                     compile_seconds=seconds, cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1)
-    return _versus(c, states, steps, plans, repeats, row, report.format_truncation, quiet)
+    return _versus(c, states, steps, plans, repeats, row, report.format_truncation, quiet, device=device)
 
 
 def _without(plan):
@@ -237,15 +237,15 @@ def _without(plan):
     return out
 
 
-def plan_options(c, states, steps, runs, repeats, quiet):
+def plan_options(c, states, steps, runs, repeats, quiet, device="cpu"):
     def plans(c):
-        plan = jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, runs=runs)
+        plan = jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, runs=runs, backend=device)
         return {"plan": plan, **_without(plan)}
 
     def row(c, name, times, seconds):
         return dict(state_size=c.state_size, num_steps=c.num_steps, runs=runs, option=name, plan=times["plan"],
                     without=times[name], gain=1 - times["plan"]["median"] / times[name]["median"])
-    return _versus(c, states, steps, plans, repeats, row, report.format_plan_options, quiet, runs)
+    return _versus(c, states, steps, plans, repeats, row, report.format_plan_options, quiet, runs, device)
 
 
 def slope(values, seconds):

@@ -268,8 +268,8 @@ def _bench(args):
     elif mode == "scaling":
         result = bench.scaling(c, impls, devices, repeats, () if args.no_memory else bench.MEMORY_NUM_STEPS, args.quiet)
     elif mode:
-        rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet) if mode == "truncation" else
-                bench.plan_options(c, states, steps, runs, repeats, args.quiet))
+        rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax) if mode == "truncation" else
+                bench.plan_options(c, states, steps, runs, repeats, args.quiet, devices.jax))
         result = bench.page(f"bench {option(mode)}", c, devices, repeats, rows=rows)
     else:
         result = bench.bench(c, impls, devices, repeats, args.quiet)

@@ -1,13 +1,5 @@
-"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``::
-
-    import jax_rnn
-    params = jax_rnn.glorot_params(2, 4, seed=0)
-    opt = jax_rnn.adagrad(0.1)                                   # TF1 Adagrad semantics
-    plan = jax_rnn.plan(state_size=4, batch_size=200, num_steps=5)   # the program for this cell
-    params, opt_state, state, losses = jax_rnn.train_epoch(params, opt.init(params), x_windows, y_windows, opt,
-                                                           plan=plan)
-
-or ``jax_rnn.fit(jax_rnn.FitConfig(num_steps=10, state_size=16, epochs=5))``. Importing changes no JAX setting.
+"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``; `fit` for
+the whole experiment, `train_epoch` and `train_step` for one's own loop. Importing changes no JAX setting.
 """
 
 from . import checkpoint, data

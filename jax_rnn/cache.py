@@ -1,16 +1,12 @@
-"""JAX's persistent compilation cache in a per-user directory: a later process asking for the same program
-(shapes, options, device, jax version) loads it from disk instead of compiling it. Nothing runs on import.
-
-Directory: ``$RNN_SCAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnn-scan/jax`` (``~/.cache``); created ``0700``
-(the cache is trusted code). ``RNN_SCAN_COMPILE_CACHE=0`` turns it off.
-"""
+"""JAX's persistent compilation cache in a per-user directory, ``$RNN_SCAN_CACHE_DIR`` or
+``$XDG_CACHE_HOME/rnn-scan/jax`` (``~/.cache``), made ``0700`` (the cache is trusted code);
+``RNN_SCAN_COMPILE_CACHE=0`` turns it off."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -30,9 +26,8 @@ def disabled_by_env() -> bool:
     return os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "off", "false", "no")
 
 
-def enable_compile_cache(path=None) -> Optional[Path]:
-    """Turn on JAX's persistent compilation cache for this process (before the first compile); returns the
-    directory, or None when ``RNN_SCAN_COMPILE_CACHE`` turns it off. Compiles of any duration are kept."""
+def enable_compile_cache(path=None) -> Path | None:
+    """Cache every compile of this process in ``path`` (default `default_dir`): the directory, or None if off."""
     if disabled_by_env():
         return None
     directory = Path(path).expanduser() if path is not None else default_dir()
@@ -45,27 +40,27 @@ def enable_compile_cache(path=None) -> Optional[Path]:
     return directory
 
 
-def active_dir() -> Optional[str]:
-    """Where JAX caches executables in this process, or None."""
+def active_dir() -> str | None:
     return jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
 
 
 def _jax_items(directory: Path) -> list[Path]:
-    """JAX's files and folders in ``directory``: nothing else there is ever counted or deleted."""
+    """JAX's files and folders in ``directory``: nothing else is counted or deleted."""
     if not directory.is_dir():
         return []
-    return [p for p in directory.iterdir() if (p.is_file() and p.name.endswith(_ENTRY_SUFFIXES)) or p.name in _JAX_EXTRAS]
+    return [p for p in directory.iterdir()
+            if (p.is_file() and p.name.endswith(_ENTRY_SUFFIXES)) or p.name in _JAX_EXTRAS]
 
 
 def cache_size(path=None) -> tuple[int, int]:
-    """``(entries, bytes)`` of the cache directory (default `default_dir`)."""
+    """``(entries, bytes)`` in the cache directory (default `default_dir`)."""
     items = _jax_items(Path(path) if path is not None else default_dir())
     files = [f for item in items for f in ([item] if item.is_file() else item.rglob("*")) if f.is_file()]
     return sum(f.name.endswith("-cache") for f in items), sum(f.stat().st_size for f in files)
 
 
 def clear_compile_cache(path=None) -> tuple[int, int]:
-    """Delete JAX's files in the cache directory, then the directory once empty; returns what it held."""
+    """Delete JAX's files in the cache directory, then the directory if empty; returns `cache_size` before."""
     directory = Path(path) if path is not None else default_dir()
     held = cache_size(directory)
     for item in _jax_items(directory):

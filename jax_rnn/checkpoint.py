@@ -1,11 +1,5 @@
-"""The project's one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``) and its atomic writer.
-
-One ``.npz`` (no pickle): ``format``, ``config`` (JSON), ``epochs_done``, ``params/<scope>/<name>`` and
-``accumulators/...`` (Adagrad's state, shared layout, float32; absent for a record of losses only),
-``step_losses: f32[..., epochs_done, epoch_size]``, ``epoch_seconds``, ``meta`` (JSON: the writer, the plan,
-what it checks on resume). The data needs no state: a seed's epochs are one ``default_rng(seed)`` stream,
-regenerated and skipped. Written to a temporary file in the same directory, fsync'ed and ``os.replace``-d,
-so the target is always a complete checkpoint, even if the process is killed mid-write.
+"""The one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``): a `Checkpoint` as an ``.npz`` (no
+pickle), written atomically. The data needs no state: a seed's epochs are regenerated and skipped.
 """
 
 from __future__ import annotations
@@ -27,17 +21,17 @@ FORMAT = "rnn-scan checkpoint v1"
 
 
 class Checkpoint(NamedTuple):
-    config: dict               # the configuration it continues (JSON-able)
+    config: dict               # what it continues (JSON-able, as ``meta``)
     epochs_done: int
     params: dict | None        # shared layout, float32 numpy (None: a record of losses only)
-    accumulators: dict | None  # Adagrad's accumulators, shared layout (`jax_rnn.optim.accumulators`)
+    accumulators: dict | None  # Adagrad's (`jax_rnn.optim.accumulators`), shared layout
     step_losses: np.ndarray    # f32[..., epochs_done, epoch_size]
     epoch_seconds: list
-    meta: dict                 # the writer's own record (JSON-able)
+    meta: dict                 # the writer's record: the plan, what resuming checks
 
 
 def atomic_write(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    """Write ``data`` to ``path`` atomically: an fsync'ed temporary file beside it, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -62,8 +56,7 @@ def _umask() -> int:
 
 
 def read_npz(path) -> dict:
-    """Every array of an ``.npz`` file, read without pickle; ValueError (with the cause) for anything else:
-    a damaged or truncated archive, a plain ``.npy`` file, a pickle, text."""
+    """Every array of an ``.npz`` file, without pickle; ValueError with the cause for anything else."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -98,8 +91,7 @@ def save(path, ckpt: Checkpoint) -> Path:
 
 
 def load(path, where: str = "resume") -> Checkpoint:
-    """Read a checkpoint; FileNotFoundError / ValueError starting with ``where`` and naming the path and
-    what is wrong (unreadable, another format, a missing key, non-finite parameters or accumulators)."""
+    """Read a checkpoint; FileNotFoundError/ValueError starting with ``where``, naming the path and the fault."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: no checkpoint file at {path}")
@@ -111,7 +103,7 @@ def load(path, where: str = "resume") -> Checkpoint:
     if fmt != FORMAT:
         raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r}; checkpoints of "
                          f"rnn-scan before TBPTT cannot be resumed)")
-    groups = {g: {} for g in ("params", "accumulators") if any(k.startswith(g + "/") for k in arrays)}
+    groups = {g: None for g in ("params", "accumulators") if any(k.startswith(g + "/") for k in arrays)}
     required = {"config", "epochs_done", "step_losses", "epoch_seconds", "meta",
                 *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)}
     missing = sorted(required - set(arrays))

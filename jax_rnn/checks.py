@@ -1,10 +1,7 @@
-"""Checks of what a user passes to the public training functions: a ValueError/TypeError naming the
-function, the argument, the value and what is allowed, before anything is traced. Shapes and dtypes are
-checked on tracers too (a caller's own ``jit``); values only on concrete arrays."""
+"""Argument checks: errors naming the function, the argument, the value and what is allowed, before anything
+is traced; on tracers (a caller's ``jit``) shapes and dtypes only."""
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import numpy as np
@@ -16,10 +13,9 @@ def concrete(a) -> bool:
 
 
 def class_ids(where: str, arrays: dict, layout: str, num_classes: int, values: bool = True) -> tuple:
-    """``arrays``: name -> class ids ``int{layout}`` (e.g. ``[epoch_size, batch, num_steps]``), one shape;
-    values in ``[0, num_classes)`` where concrete and ``values``. **Returns:** the shape."""
+    """The one shape of ``arrays`` (name -> class ids ``int{layout}``), values in ``[0, num_classes)`` where
+    concrete and ``values``."""
     rank = layout.count(",") + 1
-    shapes = []
     for name, a in arrays.items():
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{where}: {name} must be an array (numpy or JAX), got {type(a).__name__}")
@@ -28,10 +24,12 @@ def class_ids(where: str, arrays: dict, layout: str, num_classes: int, values: b
         if not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"{where}: {name} must hold integer class ids in [0, {num_classes}), got dtype {a.dtype}")
         if 0 in a.shape:
-            raise ValueError(f"{where}: {name} is empty (shape {tuple(a.shape)}); every axis of int{layout} must be >= 1")
-        shapes.append(tuple(a.shape))
+            raise ValueError(f"{where}: {name} is empty (shape {tuple(a.shape)}); "
+                             f"every axis of int{layout} must be >= 1")
+    shapes = [tuple(a.shape) for a in arrays.values()]
     if len(set(shapes)) > 1:
-        raise ValueError(f"{where}: " + " and ".join(f"{k} {s}" for k, s in zip(arrays, shapes)) + " must have one shape")
+        named = " and ".join(f"{k} {s}" for k, s in zip(arrays, shapes))
+        raise ValueError(f"{where}: {named} must have one shape")
     if values and all(concrete(a) for a in arrays.values()):
         hosted = [np.asarray(a) for a in arrays.values()]
         # One unsigned max finds negative ids too (they wrap to large values).
@@ -43,18 +41,16 @@ def class_ids(where: str, arrays: dict, layout: str, num_classes: int, values: b
 
 
 def finite(where: str, name: str, tree) -> None:
-    """ValueError naming the leaf if a concrete leaf of ``tree`` (params, state) holds NaN or inf."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if concrete(leaf) and not np.isfinite(np.asarray(leaf)).all():
             raise ValueError(f"{where}: {name}{jax.tree_util.keystr(path)} contains NaN or inf")
 
 
 def state(where: str, state, shape: tuple) -> None:
-    if state is None:
-        return
-    if tuple(np.shape(state)) != shape:
-        raise ValueError(f"{where}: state must have shape {shape} ([batch, state_size]), got {tuple(np.shape(state))}")
-    finite(where, "state", state)
+    if state is not None:
+        if tuple(np.shape(state)) != shape:
+            raise ValueError(f"{where}: state must have shape {shape} ([batch, state_size]), got {np.shape(state)}")
+        finite(where, "state", state)
 
 
 def optimizer(where: str, optimizer, opt_state, params) -> None:
@@ -63,20 +59,16 @@ def optimizer(where: str, optimizer, opt_state, params) -> None:
         raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. jax_rnn.adagrad(0.1)), "
                         f"got {type(optimizer).__name__}")
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
-    try:
-        structure, want = _expected(optimizer, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)))
-    except TypeError:  # an unhashable optimizer
-        structure, want = _expected.__wrapped__(optimizer, jax.tree.structure(shapes), tuple(jax.tree.leaves(shapes)))
-    if jax.tree.structure(opt_state) != structure:
+    expected = jax.eval_shape(optimizer.init, shapes)
+    if jax.tree.structure(opt_state) != jax.tree.structure(expected):
         raise ValueError(f"{where}: opt_state does not have the structure of optimizer.init(params)")
-    got = [tuple(np.shape(a)) for a in jax.tree.leaves(opt_state)]
+    got, want = ([tuple(np.shape(a)) for a in jax.tree.leaves(tree)] for tree in (opt_state, expected))
     if got != want:
         raise ValueError(f"{where}: opt_state leaf shapes {got} do not match optimizer.init(params): {want}")
 
 
-@functools.lru_cache(maxsize=64)
-def _expected(optimizer, treedef, leaves: tuple):
-    """The structure and leaf shapes of ``optimizer.init`` for parameters of these shapes (cached: a loop of
-    `train_step` calls pays for it once)."""
-    expected = jax.eval_shape(optimizer.init, jax.tree.unflatten(treedef, leaves))
-    return jax.tree.structure(expected), [tuple(a.shape) for a in jax.tree.leaves(expected)]
+def backprop_steps(where: str, k2, num_steps: int, row: int) -> None:
+    """TBPTT's k2 from k1 to a row's steps; ``where``: the message's prefix, e.g. ``"train_epoch: "``."""
+    if isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or not num_steps <= k2 <= row:
+        raise ValueError(f"{where}backprop_steps must be an integer from num_steps ({num_steps}) to the steps in a "
+                         f"row of data ({row}), got {k2!r}")

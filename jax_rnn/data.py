@@ -1,17 +1,12 @@
-"""The toy task (docs/task.md), numpy only: the project's one data generator, so a seed means the same
-epochs in `fit`, ``rnn-compare`` and the tests.
-
-Binary input X; P(Y_t = 1) = 0.5 + 0.5 X_{t-3} - 0.25 X_{t-8}. As in the tutorial, ``X[i - 3]`` uses
-Python's negative indexing, so the first outputs look at the end of the array (a circular shift).
-`gen_data` makes one epoch, `epochs` the epochs a seed stands for, `windows` cuts one into truncated-BPTT
-windows; `TARGETS` and `level` are the analytic losses a model can reach.
+"""The toy task (docs/task.md) in numpy, the one data generator: a seed means the same epochs in `fit`,
+``rnn-compare`` and the tests. P(Y_t = 1) = 0.5 + 0.5 X_{t-3} - 0.25 X_{t-8}; `TARGETS`: the losses to reach.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator, NamedTuple, Union
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -19,7 +14,7 @@ LAGS = (3, 8)  # Y depends on X this many steps back
 EFFECTS = (0.5, -0.25)  # ... shifting P(Y = 1) by this much when that X is 1
 BASE_PROBABILITY = 0.5
 
-Seed = Union[int, None, np.random.Generator, np.random.RandomState]
+Seed = int | None | np.random.Generator | np.random.RandomState
 
 
 def _rng(seed: Seed) -> np.random.Generator | np.random.RandomState:
@@ -31,7 +26,6 @@ def _rng(seed: Seed) -> np.random.Generator | np.random.RandomState:
 
 
 def check_int(name: str, value, minimum: int = 1, why: str = "") -> int:
-    """``int(value)``, or ValueError ``"{name} must be an integer >= {minimum}{why}, got ..."`` (bools refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
     return int(value)
@@ -42,8 +36,7 @@ def _check_size(size: int) -> int:
 
 
 def y_probability(x: np.ndarray) -> np.ndarray:
-    """P(Y_t = 1) for every t of ``x: int[size]``: ``np.roll`` puts ``x[t - lag]`` at t, wrapping around
-    like the tutorial's ``X[i - lag]``."""
+    """P(Y_t = 1) for every t of ``x: int[size]`` (``np.roll`` wraps around like ``X[i - lag]``)."""
     x = np.asarray(x, dtype=np.int8)
     code = np.zeros(x.shape, dtype=np.int8)
     for bit, lag in enumerate(LAGS):
@@ -54,43 +47,29 @@ def y_probability(x: np.ndarray) -> np.ndarray:
 
 
 def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
-    """One epoch, vectorised: ``(x, y)``, both ``int32[size]`` (size >= 9).
-
-    The same draws in the same order as the tutorial's loop (`gen_data_reference`): X by ``rng.choice(2,
-    size)``, then one ``rng.random()`` per step, so one random stream gives identical arrays; pass
-    ``np.random.RandomState(s)`` to reproduce the tutorial bit for bit. ``seed``: int, None or a generator
-    (advanced).
-    """
+    """One epoch ``(x, y)``, both ``int32[size]``, drawn as the tutorial's loop (`gen_data_reference`) draws:
+    ``seed=np.random.RandomState(s)`` gives its arrays bit for bit."""
     size = _check_size(size)
     rng = _rng(seed)
     x = np.asarray(rng.choice(2, size=(size,)))
-    u = rng.random(size)
-    y = (u <= y_probability(x)).astype(np.int32)  # the loop's "u > threshold -> 0, else 1"
-    return x.astype(np.int32), y
+    y = rng.random(size) <= y_probability(x)  # the loop's "u > threshold -> 0, else 1"
+    return x.astype(np.int32), y.astype(np.int32)
 
 
 def gen_data_reference(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
-    """The tutorial's own loop (about a second per 1M points): the reference."""
+    """The tutorial's loop (a second per 1M points), the reference."""
     size = _check_size(size)
     rng = _rng(seed)
     X = np.array(rng.choice(2, size=(size,)))
     Y = []
     for i in range(size):
-        threshold = 0.5
-        if X[i - 3] == 1:
-            threshold += 0.5
-        if X[i - 8] == 1:
-            threshold -= 0.25
-        if rng.random() > threshold:
-            Y.append(0)
-        else:
-            Y.append(1)
+        threshold = 0.5 + (0.5 if X[i - 3] == 1 else 0.0) - (0.25 if X[i - 8] == 1 else 0.0)
+        Y.append(0 if rng.random() > threshold else 1)
     return X.astype(np.int32), np.array(Y, dtype=np.int32)
 
 
 def epochs(data_size: int, seed: int, count: int, start: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The epochs a seed stands for: `gen_data` ``count`` times on one ``default_rng(seed)`` stream, the
-    first ``start`` made and dropped (a resumed run continues the stream exactly)."""
+    """The epochs a seed stands for: `gen_data` ``count`` times on one ``default_rng(seed)`` stream, from ``start``."""
     rng = _rng(seed)
     for epoch in range(count):
         x, y = gen_data(data_size, rng)
@@ -99,28 +78,22 @@ def epochs(data_size: int, seed: int, count: int, start: int = 0) -> Iterator[tu
 
 
 def epoch_size(data_size: int, batch_size: int, num_steps: int) -> int:
-    """Windows per epoch: ``(data_size // batch_size) // num_steps``; the remainder is dropped."""
+    """Windows per epoch, the remainder dropped."""
     return (data_size // batch_size) // num_steps
 
 
 def check_windowing(data_size: int, batch_size: int, num_steps: int) -> None:
-    """Raise ValueError, naming the argument, if the data cannot give at least one window."""
     check_int("batch_size", batch_size)
     check_int("num_steps", num_steps)
     if batch_size * num_steps > data_size:
-        raise ValueError(
-            f"batch_size * num_steps = {batch_size} * {num_steps} = {batch_size * num_steps} is larger "
-            f"than the data ({data_size} points): not even one window fits"
-        )
+        raise ValueError(f"batch_size * num_steps = {batch_size} * {num_steps} = {batch_size * num_steps} is larger "
+                         f"than the data ({data_size} points): not even one window fits")
 
 
-def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
-    """Cut one epoch into the tutorial's windows (`gen_batch`): ``batch_size`` contiguous rows, each cut into
-    windows of ``num_steps``, so row b of window k+1 continues row b of window k (why the state carries).
-
-    **Arguments:** ``x, y: int[..., size]`` (leading axes kept). **Returns:** ``(x_windows, y_windows)``,
-    ``dtype[..., epoch_size, batch_size, num_steps]``.
-    """
+def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype=np.int32
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The tutorial's windows of ``x, y: int[..., size]``: ``dtype[..., epoch_size, batch_size, num_steps]``,
+    row b of window k+1 continuing row b of window k (``batch_size`` contiguous rows)."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 1 or x.shape != y.shape:
         raise ValueError(f"x and y must be arrays of one shape [..., size], got shapes {x.shape} and {y.shape}")
@@ -137,8 +110,7 @@ def windows(x: np.ndarray, y: np.ndarray, batch_size: int, num_steps: int, dtype
 
 
 def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Task data, a row per epoch (`fit`'s ``data``, ``--data``): ``x, y: int[epochs, data_size]`` in
-    ``[0, num_classes)``, as int32; ValueError starting with ``x`` or ``y`` otherwise."""
+    """``x, y: int[epochs, data_size]`` in ``[0, num_classes)`` as int32 (`fit`'s ``data``, ``--data``)."""
     x, y = np.asarray(x), np.asarray(y)
     for name, a in (("x", x), ("y", y)):
         if a.ndim != 2 or a.shape[0] < 1:
@@ -155,14 +127,13 @@ def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None)
 
 
 def window_dtype(num_classes: int) -> np.dtype:
-    """The smallest integer type for class ids ``0 .. num_classes - 1`` (int8 for the task): a compiled epoch
-    copies its windows once into its loop, and int8 moves a quarter of int32's bytes."""
+    """The smallest integer type for class ids below ``num_classes`` (int8: a quarter of int32's bytes)."""
     return np.dtype(next(t for t in (np.int8, np.int16, np.int32) if num_classes - 1 <= np.iinfo(t).max))
 
 
 def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, start: int = 0, dtype=np.int32):
-    """Every epoch's windows from ``start`` to ``config.epochs`` (`windows`), cut from ``rows = (x, y)``
-    (``int[epochs, data_size]``) or from the epochs ``config.seed`` stands for (a `FitConfig`)."""
+    """The `windows` of epochs ``start`` to ``config.epochs`` of ``rows = (x, y)``, ``int[epochs, data_size]``, or
+    of the seed's `epochs`."""
     c = config
     stream = (zip(rows[0][start: c.epochs], rows[1][start: c.epochs]) if rows is not None
               else epochs(c.data_size, c.seed, c.epochs, start))
@@ -170,33 +141,31 @@ def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, sta
         yield windows(x, y, c.batch_size, c.num_steps, dtype)
 
 
-def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The tutorial's generator form: yields ``(x, y)`` windows ``int32[batch_size, num_steps]``."""
+def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The tutorial's generator: ``(x, y)`` windows ``int32[batch_size, num_steps]``."""
     x_windows, y_windows = windows(raw_data[0], raw_data[1], batch_size, num_steps)
     yield from zip(x_windows, y_windows)
 
 
 def gen_epochs(n: int, batch_size: int, num_steps: int, data_size: int = 1_000_000, seed: Seed = None):
-    """The tutorial's ``gen_epochs``: ``n`` epochs, each a `gen_batch` over fresh data from one stream."""
+    """The tutorial's ``gen_epochs``: ``n`` `gen_batch` generators of fresh data from one stream."""
     rng = _rng(seed)
     for _ in range(n):
         yield gen_batch(gen_data(data_size, rng), batch_size, num_steps)
 
 
-# --- The analytic targets ------------------------------------------------------------------------
-
-
 def expected_loss(known_lags: tuple[int, ...]) -> float:
-    """Expected cross-entropy of the best predictor that sees X at ``known_lags``: over the four equally likely
-    (X_{t-3}, X_{t-8}), it predicts P(Y=1) averaged over the lags it does not see."""
-    p = lambda xs: BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs))
+    """Expected cross-entropy of the best predictor seeing X at ``known_lags``: P(Y=1) averaged over the
+    lags it does not see."""
+    cases = list(itertools.product((0, 1), repeat=len(LAGS)))
+    p = {xs: BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs)) for xs in cases}
+    seen = lambda xs: [v for v, lag in zip(xs, LAGS) if lag in known_lags]
     total = 0.0
-    for xs in itertools.product((0, 1), repeat=len(LAGS)):
-        seen = [v if lag in known_lags else None for v, lag in zip(xs, LAGS)]
-        predicted = np.mean([p(alt) for alt in itertools.product((0, 1), repeat=len(LAGS))
-                             if all(s is None or s == a for s, a in zip(seen, alt))])
-        total += sum(-t * math.log(q) for t, q in ((p(xs), predicted), (1 - p(xs), 1 - predicted)) if t > 0)
-    return total / 2 ** len(LAGS)
+    for xs in cases:
+        predicted = np.mean([p[alt] for alt in cases if seen(alt) == seen(xs)])
+        total += sum(-t * math.log(q) for t, q in ((p[xs], predicted), (1 - p[xs], 1 - predicted)) if t > 0)
+    return total / len(cases)
 
 
 def entropy(p: float) -> float:
@@ -215,11 +184,7 @@ LEVEL_NAMES = {"none": "nothing learned", "first": "the 3-step dependency", "bot
 
 
 def level(loss: float) -> str:
-    """The level a loss value stands for: "none", "first" or "both" (thresholds halfway between targets)."""
-    if not math.isfinite(loss):
+    """The level a loss stands for: "none", "first" or "both" (thresholds halfway between targets)."""
+    if not math.isfinite(loss) or loss > (TARGETS.none + TARGETS.first) / 2:
         return "none"
-    if loss > (TARGETS.none + TARGETS.first) / 2:
-        return "none"
-    if loss > (TARGETS.first + TARGETS.both) / 2:
-        return "first"
-    return "both"
+    return "first" if loss > (TARGETS.first + TARGETS.both) / 2 else "both"

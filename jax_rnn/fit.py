@@ -1,17 +1,11 @@
-"""`fit`: the tutorial's whole experiment in one call, for users who just want to train.
-
-Example::
-
-    from jax_rnn import FitConfig, fit
-    result = fit(FitConfig(num_steps=10, state_size=16, epochs=5))
-    print(result.avg_losses[-1])      # ~0.455 once both dependencies are learned
-"""
+"""`fit`: the tutorial's whole experiment in one call, e.g. ``fit(FitConfig(num_steps=10, state_size=16,
+epochs=5)).avg_losses[-1]``, ~0.455 once both dependencies are learned."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -25,10 +19,8 @@ from .trainer import Divergence, History, JaxTrainer, train
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Hyperparameters with the tutorial's defaults, validated on construction; the one configuration
-    type of the JAX side (``rnn-compare`` builds it from its options). ``epoch_size = (data_size //
-    batch_size) // num_steps`` windows; ``backprop_steps``: k2 of TBPTT(num_steps, k2), None for num_steps.
-    """
+    """The JAX side's one configuration (the tutorial's defaults), validated on construction; ``backprop_steps``:
+    k2 of TBPTT(num_steps, k2), None for num_steps."""
 
     num_classes: int = 2
     state_size: int = 4
@@ -39,10 +31,10 @@ class FitConfig:
     data_size: int = 1_000_000
     seed: int = 0
     log_every: int = 100
-    backprop_steps: Optional[int] = None
+    backprop_steps: int | None = None
 
     def __post_init__(self):
-        # Every message starts with the field's name: the CLI turns it into the option's (--num-steps ...).
+        # Messages start with the field's name: the CLI puts its option there (--num-steps ...).
         for name in ("num_classes", "state_size", "batch_size", "num_steps", "epochs", "data_size", "log_every"):
             task.check_int(name, getattr(self, name))
         task.check_int("seed", self.seed, minimum=0)
@@ -55,10 +47,8 @@ class FitConfig:
             task.check_windowing(self.data_size, self.batch_size, self.num_steps)
         except ValueError as err:
             raise ValueError(f"batch_size/num_steps: {err}") from None
-        k2, row = self.backprop_steps, self.data_size // self.batch_size
-        if k2 is not None and (isinstance(k2, bool) or not isinstance(k2, (int, np.integer)) or not self.num_steps <= k2 <= row):
-            raise ValueError(f"backprop_steps must be an integer from num_steps ({self.num_steps}) to the steps in a "
-                             f"row of data ({row}), got {k2!r}")
+        if self.backprop_steps is not None:
+            checks.backprop_steps("", self.backprop_steps, self.num_steps, self.data_size // self.batch_size)
 
     @property
     def epoch_size(self) -> int:
@@ -66,28 +56,28 @@ class FitConfig:
 
     @property
     def window_steps(self) -> int:
-        """k2: the steps each update backpropagates through (``backprop_steps``, or ``num_steps``)."""
+        """k2: the steps each update backpropagates through."""
         return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
 
 class FitResult(NamedTuple):
-    params: Params            # the trained parameters
-    opt_state: object         # Adagrad's accumulators
-    step_losses: np.ndarray   # f32[epochs, epoch_size]: the loss of every window
+    params: Params
+    opt_state: object         # Adagrad's state
+    step_losses: np.ndarray   # f32[epochs, epoch_size]
     avg_losses: np.ndarray    # f64[epochs * (epoch_size // log_every)]: the tutorial's log lines
-    epoch_seconds: list       # wall time of each epoch (compilation is ``build_seconds``)
-    diverged: Optional[Divergence] = None   # set on the result carried by `TrainingDiverged`
-    build_seconds: Optional[float] = None    # compiling the epoch, ahead of time
+    epoch_seconds: list       # compiling is ``build_seconds``
+    diverged: Divergence | None = None   # set on `TrainingDiverged`'s result
+    build_seconds: float | None = None
 
     @property
     def final_loss(self) -> float:
-        """Mean of the last ``log_every`` step losses (the tutorial's last log line, computed right)."""
+        """The last log line: the mean of the last ``log_every`` step losses."""
         return float(self.avg_losses[-1]) if len(self.avg_losses) else float(np.mean(self.step_losses[-1]))
 
 
 class TrainingDiverged(RuntimeError):
-    """Raised by `fit` at the first non-finite loss, parameter or accumulator: ``epoch``, ``step``
-    (0-based), ``params`` and ``opt_state`` (the last finite ones), ``result`` (the epochs so far)."""
+    """`fit` at a non-finite loss or update: ``epoch``, ``step`` (0-based), the last finite ``params`` and
+    ``opt_state``, ``result``."""
 
     def __init__(self, divergence: "Divergence", result: "FitResult", learning_rate: float):
         self.epoch, self.step = divergence.epoch, divergence.step
@@ -99,8 +89,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
-    """The tutorial's log lines, computed right: the mean of each block of ``every`` steps of each epoch,
-    ``[epochs, epoch_size] -> [epochs * (epoch_size // every)]``."""
+    """The tutorial's log lines, computed right: per epoch the mean of each ``every`` steps, ``[epochs,
+    epoch_size] -> [epochs * (epoch_size // every)]``."""
     step_losses = np.atleast_2d(np.asarray(step_losses, np.float64))
     every = min(every, step_losses.shape[1])
     blocks = step_losses.shape[1] // every
@@ -110,24 +100,16 @@ def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
 def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None, checkpoint: str | Path | None = None,
         resume: str | Path | None = None) -> FitResult:
-    """Train ``config.epochs`` epochs of truncated BPTT (fresh data and zero state every epoch).
-
-    **Arguments:** ``data``: None for the epochs ``config.seed`` stands for (the same as ``rnn-compare run
-    --seed``), or ``(x, y)`` int arrays ``[epochs, data_size]``; ``params``: initial parameters, None for
-    `glorot_params` of the seed; ``callback(epoch, losses)`` after every epoch; ``checkpoint``: a file saved
-    (atomically) after every epoch; ``resume``: a checkpoint to continue from, with the same config but
-    ``epochs`` (the result equals an uninterrupted run's bit for bit: it trains on with its saved plan).
-
-    **Returns:** a `FitResult`. **Raises:** `TrainingDiverged` at the first non-finite loss or update;
-    ValueError/TypeError for bad arguments or a checkpoint of another config.
-    """
+    """Train ``config.epochs`` epochs on ``data``, ``(x, y)`` ints ``[epochs, data_size]`` (None: the seed's), from
+    ``params`` (None: the seed's); ``callback(epoch, losses)`` and a ``checkpoint`` after each; ``resume`` from a
+    checkpoint of this config. A `FitResult`, or `TrainingDiverged` at a non-finite loss or update."""
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
     if data is not None:
         data = _check_data(data, c)
     rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
-    history, acc, plan = None, None, None
+    history, acc, plan = History(), None, None
     if resume is not None:
         if params is not None:
             raise ValueError("fit: pass either params or resume, not both (the checkpoint holds the parameters)")
@@ -152,8 +134,8 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         if callback is not None:
             callback(history.epochs - 1, history.step_losses[-1])
 
-    start = history.epochs if history else 0
-    history = train(trainer, task.epoch_windows(c, data, start=start, dtype=trainer.window_dtype), history, after_epoch)
+    epochs = task.epoch_windows(c, data, start=history.epochs, dtype=trainer.window_dtype)
+    history = train(trainer, epochs, history, after_epoch)
     step_losses = history.losses()
     result = FitResult(trainer.params, trainer.opt_state, step_losses, running_averages(step_losses, c.log_every),
                        history.epoch_seconds, history.diverged[0], history.build_seconds)
@@ -167,8 +149,7 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     if saved.meta.get("writer") != "fit":
         raise ValueError(f"resume: {path} was written by {saved.meta.get('writer')!r}, not by fit")
     mine = dataclasses.asdict(c)
-    fields = sorted(set(mine) | set(saved.config))
-    differ = [f for f in fields if f != "epochs" and saved.config.get(f) != mine.get(f)]
+    differ = [f for f in sorted(set(mine) | set(saved.config)) if f != "epochs" and saved.config.get(f) != mine.get(f)]
     if differ:
         detail = ", ".join(f"{f}={saved.config.get(f)!r} there vs {mine.get(f)!r} here" for f in differ)
         raise ValueError(f"resume: {path} was written by another config ({detail}); refusing to mix them")
@@ -177,11 +158,10 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     if saved.step_losses.shape != (saved.epochs_done, c.epoch_size):
         raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
                          f"{(saved.epochs_done, c.epoch_size)}")
-    if rows is None and saved.meta["data_rows"] != ["generated"]:
-        raise ValueError(f"resume: {path} was trained on caller data; pass the same data")
-    if rows is not None and saved.meta["data_rows"] != rows[: saved.epochs_done]:
-        raise ValueError(f"resume: {path} was trained on other data than the first {saved.epochs_done} "
-                         f"epoch(s) of the data passed now")
+    if saved.meta["data_rows"] != (["generated"] if rows is None else rows[: saved.epochs_done]):
+        raise ValueError(f"resume: {path} was trained on caller data; pass the same data" if rows is None else
+                         f"resume: {path} was trained on other data than the first {saved.epochs_done} epoch(s) of "
+                         f"the data passed now")
 
 
 def _check_data(data, c: FitConfig):

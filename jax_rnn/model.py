@@ -1,11 +1,6 @@
-"""The vanilla RNN of r2rt's "Recurrent Neural Networks in Tensorflow I", as pure JAX functions.
-
-    S_t = tanh([onehot(X_t), S_{t-1}] @ W + b)   (params["rnn_cell"]);   logits_t = S_t @ U + b_p   (params["softmax"])
-
-Parameters are a pytree in TensorFlow's ``BasicRNNCell`` layout, so weights move between the frameworks
-unchanged: ``{"rnn_cell": {"W": f32[n + d, d], "b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``.
-`cell` is the one step, scan-ready; `forward` scans it: the one forward pass of the loss, the hand-written
-backward and the tests. A `Plan` says in which layout they run and which products are elementwise.
+"""The vanilla RNN of r2rt's "Recurrent Neural Networks in Tensorflow I" as pure JAX functions, S_t =
+tanh([onehot(X_t), S_{t-1}] @ W + b) and logits_t = S_t @ U + b_p, in TF's ``BasicRNNCell`` layout:
+``{"rnn_cell": {"W": f32[n + d, d], "b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``.
 """
 
 from __future__ import annotations
@@ -29,12 +24,11 @@ def param_shapes(num_classes: int, state_size: int) -> dict[str, dict[str, tuple
 
 
 def flatten(params) -> dict[str, np.ndarray]:
-    """``{"rnn_cell": {"W": a}}`` -> ``{"rnn_cell/W": a}``, float32 numpy."""
+    """``{"rnn_cell": {"W": a}}`` -> ``{"rnn_cell/W": a}`` (float32 numpy); `nest` inverts it."""
     return {key: np.asarray(params[key.split("/")[0]][key.split("/")[1]], np.float32) for key in PARAM_KEYS}
 
 
 def nest(flat) -> dict:
-    """The inverse of `flatten`."""
     out: dict = {}
     for key in PARAM_KEYS:
         scope, name = key.split("/")
@@ -63,17 +57,15 @@ def check_params(params, where: str = "params") -> tuple[int, int]:
 
 
 def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Params:
-    """Glorot-uniform weights and zero biases from a JAX key (the draws of `glorot_params` come from numpy)."""
-    k_cell, k_softmax = jax.random.split(key)
+    """Glorot-uniform weights and zero biases from a JAX key (`glorot_params` draws from numpy)."""
     glorot = jax.nn.initializers.glorot_uniform()
-    n, d = num_classes, state_size
-    return {"rnn_cell": {"W": glorot(k_cell, (n + d, d), jnp.float32), "b": jnp.zeros((d,), jnp.float32)},
-            "softmax": {"W": glorot(k_softmax, (d, n), jnp.float32), "b": jnp.zeros((n,), jnp.float32)}}
+    return {scope: {"W": glorot(k, shapes["W"], jnp.float32), "b": jnp.zeros(shapes["b"], jnp.float32)}
+            for k, (scope, shapes) in zip(jax.random.split(key), param_shapes(num_classes, state_size).items())}
 
 
 def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
-    """The initial parameters a seed stands for everywhere (`fit`, ``rnn-compare``, the TF versions):
-    Glorot-uniform ``W`` from ``np.random.default_rng(seed)`` (cell, then softmax), zero biases, numpy."""
+    """A seed's initial parameters everywhere, numpy: Glorot-uniform ``W`` from ``default_rng(seed)`` (cell, then
+    softmax), zero biases."""
     rng = np.random.default_rng(seed)
     params: dict = {}
     for scope, leaves in param_shapes(num_classes, state_size).items():
@@ -123,14 +115,14 @@ def cell(params: Params, state: jax.Array, x_t: jax.Array, plan: Plan | None = N
 
 
 def logits(params: Params, states: jax.Array, plan: Plan | None = None) -> jax.Array:
-    """The softmax layer's pre-activations ``S @ U + b_p`` for states in the plan's layout."""
+    """``S @ U + b_p`` for states in the plan's layout."""
     plan = plan or _default_plan
     u, b = params["softmax"]["W"], params["softmax"]["b"]
     return product(u, states, plan, "softmax" in plan.elementwise) + _bias(b, plan)
 
 
 def remat_block_size(num_steps: int) -> int:
-    """Steps per rematerialised block: ``ceil(sqrt(num_steps))``."""
+    """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
     return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
@@ -165,25 +157,18 @@ def forward(params: Params, x_t: jax.Array, state: jax.Array, plan: Plan | None 
     return state, outs
 
 
-def cross_entropy(log_p: jax.Array, y: jax.Array, plan: Plan) -> jax.Array:
-    """Mean of ``-log_p[y]`` over steps and batch; ``log_p`` with the class axis where the layout puts it."""
-    axis = -2 if plan.batch_last else -1
-    target = jax.nn.one_hot(y, log_p.shape[axis], dtype=jnp.bool_, axis=axis)
-    return -jnp.mean(jnp.sum(jnp.where(target, log_p, 0.0), axis=axis))
-
-
 def loss_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array, plan: Plan, start=None):
-    """One update's loss, time-major: ``x_t: int[k2, batch]``, ``y_t: int[k1, batch]`` the labels of its last
-    k1 steps. **Returns:** ``(mean cross-entropy, the state after k1 steps)``, where the next update starts."""
-    k2, k1 = x_t.shape[0], y_t.shape[0]
+    """One update's ``(mean cross-entropy, state after k1 steps)``: ``x_t: int[k2, batch]``, ``y_t: int[k1,
+    batch]`` the labels of its last k1 steps."""
+    k2, k1, axis = x_t.shape[0], y_t.shape[0], -2 if plan.batch_last else -1
     final, (states, logits_t) = forward(params, x_t, state, plan, start)
-    log_p = jax.nn.log_softmax(logits_t[k2 - k1:], axis=-2 if plan.batch_last else -1)
-    return cross_entropy(log_p, y_t, plan), states[k1 - 1] if k1 < k2 else final
+    log_p = jax.nn.log_softmax(logits_t[k2 - k1:], axis=axis)
+    target = jax.nn.one_hot(y_t, log_p.shape[axis], dtype=jnp.bool_, axis=axis)
+    return -jnp.mean(jnp.sum(jnp.where(target, log_p, 0.0), axis=axis)), states[k1 - 1] if k1 < k2 else final
 
 
 def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, plan: Plan | None = None):
-    """Mean cross-entropy of one window, ``x, y: int[batch, num_steps]``, and the final state ``f32[batch, d]``;
-    arguments checked like the training functions'."""
+    """``(mean cross-entropy, final state f32[batch, d])`` of one window ``x, y: int[batch, num_steps]``."""
     n, d = check_params(params, "loss")
     batch = checks.class_ids("loss", {"x": x, "y": y}, "[batch, num_steps]", n)[0]
     checks.state("loss", state, (batch, d))
@@ -194,7 +179,7 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, plan: Pla
 
 
 def rnn(params: Params, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`forward` for ``x: int[batch, steps]``, ``state: f32[batch, d]``: ``(states: f32[batch, steps, d], final)``."""
+    """``(states: f32[batch, steps, d], final)`` for ``x: int[batch, steps]``, ``state: f32[batch, d]``."""
     final, (states, _) = forward(params, x.T, state)
     return jnp.swapaxes(states, 0, 1), final
 

@@ -107,8 +107,9 @@ class Plan:
 
 def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optional[int] = None, runs: int = 1,
          remat: bool = False, num_classes: int = 2, backend: Optional[str] = None) -> Plan:
-    """The program for a cell (see `Plan`): on the CPU a rule per choice, measured there; on any other
-    backend the plain program. ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default.
+    """The program for a cell (see `Plan`): a rule per choice, measured on the CPU and on a GPU (there
+    without the CPU's XLA options and elementwise input); the plain program on any other backend.
+    ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default.
     **Example:** ``print(jax_rnn.plan(state_size=16, batch_size=200, num_steps=10))``.
     """
     k2 = num_steps if backprop_steps is None else backprop_steps
@@ -116,19 +117,18 @@ def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optio
     unroll = k2 if valid and 1 <= k2 <= MAX_UNROLL else MAX_UNROLL
     cell = Plan(state_size, batch_size, num_steps, k2, runs, remat, num_classes,
                 backend or jax.default_backend(), unroll=unroll)
-    if cell.backend != "cpu":
+    if cell.backend not in ("cpu", "gpu"):
         return cell
-    d, n = state_size, num_classes
+    cpu, d, n = cell.backend == "cpu", state_size, num_classes
+    options = tuple(sorted((_YNN_DOTS,) + ((_MEMORY_SCHEDULE,) if runs == 1 else ()))) if cpu else ()
     if d >= 128:  # large states: plain matrix products, batch-first
-        return dataclasses.replace(cell, xla_options=_options(runs))
+        return dataclasses.replace(cell, xla_options=options)
     # Batch-last: each step is short loops over the batch that XLA fuses; tiny matrices as broadcast products.
     sizes = {"input": n * d, "state": d * d, "softmax": d * n}
+    elementwise = tuple(m for m, size in sizes.items() if size <= 16 and (cpu or m != "input"))
     by_hand = d < 64 and 100 <= batch_size <= 5000 and runs == 1 and not remat and k2 == num_steps
     return dataclasses.replace(
-        cell, layout="batch_last", elementwise=tuple(m for m, size in sizes.items() if size <= 16),
+        cell, layout="batch_last", elementwise=elementwise,
         gradient="by_hand" if by_hand else "autodiff",
-        softmax_grad="difference" if by_hand and num_steps == 1 else "full", xla_options=_options(runs))
+        softmax_grad="difference" if by_hand and num_steps == 1 else "full", xla_options=options)
 
-
-def _options(runs: int) -> tuple:
-    return tuple(sorted((_YNN_DOTS,) + ((_MEMORY_SCHEDULE,) if runs == 1 else ())))

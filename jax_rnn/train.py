@@ -1,8 +1,5 @@
-"""Truncated backpropagation through time: one update per window, the state carried, the gradient not.
-
-A whole epoch is ONE compiled call, a ``lax.scan`` over the windows carrying ``(params, opt_state, state)``.
-Every function executes a `Plan` (made from the shapes when not given) through `program`, so a cell runs
-the same program however it is reached. ``losses``: each window's loss before its update.
+"""Truncated backpropagation through time: one update per window, the state carried, the gradient not. An
+epoch is ONE compiled call, a ``lax.scan`` of a `Plan` (`program`); ``losses``: each window's before its update.
 """
 
 from __future__ import annotations
@@ -25,9 +22,8 @@ from .plan import Plan, plan as make_plan
 
 
 class GuardedEpoch(NamedTuple):
-    """`train_epoch_guarded`'s result. ``params``, ``opt_state``, ``final_state``: after the last window
-    whose loss, parameters and optimizer state were all finite; ``losses``: NaN after ``diverged_at``;
-    ``diverged_at: int32[]``: -1, or the first window whose loss or update was not finite."""
+    """``diverged_at: int32[]``: -1, or the first window whose loss or update was not finite (the values from
+    before it kept, NaN losses after it)."""
 
     params: Params
     opt_state: Any
@@ -37,7 +33,7 @@ class GuardedEpoch(NamedTuple):
 
 
 def _step(params, opt_state, state, x_t, y_t, start, optimizer, plan: Plan):
-    """One update on a time-major window (``x_t: [k2, batch]``, ``y_t: [k1, batch]``), state in the plan's layout."""
+    """One update on a time-major window ``x_t: [k2, batch]``, ``y_t: [k1, batch]``."""
     state = jax.lax.stop_gradient(state)  # truncation: nothing flows into earlier windows
     if plan.gradient == "by_hand":
         (mean_loss, final), grads = value_and_grad_window(params, x_t, y_t, state, plan)
@@ -48,14 +44,13 @@ def _step(params, opt_state, state, x_t, y_t, start, optimizer, plan: Plan):
 
 
 def _layout(state, plan: Plan):
-    """``[batch, d]`` (the API's) <-> the plan's layout."""
     return state.T if plan.batch_last else state
 
 
 def _updates(x_windows, y_windows, k2: int) -> list[tuple]:
-    """The epoch's updates as parts ``(xs, window_of, first)``, a scan each: ``window_of(item) -> (x_t, y_t,
-    start)``. TBPTT(k1, k2): update u reads the stream's steps ``[u*k1 + k1 - k2, (u+1)*k1)``; those that
-    begin before the stream (masked) are a scan of their own, so the rest carry no mask."""
+    """The epoch's updates as parts ``(xs, window_of, first)``, a scan each, ``window_of(item) -> (x_t, y_t,
+    start)``. TBPTT(k1, k2): update u reads steps ``[u*k1 + k1 - k2, (u+1)*k1)`` of the stream; those that
+    begin before it (masked) are a scan of their own, so the rest carry no mask."""
     x_t, y_t = jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2)   # [epoch_size, k1, batch]
     updates, k1, batch = x_t.shape
     if k2 == k1:
@@ -81,8 +76,7 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
         return (params, opt_state, state), mean_loss
 
     def guarded(window_of, carry, inputs):
-        # After window k: if its loss or any new parameter or accumulator is not finite, keep the values
-        # from before it, record k, and report NaN losses from then on.
+        # A non-finite loss or update at window k: keep the values from before it, record k, NaN losses after.
         (old, diverged_at), (update, k) = (carry[:3], carry[3]), inputs
         new = step(*old, *window_of(update))
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves((new[:2], new[3]))]))
@@ -105,12 +99,12 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
 
 def _runs(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan, guard: bool):
     epoch = functools.partial(_epoch, optimizer=optimizer, plan=plan, guard=guard)
-    return jax.vmap(epoch, in_axes=(0, 0, 0, 0, None if state is None else 0))(params, opt_state, x_windows,
-                                                                                y_windows, state)
+    in_axes = (0, 0, 0, 0, None if state is None else 0)
+    return jax.vmap(epoch, in_axes=in_axes)(params, opt_state, x_windows, y_windows, state)
 
 
 def _one_step(params, opt_state, state, x, y, start, optimizer, plan: Plan):
-    _check_step(params, opt_state, state, x, y, optimizer, plan)  # while tracing: once per signature
+    _check_step(params, opt_state, state, x, y, optimizer, plan)  # once per signature: while tracing
     params, opt_state, final, mean_loss = _step(params, opt_state, _layout(state, plan), x.T, y.T, start,
                                                 optimizer, plan)
     return params, opt_state, _layout(final, plan), mean_loss
@@ -123,20 +117,18 @@ def _jit(fn, xla_options: tuple):
 
 
 def program(plan: Plan, kind: str = "epoch", nested: bool = False):
-    """The jitted function ("epoch", "runs" or "step") that executes ``plan``, with its XLA options unless
-    ``nested`` in a caller's trace (JAX takes compile options at the top level only)."""
+    """The jitted "epoch", "runs" or "step" of ``plan``, with its XLA options unless ``nested`` (a caller's trace)."""
     fn = {"epoch": _epoch, "runs": _runs, "step": _one_step}[kind]
     return _jit(fn, () if nested else plan.xla_options)
 
 
 def _traced(*trees) -> bool:
-    """Inside a caller's trace: a tracer among the arguments, or a trace active (a call that closes over the
-    caller's values, e.g. ``jax.jit(lambda: train_epoch(p, ...))()``, has no tracer among its arguments)."""
+    """Inside a caller's trace: a tracer among the arguments, or any trace active (a closure's)."""
     return not _trace_state_clean() or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
 def _plan(where: str, plan, d: int, batch: int, k1: int, k2: int | None = None, runs: int = 1) -> Plan:
-    """``plan``, or the plan of this cell if None; an error if it was made for another cell."""
+    """``plan``, or this cell's if None; an error if it is another cell's."""
     if plan is None:
         return make_plan(d, batch, k1, k2, runs)
     if not isinstance(plan, Plan):
@@ -156,7 +148,8 @@ def _check_epoch(where: str, params, opt_state, x_windows, y_windows, optimizer,
     if runs:
         sizes = {np.shape(a)[:1] for a in jax.tree.leaves(params)}
         if len(sizes) != 1 or () in sizes:
-            raise ValueError(f"{where}: every leaf of params must have one leading run axis [R, ...], got {sorted(sizes)}")
+            raise ValueError(f"{where}: every leaf of params must have one leading run axis [R, ...], "
+                             f"got {sorted(sizes)}")
         per_run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype), params)
     n, d = check_params(per_run, where)
     checks.optimizer(where, optimizer, opt_state, params)
@@ -168,80 +161,60 @@ def _check_epoch(where: str, params, opt_state, x_windows, y_windows, optimizer,
     checks.finite(where, "params", params)
     epoch_size, batch, num_steps = shape[-3:]
     plan = _plan(where, plan, d, batch, num_steps, runs=shape[0] if runs else 1)
-    if plan.backprop_steps > epoch_size * num_steps:
-        raise ValueError(f"{where}: backprop_steps must be an integer from num_steps ({num_steps}) to the steps in "
-                         f"a row of data ({epoch_size * num_steps}), got {plan.backprop_steps}")
+    checks.backprop_steps(f"{where}: ", plan.backprop_steps, num_steps, epoch_size * num_steps)
     return plan
 
 
-def _train(where: str, guard: bool, params, opt_state, x_windows, y_windows, optimizer, state, plan):
-    plan = _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state, plan, False)
-    nested = _traced(params, opt_state, x_windows, y_windows, state)
-    return program(plan, nested=nested)(params, opt_state, x_windows, y_windows, state, optimizer=optimizer,
-                                        plan=plan, guard=guard)
+def _train(where: str, kind: str, guard: bool, params, opt_state, x_windows, y_windows, optimizer, state, plan,
+           mesh: Mesh | None = None):
+    plan = _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state, plan, kind == "runs")
+    inputs, pad = (params, opt_state, x_windows, y_windows, state), 0
+    if mesh is not None:  # the runs split over its devices, padded with copies of the last run to fill them
+        pad = -plan.runs % mesh.devices.size
+        if pad:
+            inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
+        inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))
+    out = program(plan, kind, nested=_traced(inputs))(*inputs, optimizer=optimizer, plan=plan, guard=guard)
+    return jax.tree.map(lambda a: a[:plan.runs], out) if pad else out
 
 
 def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                 state=None, plan: Plan | None = None):
-    """A whole epoch of truncated BPTT as one compiled call.
-
-    **Arguments:** ``x_windows, y_windows: int[epoch_size, batch, num_steps]``; ``optimizer`` (static,
-    e.g. `jax_rnn.adagrad`); ``state: f32[batch, d]`` or None for zeros (the tutorial resets it every
-    epoch); ``plan``: `jax_rnn.plan` of this cell, None to make it from the shapes. TBPTT(k1, k2) and
-    remat are the plan's (``plan(..., backprop_steps=k2, remat=True)``).
-    **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``.
-    """
-    return _train("train_epoch", False, params, opt_state, x_windows, y_windows, optimizer, state, plan)
+    """An epoch of truncated BPTT in one compiled call: ``x_windows, y_windows: int[epoch_size, batch,
+    num_steps]``, ``state: f32[batch, d]`` (None: zeros), ``plan`` of this cell (None: from the shapes).
+    **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``."""
+    return _train("train_epoch", "epoch", False, params, opt_state, x_windows, y_windows, optimizer, state, plan)
 
 
 def train_epoch_guarded(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                         state=None, plan: Plan | None = None) -> GuardedEpoch:
-    """`train_epoch` that stops learning at the first non-finite loss, parameter or accumulator; returns a
-    `GuardedEpoch`, equal to `train_epoch`'s result where everything stays finite."""
-    return _train("train_epoch_guarded", True, params, opt_state, x_windows, y_windows, optimizer, state, plan)
+    """`train_epoch` that stops learning at the first non-finite loss or update: a `GuardedEpoch`."""
+    return _train("train_epoch_guarded", "epoch", True, params, opt_state, x_windows, y_windows, optimizer, state, plan)
 
 
 def train_runs(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                state=None, plan: Plan | None = None, guard: bool = False, mesh: Mesh | None = None):
-    """`train_epoch` for R independent runs at once (``vmap`` over a leading run axis on every argument).
-
-    ``plan``: made with ``runs=R``; ``guard``: as `train_epoch_guarded`; ``mesh``: a `run_mesh` to split the
-    runs over its devices (no communication; R padded with copies of the last run to fill them).
-    """
+    """`train_epoch` (guarded: `train_epoch_guarded`) for R runs at once, a leading run axis on every argument,
+    ``plan`` with ``runs=R``; ``mesh``: a `run_mesh` to split the runs over."""
     if not isinstance(guard, bool):
         raise TypeError(f"train_runs: guard must be True or False, got {guard!r}")
-    plan = _check_epoch("train_runs", params, opt_state, x_windows, y_windows, optimizer, state, plan, True)
-    inputs = (params, opt_state, x_windows, y_windows, state)
-    runs, pad = plan.runs, 0
-    if mesh is not None:
-        pad = -runs % mesh.devices.size
-        if pad:
-            inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
-        inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))
-    out = program(plan, "runs", nested=_traced(inputs))(*inputs, optimizer=optimizer, plan=plan, guard=guard)
-    return jax.tree.map(lambda a: a[:runs], out) if pad else out
+    return _train("train_runs", "runs", guard, params, opt_state, x_windows, y_windows, optimizer, state, plan, mesh)
 
 
 def run_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named ``"runs"`` over ``devices`` (default: every device JAX sees) for `train_runs`."""
+    """A 1-D mesh ``"runs"`` over ``devices`` (default: all) for `train_runs`."""
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("runs",))
 
 
 def train_step(params: Params, opt_state, state, x, y, optimizer: optax.GradientTransformation,
                plan: Plan | None = None, start=None):
-    """One update on one window, for a loop of one's own: ``x, y: int[batch, num_steps]``, ``state:
-    f32[batch, d]``. TBPTT(k1, k2): ``x: int[batch, k2]``, ``y`` the labels of its last k1 steps, ``start``
-    the stream position of its first step (earlier ones are absent); the state returned is the one after
-    k1 steps. Shapes are checked when it compiles, so a loop pays nothing for them.
-    **Returns:** ``(params, opt_state, state, loss)``.
-    """
+    """One update, ``(params, opt_state, state after k1 steps, loss)``, checked when it compiles: ``state: f32[batch,
+    d]``, ``x: int[batch, k2]``, ``y: int[batch, k1]`` its last steps' labels, ``start``: x's stream position
+    (earlier steps absent)."""
     if plan is None:
-        shapes = tuple(tuple(np.shape(a)) for a in (state, x, y))
-        if any(len(shape) != 2 for shape in shapes):
-            _check_step(params, opt_state, state, x, y, optimizer, None)
         try:
-            plan = _step_plan(*shapes)
-        except ValueError:  # shapes no plan fits (y longer than x, an empty axis): name the argument
+            plan = _step_plan(*(tuple(np.shape(a)) for a in (state, x, y)))
+        except (ValueError, IndexError):  # shapes no plan fits: name the argument
             _check_step(params, opt_state, state, x, y, optimizer, None)
             raise
     nested = _traced(params, opt_state, state, x, y, start)

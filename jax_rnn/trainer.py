@@ -1,15 +1,15 @@
-"""The one training loop: every epoch `fit` and ``rnn-compare`` train, JAX or TensorFlow, goes through `train`.
-
-A trainer (`JaxTrainer`, or a ``tf_rnn`` model) has ``start_epoch(x_windows, y_windows, progress) ->
-finish``, ``finish() -> EpochStats``, ``get_params``, ``get_accumulators``, ``build_seconds`` and ``close``.
+"""The one training loop, `train`: every epoch of `fit` and ``rnn-compare``, JAX or TensorFlow. A trainer
+(`JaxTrainer`, a ``tf_rnn`` model) has ``start_epoch(x_windows, y_windows, progress) -> finish``, ``finish() ->
+EpochStats``, ``get_params``, ``get_accumulators``, ``build_seconds`` and ``close``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
-from typing import Callable, Iterable, NamedTuple, Optional
+from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +31,24 @@ class Divergence(NamedTuple):
 
 
 class EpochStats(NamedTuple):
-    """``losses: f32[(runs,) epoch_size]``; ``first_step_seconds``: TF's first step (in ``seconds``);
-    ``diverged_at``: per run the first non-finite window, or -1 (None)."""
+    """``losses: f32[(runs,) epoch_size]``; ``first_step_seconds``: TF's, part of ``seconds``; ``diverged_at``:
+    per run the first non-finite window, or -1 (None)."""
 
     losses: np.ndarray
     seconds: float
-    first_step_seconds: Optional[float] = None
+    first_step_seconds: float | None = None
     diverged_at: object = None
 
 
 @dataclasses.dataclass
 class History:
-    """What training produced: per epoch ``f32[(runs,) epoch_size]`` losses (NaN after a run diverged) and
-    seconds (TF's first step apart), ``build_seconds``, per run None or its `Divergence`."""
+    """Per epoch ``f32[(runs,) epoch_size]`` losses (NaN after a run diverged) and seconds (without TF's first
+    step); per run None or its `Divergence`."""
 
     step_losses: list = dataclasses.field(default_factory=list)
     epoch_seconds: list = dataclasses.field(default_factory=list)
-    build_seconds: Optional[float] = None
-    first_step_seconds: Optional[float] = None
+    build_seconds: float | None = None
+    first_step_seconds: float | None = None
     diverged: list = dataclasses.field(default_factory=list)
 
     @property
@@ -57,11 +57,10 @@ class History:
 
     @property
     def stopped(self) -> bool:
-        """Every run has diverged."""
         return bool(self.diverged) and all(d is not None for d in self.diverged)
 
     def losses(self, epochs: int | None = None) -> np.ndarray:
-        """``f32[(runs,) epochs, epoch_size]``, NaN for the epochs after training stopped."""
+        """``f32[(runs,) epochs, epoch_size]``, NaN for epochs after training stopped."""
         losses = np.stack(self.step_losses, axis=-2)
         pad = [(0, 0)] * losses.ndim
         pad[-2] = (0, max(0, (epochs or self.epochs) - self.epochs))
@@ -85,7 +84,7 @@ class History:
         self.epoch_seconds.append(seconds)
 
     def checkpoint(self, config: dict, trainer, meta: dict) -> Checkpoint:
-        """This history, the trainer's parameters and JAX's plan as a `Checkpoint`."""
+        """This history, the trainer's parameters and its plan (JAX's) as a `Checkpoint`."""
         meta = {**meta, "build_seconds": self.build_seconds, "first_step_seconds": self.first_step_seconds,
                 "diverged": [None if d is None else d._asdict() for d in self.diverged]}
         if getattr(trainer, "plan", None) is not None:
@@ -105,32 +104,25 @@ class History:
 def train(trainer, windows: Iterable[tuple], history: History | None = None,
           after_epoch: Callable[[History, object], None] | None = None,
           progress: Callable[[int], None] | None = None) -> History:
-    """Train on every epoch of ``windows`` (the next one is made while JAX trains); extend ``history``; stop
-    when every run has diverged; ``after_epoch(history, trainer)`` after every other epoch."""
+    """Train on each epoch of ``windows``, extending ``history``, and call ``after_epoch(history, trainer)``
+    until every run has diverged."""
     history = history if history is not None else History()
     if history.build_seconds is None:
         history.build_seconds = trainer.build_seconds
     pending = None
-    for xw, yw in windows:  # the next epoch is made here, while the last one trains
-        if pending is not None and not _finish(pending, history, after_epoch, trainer):
-            return history
-        pending = trainer.start_epoch(xw, yw, progress)
-    if pending is not None:
-        _finish(pending, history, after_epoch, trainer)
+    for epoch in itertools.chain(windows, [None]):  # the next epoch is made here, while the last one trains
+        if pending is not None:
+            history.record(pending())
+            if history.stopped:
+                break
+            if after_epoch is not None:
+                after_epoch(history, trainer)
+        pending = None if epoch is None else trainer.start_epoch(*epoch, progress)
     return history
 
 
-def _finish(pending, history: History, after_epoch, trainer) -> bool:
-    history.record(pending())
-    if history.stopped:
-        return False
-    if after_epoch is not None:
-        after_epoch(history, trainer)
-    return True
-
-
 def _finite(runs: bool, *trees) -> np.ndarray:
-    """Per run (or overall): every float in ``trees`` finite? On the host: no program to compile."""
+    """Per run (or overall): every float in ``trees`` finite? On the host, no program to compile."""
     leaves = [np.asarray(a) for a in jax.tree.leaves(trees)]
     return np.logical_and.reduce([np.isfinite(a).reshape(len(a), -1).all(axis=1) if runs else np.isfinite(a).all()
                                   for a in leaves if np.issubdtype(a.dtype, np.floating)])
@@ -138,7 +130,7 @@ def _finite(runs: bool, *trees) -> np.ndarray:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
-    """The plan's epoch compiled ahead of time, once per process (``lower().compile()`` skips JAX's cache)."""
+    """The plan's epoch compiled ahead of time once per process (``lower().compile()`` skips JAX's cache)."""
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device))
     params = {s: {k: spec(shape, jnp.float32) for k, shape in leaves.items()}
               for s, leaves in param_shapes(plan.num_classes, plan.state_size).items()}
@@ -149,14 +141,8 @@ def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
 
 
 class JaxTrainer:
-    """JAX's trainer: each epoch one compiled call of the cell's `Plan` (``plan``; a resumed run passes its own).
-
-    One run: compiled ahead of time on ``device``. Many runs (``mesh``, params with a leading run axis):
-    `train_runs` over the mesh. ``config``: a `FitConfig`; ``accumulators``: Adagrad's state to start from.
-    The divergence guard costs nothing while training is finite: a non-finite parameter or accumulator
-    stays non-finite, so an epoch was finite exactly when its losses and final state are, checked on the
-    host; only then is the epoch replayed with the per-window guard (`train_epoch_guarded`).
-    """
+    """Each epoch of a `FitConfig` one call of the cell's `Plan`, compiled ahead of time for ``device`` (or
+    `train_runs` over ``mesh``); only an epoch that ends non-finite is replayed with the per-window guard."""
 
     def __init__(self, config, params, accumulators: dict | None = None, device=None, mesh=None,
                  plan: Plan | None = None):
@@ -184,7 +170,7 @@ class JaxTrainer:
         return (_compiled(*self._key, guard=True) if guard else self._epoch)(params, opt_state, xw, yw, None)
 
     def start_epoch(self, x_windows, y_windows, progress=None):
-        """Dispatch one epoch; ``finish()`` waits for it and checks it stayed finite."""
+        """Dispatch one epoch; ``finish()`` waits for it."""
         start = time.perf_counter()
         xw, yw = (w if isinstance(w, jax.Array) and w.dtype == self.window_dtype else np.asarray(w, self.window_dtype)
                   for w in (x_windows, y_windows))
@@ -211,7 +197,6 @@ class JaxTrainer:
         return jax.tree.map(lambda a: np.asarray(a, np.float32), self.params)
 
     def get_accumulators(self) -> dict:
-        """Adagrad's accumulators in the shared layout, float32 numpy."""
         return jax.tree.map(lambda a: np.asarray(a, np.float32), optim.accumulators(self.opt_state))
 
     def close(self) -> None:

@@ -228,14 +228,20 @@ def test_the_thresholds_by_name():
     assert p(4, 200, 5).backprop_steps == 5 and not p(4, 200, 5).tbptt and p(4, 200, 2, backprop_steps=3).tbptt
 
 
-@pytest.mark.parametrize("backend", ["gpu", "cuda", "tpu"])
-def test_other_backends_get_the_plain_program(backend):
-    for cell in [(4, 200, 5), (63, 200, 1), (128, 40, 3)]:
+@pytest.mark.parametrize("backend", ["cuda", "tpu", "METAL"])
+def test_backends_not_measured_get_the_plain_program(backend):
+    for cell in [(4, 200, 5), (16, 200, 1), (63, 200, 5), (128, 40, 3)]:
         plan = jax_rnn.plan(*cell, backend=backend)
         assert plan.backend == backend and plan == plan.plain()
         assert plan == dataclasses.replace(jax_rnn.plan(*cell, backend="cpu").plain(), backend=backend)
-        assert (plan.gradient, plan.layout, plan.elementwise, plan.softmax_grad, plan.xla_options) == (
-            "autodiff", "batch_first", (), "full", ())
+
+
+def test_a_gpu_takes_the_cpus_choices_without_its_xla_options_and_elementwise_input():
+    for cell in [(4, 200, 5), (16, 200, 1), (63, 200, 5), (128, 40, 3), (4, 200, 5, None, 3)]:
+        cpu, gpu = jax_rnn.plan(*cell, backend="cpu"), jax_rnn.plan(*cell, backend="gpu")
+        assert gpu.xla_options == () and "input" not in gpu.elementwise
+        same = dict(backend="gpu", xla_options=(), elementwise=tuple(m for m in cpu.elementwise if m != "input"))
+        assert gpu == dataclasses.replace(cpu, **same)
 
 
 def test_the_default_backend_is_jaxs():
@@ -309,8 +315,8 @@ def test_str_names_the_cell_and_every_choice():
     text = str(jax_rnn.plan(16, 200, 1, backend="cpu"))
     assert text.startswith("plan for state 16, batch 200, num_steps 1 on cpu: gradient by_hand, batch-last")
     assert "softmax grad difference" in text and "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED" in text
-    text = str(jax_rnn.plan(4, 200, 2, backprop_steps=5, runs=3, remat=True, backend="gpu"))
-    assert "TBPTT(2, 5), 3 runs on gpu" in text and "gradient autodiff, batch-first" in text
+    text = str(jax_rnn.plan(4, 200, 2, backprop_steps=5, runs=3, remat=True, backend="tpu"))
+    assert "TBPTT(2, 5), 3 runs on tpu" in text and "gradient autodiff, batch-first" in text
     assert text.endswith("remat; XLA defaults")
 
 
