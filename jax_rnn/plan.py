@@ -12,11 +12,8 @@ from typing import Optional
 
 import jax
 
-# XLA:CPU options: YNNPACK keeps the dots only (the small batch sums stay fused loops); one run at a time
-# also takes the memory-optimised schedule (fewer kernels handed to the other core at once), which is
-# slower under vmap.
+# An XLA:CPU option for vmapped runs: YNNPACK keeps the dots only, so the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
-_MEMORY_SCHEDULE = ("xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
 MAX_UNROLL = 16  # longer windows are unrolled by this factor: compile time stays bounded
 
 
@@ -120,8 +117,8 @@ def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optio
     if cell.backend not in ("cpu", "gpu"):
         return cell
     cpu, d, n = cell.backend == "cpu", state_size, num_classes
-    options = tuple(sorted((_YNN_DOTS,) + ((_MEMORY_SCHEDULE,) if runs == 1 else ()))) if cpu else ()
-    if d >= 128:  # large states: plain matrix products, batch-first
+    options = (_YNN_DOTS,) if cpu and runs > 1 else ()
+    if d >= (64 if cpu else 128):  # large states: plain matrix products, batch-first
         return dataclasses.replace(cell, xla_options=options)
     # Batch-last: each step is short loops over the batch that XLA fuses; tiny matrices as broadcast products.
     sizes = {"input": n * d, "state": d * d, "softmax": d * n}

@@ -71,8 +71,8 @@ CELLS = {
     "state 8: input and softmax elementwise": ((8, 200, 5, {}), dict(gradient="by_hand", elementwise=("input", "softmax"))),
     "state 16, 1 step: difference softmax grad": ((16, 200, 1, {}), dict(gradient="by_hand", softmax_grad="difference", elementwise=())),
     "state 63: by hand": ((63, 200, 5, {}), dict(gradient="by_hand", layout="batch_last")),
-    "state 64: autodiff": ((64, 200, 5, {}), dict(gradient="autodiff", layout="batch_last")),
-    "state 127: batch-last": ((127, 40, 3, {}), dict(gradient="autodiff", layout="batch_last")),
+    "state 64: autodiff, batch-first": ((64, 200, 5, {}), dict(gradient="autodiff", layout="batch_first")),
+    "state 63, batch 40: batch-last": ((63, 40, 3, {}), dict(gradient="autodiff", layout="batch_last")),
     "state 128: batch-first": ((128, 40, 3, {}), dict(gradient="autodiff", layout="batch_first")),
     "batch 99: autodiff": ((4, 99, 5, {}), dict(gradient="autodiff", layout="batch_last")),
     "batch 100: by hand": ((4, 100, 5, {}), dict(gradient="by_hand")),
@@ -113,12 +113,10 @@ OPTIONS = {
     "by hand": dict(layout="batch_last", gradient="by_hand"),
     "by hand, difference softmax grad": dict(layout="batch_last", gradient="by_hand", softmax_grad="difference"),
     "XLA: YNNPACK dots only": dict(xla_options=(("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)),
-    "XLA: memory-optimised schedule": dict(xla_options=(("xla_cpu_scheduler_type", "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"),)),
     "unroll 1": dict(unroll=1),
 }
-# With `make test-all`: the XLA options (every default cell's plan above carries both; the schedule alone, bit
-# for bit: tests/test_train.py) and the unroll.
-SLOW_OPTIONS = {"XLA: YNNPACK dots only", "XLA: memory-optimised schedule", "unroll 1"}
+# With `make test-all`: the XLA option (alone, bit for bit: tests/test_train.py) and the unroll.
+SLOW_OPTIONS = {"XLA: YNNPACK dots only", "unroll 1"}
 
 
 @pytest.mark.parametrize("option", [pytest.param(o, marks=pytest.mark.slow) if o in SLOW_OPTIONS else o for o in OPTIONS])
@@ -128,7 +126,7 @@ def test_each_option_alone_equals_the_plain_program(option, d, batch, num_steps,
     forced = dataclasses.replace(plain, **OPTIONS[option])
     assert forced != plain
     if option.startswith("XLA"):  # the option names are the plan's own
-        assert set(forced.xla_options) <= set(jax_rnn.plan(d, batch, num_steps, num_classes=num_classes,
+        assert set(forced.xla_options) <= set(jax_rnn.plan(d, batch, num_steps, runs=2, num_classes=num_classes,
                                                            backend="cpu").xla_options)
     inputs = _inputs(d, batch, num_steps, 4, num_classes)
     _assert_same_run(_train(forced, *inputs), _train(plain, *inputs), f"{option}: {forced}")
@@ -204,9 +202,11 @@ def test_the_thresholds_by_name():
     assert p(4, 200, 5, runs=2).gradient == "autodiff"
     assert p(4, 200, 5, remat=True).gradient == "autodiff"
     assert p(4, 200, 5, backprop_steps=6).gradient == "autodiff"
-    # Batch-last below state 128.
-    assert p(127, 40, 3).layout == "batch_last" and p(128, 40, 3).layout == "batch_first"
-    assert p(128, 200, 5).gradient == "autodiff" and p(128, 200, 5).elementwise == ()
+    # Batch-last below state 64 (below 128 on a GPU).
+    assert p(63, 40, 3).layout == "batch_last" and p(64, 40, 3).layout == "batch_first"
+    assert p(64, 200, 5).gradient == "autodiff" and p(64, 200, 5).elementwise == ()
+    gpu = lambda *a, **k: jax_rnn.plan(*a, backend="gpu", **k)
+    assert gpu(127, 40, 3).layout == "batch_last" and gpu(128, 40, 3).layout == "batch_first"
     # Elementwise for matrices of at most 16 entries: input n*d, state d*d, softmax d*n.
     assert p(4, 200, 5).elementwise == ("input", "state", "softmax")
     assert p(5, 200, 5).elementwise == ("input", "softmax")      # 10, 25, 10
@@ -217,11 +217,10 @@ def test_the_thresholds_by_name():
     # The difference softmax grad: one step, by hand.
     assert p(16, 200, 1).softmax_grad == "difference" and p(16, 200, 2).softmax_grad == "full"
     assert p(16, 99, 1).softmax_grad == "full"
-    # The memory-optimised schedule for one run only; YNNPACK's dots for every CPU program.
-    one, two = dict(p(4, 200, 5).xla_options), dict(p(4, 200, 5, runs=2).xla_options)
-    assert one["xla_cpu_scheduler_type"] == "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED" and "xla_cpu_scheduler_type" not in two
-    assert one["xla_cpu_experimental_ynn_fusion_type"] == two["xla_cpu_experimental_ynn_fusion_type"]
-    assert dict(p(128, 40, 3).xla_options) == one
+    # YNNPACK's dots only for vmapped runs; one run takes XLA's defaults.
+    assert p(4, 200, 5).xla_options == () and p(128, 40, 3).xla_options == ()
+    ynn = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
+    assert p(4, 200, 5, runs=2).xla_options == ynn and p(128, 40, 3, runs=2).xla_options == ynn
     # Unroll: the whole window up to MAX_UNROLL steps (k2 with TBPTT).
     assert p(4, 200, 5).unroll == 5 and p(4, 200, 2, backprop_steps=9).unroll == 9
     assert p(4, 200, MAX_UNROLL).unroll == MAX_UNROLL and p(4, 200, MAX_UNROLL + 1).unroll == MAX_UNROLL
@@ -314,7 +313,8 @@ def test_record_round_trips_through_json(cell):
 def test_str_names_the_cell_and_every_choice():
     text = str(jax_rnn.plan(16, 200, 1, backend="cpu"))
     assert text.startswith("plan for state 16, batch 200, num_steps 1 on cpu: gradient by_hand, batch-last")
-    assert "softmax grad difference" in text and "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED" in text
+    assert "softmax grad difference" in text and "XLA defaults" in text
+    assert "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" in str(jax_rnn.plan(4, 200, 5, runs=3))
     text = str(jax_rnn.plan(4, 200, 2, backprop_steps=5, runs=3, remat=True, backend="tpu"))
     assert "TBPTT(2, 5), 3 runs on tpu" in text and "gradient autodiff, batch-first" in text
     assert text.endswith("remat; XLA defaults")
