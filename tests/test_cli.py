@@ -171,6 +171,7 @@ def test_sweep_jax(tmp_path):
     assert "Time: " in (tmp_path / "r.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_takes_backprop_steps_as_a_third_axis(tmp_path):
     """``--backprop-steps num_steps,9``: each num_steps in both truncations (K2 >= num_steps only), recorded
     per cell, checkpointed under its own name; TBPTT(1, 9) can in principle learn what num_steps 1 cannot."""
@@ -272,6 +273,7 @@ def test_gpu_absent_is_a_usage_error(capsys, tmp_path):
     assert "--device gpu: JAX sees no GPU" in err and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_module_help_and_jax_only_run_without_tensorflow(tmp_path):
     """``python -m compare --help`` works; ``--impl jax`` never imports TensorFlow."""
     help_text = subprocess.run([sys.executable, "-m", "compare", "--help"], cwd=ROOT, capture_output=True,

@@ -84,6 +84,7 @@ def test_clear_deletes_only_jax_files(tmp_path):
     assert compile_cache.cache_size(cache) == compile_cache.clear_compile_cache(cache) == (0, 0)
 
 
+@pytest.mark.slow
 def test_cli_caches_by_default_and_results_are_bit_identical(tmp_path, monkeypatch, capsys):
     """Run 1 fills the cache; run 2 finds every executable there (it writes nothing new); run 3
     (--no-compile-cache) neither reads nor writes it. All three give the same losses, bit for bit."""

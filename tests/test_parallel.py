@@ -1,3 +1,4 @@
+import pytest
 """Runs split across devices (``train_runs(..., mesh=run_mesh())``) equal the single-device runs exactly;
 remat (a plan's ``remat=True``) trains the same as without."""
 
@@ -43,6 +44,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_runs_on_4_cpu_devices_equal_single_device_runs():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
@@ -76,6 +78,7 @@ def test_remat_gives_the_same_training_as_without():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_blocks_handle_a_prime_number_of_steps_and_save_memory():
     """num_steps 997 (prime): blocks of 32 steps plus a remainder of 5; same loss and gradient as without."""
     assert jax_rnn.model.remat_block_size(997) == 32 and jax_rnn.model.remat_block_size(1) == 1

@@ -190,7 +190,7 @@ def test_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         jax_rnn.fit(dataclasses.replace(config, state_size=16), resume=ckpt)
 
 
-@pytest.mark.parametrize("truncation", [[], ["--num-steps", "3", "--backprop-steps", "7"]])
+@pytest.mark.parametrize("truncation", [[], pytest.param(["--num-steps", "3", "--backprop-steps", "7"], marks=pytest.mark.slow)])
 def test_cli_resume_equals_an_uninterrupted_run(tmp_path, capsys, truncation):
     base = ["run", "--impl", "jax,tf-dynamic", *SMALL, *truncation, "--out", str(tmp_path)]
     assert main([*base, "--epochs", "3", "--name", "straight"]) == 0

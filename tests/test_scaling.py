@@ -49,6 +49,7 @@ def test_bench_grid_times_jax_c_and_tf_in_one_run(tmp_path, capsys):
 TINY = ["--data-size", "20000", "--states", "4", "--steps", "5", "--repeats", "1", "--quiet"]
 
 
+@pytest.mark.slow
 def test_bench_truncation_times_each_k2_against_tf_style(tmp_path, capsys):
     assert cli.main(["bench", "--truncation", "3,9,10", *TINY, "--out", str(tmp_path), "--name", "t"]) == 0
     result = json.loads((tmp_path / "t.json").read_text())
@@ -76,6 +77,7 @@ def test_bench_plan_options_times_each_choice_of_the_plan(tmp_path, capsys):
     assert "| gain |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "SWEEPS", {"state_size": (4, 32)})
     monkeypatch.setattr(bench, "MEMORY_NUM_STEPS", (64,))

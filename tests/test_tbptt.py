@@ -63,8 +63,8 @@ def _plan(k1, k2, state_size=4, batch=8, **kwargs):
     (2, 5, 4, 0.1),      # k2 > 2 k1: the state handed on lies in the backprop-only steps
     (3, 4, 4, 0.1),      # k2 < 2 k1
     (1, 4, 4, 0.1),      # r2rt's "true" truncation
-    (2, 5, 16, 0.1),     # dots (the state matrix has more than 16 entries: not elementwise)
-    (3, 7, 128, 0.01),   # batch-first layout (at 0.1, batch 8 and state 128 make rounding grow chaotically)
+    pytest.param(2, 5, 16, 0.1, marks=pytest.mark.slow),  # dots (the state matrix has more than 16 entries: not elementwise)
+    pytest.param(3, 7, 128, 0.01, marks=pytest.mark.slow),  # batch-first layout (at 0.1, batch 8 and state 128 make rounding grow chaotically)
 ])
 def test_the_epoch_follows_the_definition_update_for_update(k1, k2, state_size, learning_rate):
     x_windows, y_windows, params = _windows(k1, state_size)
@@ -89,6 +89,7 @@ def test_tbptt_n_n_is_the_tutorials_training_bit_for_bit():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_guard_remat_and_vmapped_runs_work_in_the_new_mode():
     k1, k2 = 2, 7
     x_windows, y_windows, params = _windows(k1)

@@ -243,6 +243,7 @@ def test_keras3_already_loaded_is_a_clear_error():
         _env.check_legacy_cells(FakeTF)
 
 
+@pytest.mark.slow
 def test_keras3_already_loaded_in_a_fresh_process():
     result = _run_python("""
         import tensorflow as tf
