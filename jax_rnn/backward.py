@@ -1,8 +1,7 @@
 """Backpropagation through time written out: the gradient of a plan with ``gradient="by_hand"``.
 
-Derived by ``jax.grad``, each step adds its own batch sum to every weight's gradient, a two-pass reduction
-per step on XLA:CPU; here each weight's gradient is one step-batched product over the window. Equal to
-``jax.value_and_grad(loss_window)`` to float rounding (tests/test_plan.py).
+Each weight's gradient is one step-batched product over the window, not a batch sum per step as under
+``jax.grad``. Equal to ``jax.value_and_grad(loss_window)`` to float rounding.
 """
 
 from __future__ import annotations

@@ -127,10 +127,9 @@ def remat_block_size(num_steps: int) -> int:
 
 
 def forward(params: Params, x_t: jax.Array, state: jax.Array, plan: Plan | None = None, start=None):
-    """`cell` scanned over ``x_t: int[steps, batch]`` from ``state`` (the plan's layout): ``(final_state,
-    (states, logits))``, per step ``[steps, ...]``. ``start``: the stream position of the first step; steps
-    at negative positions are absent (the state is kept). ``plan.remat``: ``jax.checkpoint``-ed blocks of
-    `remat_block_size` steps, so the backward pass keeps one state per block (memory ~ sqrt(steps)).
+    """`cell` scanned over ``x_t: int[steps, batch]``: ``(final_state, (states, logits))``. ``start``: the
+    first step's stream position (negative positions are absent: the state is kept). ``plan.remat``:
+    ``jax.checkpoint``-ed blocks, so memory grows like sqrt(steps).
     """
     plan, params = plan or _default_plan, jax.tree.map(jnp.asarray, params)  # numpy weights index with tracers
     steps = x_t.shape[0]

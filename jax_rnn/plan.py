@@ -1,8 +1,7 @@
 """The plan: which program trains a cell. `plan` is the only code that looks at sizes to choose one.
 
-Like an FFTW or cuDNN plan, a `Plan` names its cell and every choice of program; the training functions
-execute it. It is hashable (jit's static argument) and JSON-able (`Plan.record`: results, checkpoints).
-What each CPU choice gains: docs/performance.md (``rnn-compare bench --plan-options``).
+Like an FFTW plan, a `Plan` names its cell and every choice; it is hashable (jit's static argument) and
+JSON-able (`Plan.record`). What each choice gains: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import jax
 
 # An XLA:CPU option for vmapped runs: YNNPACK keeps the dots only, so the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
-MAX_UNROLL = 16  # longer windows are unrolled by this factor: compile time stays bounded
+MAX_UNROLL = 16  # longer windows are unrolled by this factor: bounded compile time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Plan:
     The program: ``gradient`` ("autodiff": ``jax.grad``; "by_hand": `jax_rnn.backward`); the state's
     ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``); ``elementwise``: the matrices
     ("input", "state", "softmax") applied as broadcast products, not dots (batch-last only); ``softmax_grad``
-    ("difference": the by-hand softmax backward sums one class fewer, as d_logits sums to zero over classes);
+    ("difference": the by-hand softmax backward sums one class fewer);
     ``unroll`` (the scan's); ``xla_options``: ``(name, value)`` pairs.
     """
 

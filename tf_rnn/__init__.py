@@ -9,7 +9,7 @@
     with tf_rnn.build("dynamic", config, glorot_params(2, 4, seed=0)) as model:
         losses = model.train_epoch(xw, yw).losses     # float32[1000]
 
-Importing tf_rnn makes ``tf.keras`` Keras 2 (tf-keras) in this process and quiets TensorFlow (`tf_rnn._env`).
+Importing tf_rnn makes ``tf.keras`` Keras 2 (tf-keras) and quiets TensorFlow.
 """
 
 from ._env import set_verbose

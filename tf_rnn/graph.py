@@ -1,8 +1,6 @@
-"""The tutorial's TF1 versions, each in a private ``tf.Graph`` and session: ``raw``, its hand-written cell
-in a Python loop over ``tf.unstack``-ed one-hot inputs; ``static`` and ``dynamic``, ``BasicRNNCell`` with
-``static_rnn`` / ``dynamic_rnn``. Placeholders ``x, y: int32[batch, window_steps]``, ``init_state:
-float32[batch, d]`` (the carried state) and, with TBPTT only, ``window_start: int32[]``; AdagradOptimizer.
-"""
+"""The tutorial's TF1 versions, each in a private ``tf.Graph`` and session: ``raw`` (the hand-written cell
+in a Python loop), ``static`` and ``dynamic`` (``BasicRNNCell`` with ``static_rnn`` / ``dynamic_rnn``);
+the state carried through a placeholder."""
 
 import time
 
