@@ -1,4 +1,4 @@
-"""TBPTT(k1, k2) in jax_rnn: the compiled epoch against the definition (../shared/TASK.md) written out.
+"""TBPTT(k1, k2) in jax_rnn: the compiled epoch against the definition (docs/task.md) written out.
 
 The reference below follows the definition literally, one update at a time in Python, on the public
 plain-``lax.scan`` forward pass (`jax_rnn.rnn`, `jax_rnn.logits`): it runs only the window's steps that
