@@ -122,9 +122,9 @@ def program(plan: Plan, kind: str = "epoch", nested: bool = False):
     return _jit(fn, () if nested else plan.xla_options)
 
 
-def _traced(*trees) -> bool:
-    """Inside a caller's trace: a tracer among the arguments, or any trace active (a closure's)."""
-    return not _trace_state_clean() or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+def _traced() -> bool:
+    """Inside a caller's trace (jit, vmap, grad), whether or not it passes tracers in."""
+    return not _trace_state_clean()
 
 
 def _plan(where: str, plan, d: int, batch: int, k1: int, k2: int | None = None, runs: int = 1) -> Plan:
@@ -174,7 +174,7 @@ def _train(where: str, kind: str, guard: bool, params, opt_state, x_windows, y_w
         if pad:
             inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
         inputs = jax.device_put(inputs, NamedSharding(mesh, PartitionSpec(mesh.axis_names[0])))
-    out = program(plan, kind, nested=_traced(inputs))(*inputs, optimizer=optimizer, plan=plan, guard=guard)
+    out = program(plan, kind, nested=_traced())(*inputs, optimizer=optimizer, plan=plan, guard=guard)
     return jax.tree.map(lambda a: a[:plan.runs], out) if pad else out
 
 
@@ -217,7 +217,7 @@ def train_step(params: Params, opt_state, state, x, y, optimizer: optax.Gradient
         except (ValueError, IndexError):  # shapes no plan fits: name the argument
             _check_step(params, opt_state, state, x, y, optimizer, None)
             raise
-    nested = _traced(params, opt_state, state, x, y, start)
+    nested = _traced()
     return program(plan, "step", nested)(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)
 
 
