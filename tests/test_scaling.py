@@ -27,6 +27,7 @@ def test_crossover_is_where_the_gpu_stays_faster():
 
 
 @pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
+@pytest.mark.slow
 def test_bench_grid_times_jax_c_and_tf_in_one_run(tmp_path, capsys):
     """``bench --grid``: one row per cell with JAX, the C loop (same losses as JAX) and the fastest TF version;
     the large states without the C loop."""

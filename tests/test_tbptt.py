@@ -60,7 +60,7 @@ def _plan(k1, k2, state_size=4, batch=8, **kwargs):
 
 
 @pytest.mark.parametrize("k1, k2, state_size, learning_rate", [
-    (2, 5, 4, 0.1),      # k2 > 2 k1: the state handed on lies in the backprop-only steps
+    pytest.param(2, 5, 4, 0.1, marks=pytest.mark.slow),  # k2 > 2 k1: the state handed on lies in the backprop-only steps
     (3, 4, 4, 0.1),      # k2 < 2 k1
     (1, 4, 4, 0.1),      # r2rt's "true" truncation
     pytest.param(2, 5, 16, 0.1, marks=pytest.mark.slow),  # dots (the state matrix has more than 16 entries: not elementwise)
