@@ -11,7 +11,7 @@ from jax_rnn import cache as compile_cache
 from jax_rnn.fit import FitConfig
 from jax_rnn.model import glorot_params
 
-from . import bench, io, report, run, sweep
+from . import bench, distributed, io, report, run, sweep
 from .io import UsageError, at_least
 
 IMPLS = ("jax", "tf-raw", "tf-static", "tf-dynamic", "tf2")
@@ -83,7 +83,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
     def command(name, summary, impl, epochs=None, impl_help=None, size_help=None):
-        p = sub.add_parser(name, help=summary, description=summary, epilog=OUTPUT_POLICY)
+        p = sub.add_parser(name, help=summary, description=summary, epilog=OUTPUT_POLICY, allow_abbrev=False)
         p.set_defaults(error=p.error)  # UsageErrors under this command's usage
         add = p.add_argument
         add("--impl", default=impl, help=f"comma list of {', '.join(IMPLS)} (default: {impl_help or impl})")
@@ -129,7 +129,13 @@ def build_parser():
     add("--backprop-steps", default="num_steps", metavar="K2S", help="comma list: each num_steps also trains "
         "TBPTT(num_steps, K2) for every K2 >= it, e.g. num_steps,9 (default: num_steps)")
     add("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
-    add("--workers", type=int, help="JAX cells trained at once (default: the CPU cores, on a GPU 1)")
+    add("--workers", type=int, help="JAX cells trained at once per process (default: its CPU cores, on a GPU 1)")
+    add("--processes", type=int, metavar="N", help="start N local processes, each on its share of the cores")
+    add("--coordinator", metavar="HOST:PORT", help="jax.distributed: process 0's address (with the next two)")
+    add("--num-processes", type=int, metavar="N", help="jax.distributed: processes in the job")
+    add("--process-id", type=int, metavar="I", help="jax.distributed: this process, 0 to N-1 (0 writes the results)")
+    add("--cluster", action="store_true", help="jax.distributed: what JAX detects (SLURM, Open MPI, ...)")
+    add("--timeout", type=int, default=60, metavar="S", help="seconds for all processes to join (default: 60)")
 
     _, add = command("bench", f"Speed on the same data: build, first epoch, --repeats epochs, memory, speed-up vs "
                      f"{bench.BASELINE}.", None, impl_help=f"all five, {','.join(IMPLS)}; with --scaling "
@@ -163,10 +169,13 @@ def _config(args, **fields):
     return c
 
 
-def _start(args, kind, impls):
+def _paths(args, kind):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    paths = io.output_paths(kind.replace("_", "-"), args.out, args.name, args.json, args.overwrite, stamp)
-    return paths, io.resolve(args.device, set(impls) != {"jax"})
+    return io.output_paths(kind.replace("_", "-"), args.out, args.name, args.json, args.overwrite, stamp)
+
+
+def _start(args, kind, impls):
+    return _paths(args, kind), io.resolve(args.device, set(impls) != {"jax"})
 
 
 def _write(result, paths, kind):
@@ -220,6 +229,7 @@ def _sweep(args):
     num_steps, state_sizes = (parse_ints(getattr(args, k), option(k)) for k in ("num_steps", "state_size"))
     at_least(args.seeds, "--seeds")
     workers = args.workers if args.workers is None else at_least(args.workers, "--workers")
+    at_least(args.timeout, "--timeout")
     io.check_dirs(args.checkpoint, args.resume)
     backprop = parse_ints(args.backprop_steps, "--backprop-steps", words=("num_steps",))
     truncations = list(dict.fromkeys((n, n if k == "num_steps" else k) for n in num_steps for k in backprop
@@ -229,10 +239,23 @@ def _sweep(args):
                          "each cell needs K2 >= its num_steps")
     configs = [_config(args, num_steps=n, state_size=d, backprop_steps=None if k == n else k)
                for n, k in truncations for d in state_sizes]
-    paths, devices = _start(args, "sweep", impls)
-    workers = workers or ((os.cpu_count() or 1) if devices.jax == "cpu" else 1)
-    _write(sweep.sweep(configs, impls, args.seeds, devices, args.quiet, workers, args.checkpoint or args.resume,
-                       args.resume), paths, "sweep")
+    joined = [n for n in ("coordinator", "num_processes", "process_id", "cluster") if getattr(args, n)]
+    if args.processes is not None:
+        if joined:
+            raise UsageError(f"--processes starts its own jax.distributed job; do not also give {option(joined[0])}")
+        argv = [a for i, a in enumerate(args.argv) if not a.startswith("--processes") and
+                (i == 0 or args.argv[i - 1] != "--processes")]
+        return distributed.launch(argv, at_least(args.processes, "--processes"), args.timeout)
+    paths = _paths(args, "sweep") if not args.process_id and not args.cluster else None
+    group = distributed.connect(args.cluster, args.coordinator, args.num_processes, args.process_id, args.timeout)
+    if group.index == 0 and paths is None:
+        paths = _paths(args, "sweep")
+    devices = io.resolve(args.device, set(impls) != {"jax"})
+    workers = workers or (len(os.sched_getaffinity(0)) if devices.jax == "cpu" else 1)
+    result = sweep.sweep(configs, impls, args.seeds, devices, args.quiet, workers, args.checkpoint or args.resume,
+                         args.resume, group)
+    if result:
+        _write(result, paths, "sweep")
     return 0
 
 
@@ -287,7 +310,9 @@ def _cache(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # a sweep's --processes passes them on
     if args.command != "cache" and not args.no_compile_cache:
         try:
             compile_cache.enable_compile_cache()  # before anything compiles

@@ -1,5 +1,6 @@
 """``rnn-compare sweep``: num_steps x state_size (x backprop steps) cells over seeds (a seed: weights, data)."""
 
+import functools
 import itertools
 import threading
 import time
@@ -18,6 +19,7 @@ from jax_rnn.model import glorot_params
 from jax_rnn.trainer import History, JaxTrainer, train
 
 from . import io
+from .distributed import Group, allgather
 from .run import final_loss, make_trainer, running_averages
 
 WRITER = "rnn-compare sweep"
@@ -59,7 +61,7 @@ def _train(impl, c, seeds, device, bar, epochs, saved, save):
             plan = saved and saved.meta.get("plan") and jax_rnn.Plan.from_record(saved.meta["plan"])
             params, accumulators = (saved.params, saved.accumulators) if saved else (
                 jax.tree.map(lambda *a: np.stack(a), *params), None)
-            trainer = JaxTrainer(c, params, accumulators, mesh=jax_rnn.run_mesh(jax.devices(device)), plan=plan)
+            trainer = JaxTrainer(c, params, accumulators, mesh=jax_rnn.run_mesh(jax.local_devices(backend=device)), plan=plan)
 
         def after_epoch(history, trainer):
             bar(len(group))
@@ -91,61 +93,84 @@ def _cell(c, impl, seeds, step_losses, meta, resumed):
         resumed_epochs=resumed)
 
 
-def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, resume_dir):
+def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, resume_dir, group=Group()):
+    """The sweep's result on process 0 (None on the others): each process trains its share of the cells on its own
+    devices, ``workers`` JAX cells at a time; results (and checkpoints, written by process 0) gather per round."""
     first, wall, lock = configs[0], time.perf_counter(), threading.Lock()
     seeds = [first.seed + i for i in range(num_seeds)]
-    jobs = [(i, c, impl) for i, c in enumerate(configs) for impl in impls]
-    progress = tqdm(total=len(jobs) * num_seeds * first.epochs, desc="sweep", unit="epoch", disable=quiet)
+    jobs = [(c, impl) for c in configs for impl in impls]
+    records = [{**io.record(c), "impl": impl, "seeds": seeds} for c, impl in jobs]
+    files = [io.cell_path(checkpoint_dir or resume_dir or "", cell) for cell in records]
+    progress = tqdm(total=len(jobs) * num_seeds * first.epochs, desc="sweep", unit="epoch",
+                    disable=quiet or group.index > 0)
 
     def bar(n):
         with lock:  # tqdm's counter is not thread-safe
             progress.update(n)
 
-    def train_cell(job):
-        _, c, impl = job
-        cell = {**io.record(c), "impl": impl, "seeds": seeds}
-        file = io.cell_path(checkpoint_dir or resume_dir or "", cell)
-        saved = io.load_checkpoint(file, cell, WRITER, "sweep") if resume_dir else None
+    def save(k, ckpt):  # by process 0 only
+        ckpt_io.save(files[k], ckpt._replace(config=records[k], meta={**ckpt.meta, "writer": WRITER}))
+
+    def finish(k, losses, meta):
+        if checkpoint_dir and group.index == 0:
+            save(k, ckpt_io.Checkpoint(None, jobs[k][0].epochs, None, None, losses, [], meta))
+
+    def train_cell(k):
+        (c, impl), saved = jobs[k], resumed_from.get(k)
         resumed, finished = (saved.epochs_done, saved.params is None) if saved else (0, False)
         bar(len(seeds) * (c.epochs if finished else resumed))
         if finished:
-            losses, meta = saved.step_losses, saved.meta
-        else:
-            def save(ckpt):
-                ckpt_io.save(file, ckpt._replace(config=cell, meta={**ckpt.meta, "writer": WRITER}))
-            spent = _spent.seconds = {"data": 0.0, "compile": 0.0}
-            start = time.perf_counter()
-            jax_save = impl == "jax" and checkpoint_dir and save
-            losses, diverged = _train(impl, c, seeds, devices.of(impl), bar, epochs, saved, jax_save)
-            meta = {"diverged": diverged, "seconds": time.perf_counter() - start, "time": spent}
-            spent["train"] = meta["seconds"] - spent["data"] - spent["compile"]
-            if checkpoint_dir:
-                save(ckpt_io.Checkpoint(None, c.epochs, None, None, losses, [], meta))
-        return losses, _cell(c, impl, seeds, losses, meta, resumed)
+            return saved.step_losses, saved.meta, resumed, True
+        spent = _spent.seconds = {"data": 0.0, "compile": 0.0}
+        start = time.perf_counter()
+        every_epoch = impl == "jax" and checkpoint_dir and group.index == 0 and functools.partial(save, k)
+        losses, diverged = _train(impl, c, seeds, devices.of(impl), bar, epochs, saved, every_epoch)
+        meta = {"diverged": diverged, "seconds": time.perf_counter() - start, "time": spent}
+        spent["train"] = meta["seconds"] - spent["data"] - spent["compile"]
+        finish(k, losses, meta)
+        return losses, meta, resumed, False
 
     # every seed's epochs, made once (int8: values 0 and 1)
     epochs = {s: [(np.int8(x), np.int8(y)) for x, y in task.epochs(first.data_size, s, first.epochs)] for s in seeds}
     shared_data = time.perf_counter() - wall
+    resumed_from = {k: io.load_checkpoint(f, cell, WRITER, "sweep") for k, (f, cell) in enumerate(zip(files, records))
+                    if resume_dir and group.index == 0}
+    resumed_from = allgather({k: v for k, v in resumed_from.items() if v}, group)[0]
+    workers = allgather(max(1, workers), group)
+    # longest first (state_size² x k2 / k1), TF after JAX: timed on a quiet machine; round-robin over processes
+    cost = lambda k: (jobs[k][1] != "jax", -max(jobs[k][0].state_size, 8) ** 2 * jobs[k][0].window_steps
+                      / jobs[k][0].num_steps)
+    order = sorted(range(len(jobs)), key=cost)
+    size = sum(workers) if checkpoint_dir and group.count > 1 else len(order)  # a round ends in a gather
     jax.monitoring.register_event_duration_secs_listener(_on_event)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers))
-    # longest first: state_size² x k2 / k1
-    cost = lambda job: -max(job[1].state_size, 8) ** 2 * job[1].window_steps / job[1].num_steps
+    pool, done = ThreadPoolExecutor(max_workers=workers[group.index]), {}
     try:
-        done = {j: pool.submit(train_cell, j) for j in sorted((j for j in jobs if j[2] == "jax"), key=cost)}
-        done = {j: f.result() for j, f in done.items()}
-        done.update({j: train_cell(j) for j in jobs if j[2] != "jax"})  # TF after JAX: timed on a quiet machine
+        for begin in range(0, len(order), size):
+            mine = order[begin:begin + size][group.index::group.count]
+            ran = {k: pool.submit(train_cell, k) for k in mine if jobs[k][1] == "jax"}
+            ran = {k: f.result() for k, f in ran.items()} | {k: train_cell(k) for k in mine if jobs[k][1] != "jax"}
+            for index, part in enumerate(allgather(ran, group)):
+                if index != group.index:
+                    bar(len(seeds) * first.epochs * len(part))
+                for k, (losses, meta, resumed, finished) in part.items():
+                    if index != group.index and not finished:
+                        finish(k, losses, meta)
+                    done[k] = losses, _cell(*jobs[k], seeds, losses, meta, resumed)
     finally:  # an error or Ctrl-C: start no more cells
         pool.shutdown(wait=False, cancel_futures=True)
         jax.monitoring.unregister_event_duration_listener(_on_event)
         progress.close()
-    cells = [done[j][1] for j in jobs]
-    groups = [[done[(i, c, impl)] for impl in impls] for i, c in enumerate(configs)]
+    if group.index:
+        return None
+    cells = [done[k][1] for k in range(len(jobs))]
+    groups = [[done[i * len(impls) + m] for m in range(len(impls))] for i in range(len(configs))]
     diffs = [np.abs(a - b)[np.isfinite(a) & np.isfinite(b)]
              for g in groups for (a, _), (b, _) in itertools.combinations(g, 2)]
     grid = dict(num_steps=sorted({c.num_steps for c in configs}), state_size=sorted({c.state_size for c in configs}),
                 truncations=[list(t) for t in dict.fromkeys((c.num_steps, c.window_steps) for c in configs)],
                 impls=list(impls), seeds=seeds, **{k: getattr(first, k) for k in FIELDS},
-                jax_devices=len(jax.devices(devices.jax)) if "jax" in impls else None, workers=workers)
+                jax_devices=len(jax.local_devices(backend=devices.jax)) if "jax" in impls else None,
+                workers=workers[group.index], processes=group.count)
     time_spent = dict(total=time.perf_counter() - wall, shared_data=shared_data,
                       **{k: sum(c["time"][k] for c in cells) for k in ("data", "compile", "train")})
     agreement = None if len(impls) < 2 else dict(
