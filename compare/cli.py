@@ -239,7 +239,7 @@ def _sweep(args):
                          "each cell needs K2 >= its num_steps")
     configs = [_config(args, num_steps=n, state_size=d, backprop_steps=None if k == n else k)
                for n, k in truncations for d in state_sizes]
-    joined = [n for n in ("coordinator", "num_processes", "process_id", "cluster") if getattr(args, n)]
+    joined = [n for n in ("coordinator", "num_processes", "process_id", "cluster") if getattr(args, n) not in (None, False)]
     if args.processes is not None:
         if joined:
             raise UsageError(f"--processes starts its own jax.distributed job; do not also give {option(joined[0])}")
