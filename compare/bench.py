@@ -5,9 +5,11 @@ import dataclasses
 import functools
 import importlib.resources
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -308,3 +310,25 @@ def memory_study(c, device, steps, quiet):
                              remat_block=jax_rnn.model.remat_block_size(num_steps) if remat else None))
             del compiled
     return rows
+
+
+def processes(counts, quiet, out):
+    """``rnn-compare sweep`` (its defaults) end to end as N processes, the second of two runs (caches warm), beside
+    the limit: the C loop's seconds for the same run-epochs spread over this machine's cores."""
+    rows, cores = [], len(os.sched_getaffinity(0))
+    for n in tqdm(counts, desc="bench --processes", unit="sweep", disable=quiet):
+        argv = [sys.executable, "-m", "compare", "sweep", "--quiet", "--out", str(out), "--name", f"sweep-{n}",
+                "--overwrite", "--processes", str(n)]
+        seconds = []
+        for _ in range(2):
+            begin = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - begin)
+        rows.append(dict(processes=n, seconds=seconds[1], first_seconds=seconds[0]))
+    sweep = json.loads((out / f"sweep-{counts[-1]}.json").read_text())
+    c, limit = sweep["config"], 0.0
+    for cell in sweep["cells"]:
+        xw, yw = task.windows(*task.gen_data(c["data_size"], 0), c["batch_size"], cell["num_steps"])
+        timer = c_epoch(glorot_params(2, cell["state_size"], 0), xw, yw, c["learning_rate"])
+        limit += np.median([timer() for _ in range(3)]) * len(cell["seeds"]) * c["epochs"] / cores
+    return [{**r, "limit": limit, "over_limit": r["seconds"] / limit} for r in rows]

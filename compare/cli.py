@@ -5,7 +5,9 @@ import dataclasses
 import itertools
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from jax_rnn import cache as compile_cache
 from jax_rnn.fit import FitConfig
@@ -149,6 +151,7 @@ def build_parser():
         "(default: 4,16 x 1,3,5)")
     add("--plan-options", action="store_true", help="each choice of jax_rnn.plan against the plan without it")
     add("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default: 1)")
+    add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
     for name, values in bench.GRID.items():
         add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
@@ -260,7 +263,7 @@ def _sweep(args):
 
 
 def _bench(args):
-    modes = [m for m in ("grid", "scaling", "truncation", "plan_options") if getattr(args, m)]
+    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes") if getattr(args, m)]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(map(option, modes))}: choose one")
     mode = modes[0] if modes else None
@@ -286,6 +289,11 @@ def _bench(args):
     for d, n in itertools.product(states, steps) if mode not in (None, "scaling") else ():
         fit_config(**dataclasses.asdict(c) | {"state_size": d, "num_steps": n})  # before any work
     paths, devices = _start(args, mode or "bench", impls)
+    if mode == "processes":
+        with tempfile.TemporaryDirectory() as out:
+            rows = bench.processes(parse_ints(args.processes, "--processes"), args.quiet, Path(out))
+        _write(bench.page("bench --processes", c, devices, repeats, rows=rows), paths, mode)
+        return 0
     if mode == "grid":
         result = bench.grid(c, impls, devices, repeats, states, steps, large, args.quiet)
     elif mode == "scaling":

@@ -75,8 +75,9 @@ def connect(cluster, coordinator, num_processes, process_id, timeout) -> Group:
         if process_id and not _reachable(host, port, timeout):
             raise UsageError(f"--coordinator {coordinator}: nothing answered within {timeout} s (is process 0 "
                              "running, with this address?)")
-    watchdog = threading.Timer(timeout, _die, [f"not all processes joined --coordinator {coordinator} within "
-                                               f"{timeout} s: is every one started, with the same --num-processes?"])
+    where = f"--coordinator {coordinator}" if coordinator else "the cluster's coordinator"
+    watchdog = threading.Timer(timeout, _die, [f"not all processes joined {where} within {timeout} s: is every one "
+                                               "started, with the same --num-processes?"])
     watchdog.daemon = True
     watchdog.start()
     jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout + 30,

@@ -135,6 +135,12 @@ format_plan_options, plan_options_markdown = _rows(
     lambda r: [r["state_size"], r["num_steps"], r["runs"], r["option"], _spread(r["plan"]), _spread(r["without"]),
                f"{100 * r['gain']:+.0f}%"], "gain: 1 - (the plan's epoch s) / (without that choice).")
 
+format_processes, processes_markdown = _rows(
+    "processes", "rows", "processes|sweep s (second run)|first run s|C limit s|x the limit",
+    lambda r: [r["processes"], f"{r['seconds']:.2f}", f"{r['first_seconds']:.2f}", f"{r['limit']:.2f}",
+               f"{r['over_limit']:.2f}x"], "rnn-compare sweep (defaults) end to end; C limit: the C loop's seconds "
+    "for the sweep's run-epochs over this machine's cores.")
+
 
 def _label(fit):
     return fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
