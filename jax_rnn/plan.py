@@ -26,7 +26,8 @@ class Plan:
     ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``); ``elementwise``: the matrices
     ("input", "state", "softmax") applied as broadcast products, not dots (batch-last only); ``softmax_grad``
     ("difference": the by-hand softmax backward sums one class fewer);
-    ``unroll`` (the scan's); ``xla_options``: ``(name, value)`` pairs.
+    ``unroll``: the window's scan's, ``epoch_unroll``: the epoch's scan over windows; ``xla_options``: ``(name,
+    value)`` pairs.
     """
 
     state_size: int
@@ -42,10 +43,11 @@ class Plan:
     elementwise: tuple[str, ...] = ()
     softmax_grad: str = "full"
     unroll: int = 1
+    epoch_unroll: int = 1
     xla_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        for name in ("state_size", "batch_size", "num_steps", "runs", "num_classes", "unroll"):
+        for name in ("state_size", "batch_size", "num_steps", "runs", "num_classes", "unroll", "epoch_unroll"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"plan: {name} must be an integer >= 1, got {value!r}")
@@ -93,6 +95,8 @@ class Plan:
         cell = f"state {self.state_size}, batch {self.batch_size}, {k}" + (f", {self.runs} runs" if self.runs > 1 else "")
         program = [f"gradient {self.gradient}", self.layout.replace("_", "-"),
                    f"elementwise {'+'.join(self.elementwise) or 'none'}", f"unroll {self.unroll}"]
+        if self.epoch_unroll > 1:
+            program.append(f"epoch unroll {self.epoch_unroll}")
         if self.gradient == "by_hand":
             program.append(f"softmax grad {self.softmax_grad}")
         if self.remat:
@@ -102,12 +106,23 @@ class Plan:
 
 
 def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optional[int] = None, runs: int = 1,
-         remat: bool = False, num_classes: int = 2, backend: Optional[str] = None) -> Plan:
+         remat: bool = False, num_classes: int = 2, backend: Optional[str] = None, tune: Optional[bool] = None) -> Plan:
     """The program for a cell (see `Plan`): a rule per choice, measured on the CPU and on a GPU (there
     without the CPU's XLA options and elementwise input); the plain program on any other backend.
-    ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default.
+    ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default; ``tune``: the candidates measured
+    here instead (`jax_rnn.tune`, cached; None: when ``RNN_SCAN_TUNE=1``; never inside a trace).
     **Example:** ``print(jax_rnn.plan(state_size=16, batch_size=200, num_steps=10))``.
     """
+    chosen = _rule(state_size, batch_size, num_steps, backprop_steps, runs, remat, num_classes, backend)
+    from .train import _traced  # these import this module
+    from .tune import enabled, tuned
+
+    if (tune or (tune is None and enabled())) and not _traced():
+        return tuned(chosen)
+    return chosen
+
+
+def _rule(state_size, batch_size, num_steps, backprop_steps, runs, remat, num_classes, backend) -> Plan:
     k2 = num_steps if backprop_steps is None else backprop_steps
     valid = isinstance(k2, int) and not isinstance(k2, bool)  # a bad k2 is refused by Plan, by its own name
     unroll = k2 if valid and 1 <= k2 <= MAX_UNROLL else MAX_UNROLL

@@ -89,9 +89,9 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
     for xs, window_of, first in _updates(x_windows, y_windows, plan.backprop_steps):
         if guard:
             ks = first + jnp.arange(len(xs[0]), dtype=jnp.int32)
-            carry, part = jax.lax.scan(functools.partial(guarded, window_of), carry, (xs, ks))
+            carry, part = jax.lax.scan(functools.partial(guarded, window_of), carry, (xs, ks), unroll=plan.epoch_unroll)
         else:
-            carry, part = jax.lax.scan(functools.partial(body, window_of), carry, xs)
+            carry, part = jax.lax.scan(functools.partial(body, window_of), carry, xs, unroll=plan.epoch_unroll)
         losses.append(part)
     out = (*carry[:2], _layout(carry[2], plan), jnp.concatenate(losses) if len(losses) > 1 else losses[0])
     return GuardedEpoch(*out, carry[3]) if guard else out
