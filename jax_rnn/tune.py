@@ -49,8 +49,9 @@ def candidates(plan: Plan) -> list[Plan]:
     rep, plain, small = dataclasses.replace, plan.plain(), plan.state_size * max(plan.state_size, plan.num_classes)
     last = rep(plain, layout="batch_last")
     products = ("input", "state", "softmax") if small <= 64 else ()
-    shapes = [plan, plain, last, rep(last, elementwise=products), rep(plan, elementwise=()),
-              *(rep(plan, layout="batch_last", gradient="by_hand", softmax_grad=s) for s in ("full", "difference"))]
+    by_hand = [] if plan.tbptt or plan.remat else [
+        rep(plan, layout="batch_last", gradient="by_hand", softmax_grad=s) for s in ("full", "difference")]
+    shapes = [plan, plain, last, rep(last, elementwise=products), rep(plan, elementwise=()), *by_hand]
     unrolls = [rep(plan, unroll=u) for u in (1, 4, plan.backprop_steps) if u <= plan.backprop_steps]
     epochs = [rep(plan, epoch_unroll=u) for u in ((2, 8) if plan.backend == "gpu" else (2,))]
     options = [rep(plan, xla_options=() if plan.xla_options else (_YNN_DOTS,))] if plan.backend == "cpu" else []
@@ -169,11 +170,14 @@ def clear_wisdom(path: Path | None = None) -> int:
     return entries
 
 
-@functools.lru_cache(maxsize=256)
 def tuned(plan: Plan, measure=measure, path: Path | None = None) -> Plan:
     """``plan``'s cell with the program measured fastest here: from the wisdom file when it holds a valid entry
     for this cell, machine and versions, else measured (`choose`) and stored."""
-    path = Path(path or wisdom_path())
+    return _tuned(plan, measure, Path(path or wisdom_path()))
+
+
+@functools.lru_cache(maxsize=256)
+def _tuned(plan: Plan, measure, path: Path) -> Plan:
     found = _recall(plan, read_wisdom(path).get(key(plan)))
     if found is not None:
         return found
