@@ -187,28 +187,33 @@ def _wall(call):
     return time.perf_counter() - begin
 
 
-def _versus(c, states, steps, plans, repeats, row, fmt, quiet, runs=1, device="cpu"):
+def _versus(c, cells, plans, repeats, row, fmt, quiet, runs=1, device="cpu", c_loop=False):
+    """Per cell (a dict of `FitConfig` fields) ``plans(cell)``'s epochs (and the C loop's) timed in turns."""
     data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
-    for state_size, num_steps in itertools.product(states, steps):
-        cell = dataclasses.replace(c, state_size=state_size, num_steps=num_steps)
-        params = glorot_params(2, state_size, 0)
-        xw, yw = task.windows(*data, cell.batch_size, num_steps, task.window_dtype(cell.num_classes))
+    for fields in cells:
+        cell = dataclasses.replace(c, **fields)
+        params = glorot_params(2, cell.state_size, 0)
+        xw, yw = task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes))
+        timers = {"c": c_epoch(params, xw, yw, c.learning_rate)} if c_loop else {}
         if runs > 1:
             params, xw, yw = jax.tree.map(lambda a: np.broadcast_to(a, (runs,) + a.shape), (params, xw, yw))
         params, xw, yw = jax.device_put((params, xw, yw), io.jax_device(device))
         opt_state = (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params)
-        kind = "epoch" if runs == 1 else "runs"
-        timers, seconds = {}, {}
+        kind, seconds = "epoch" if runs == 1 else "runs", {}
         for name, plan in plans(cell).items():
             compiled, seconds[name] = compile_epoch(plan, params, opt_state, xw, yw, optimizer, kind)
-            timers[name] = functools.partial(compiled, params, opt_state, xw, yw, None)
-        rounds = [{name: _wall(timer) for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
+            timers[name] = functools.partial(_wall, functools.partial(compiled, params, opt_state, xw, yw, None))
+        rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
         times = {name: summary(r[name] for r in rounds) for name in timers}
-        for name in list(timers)[1:]:
+        for name in [n for n in timers if n != "c"][1:]:
             rows.append(row(cell, name, times, seconds[name]))
             if not quiet:
                 tqdm.write(fmt(rows[-1:], header=len(rows) == 1))
     return rows
+
+
+def _grid(states, steps):
+    return [dict(state_size=d, num_steps=n) for d, n in itertools.product(states, steps)]
 
 
 def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
@@ -220,7 +225,7 @@ def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
         k1 = c.num_steps
         return dict(state_size=c.state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1], tbptt=times[k2],
                     compile_seconds=seconds, cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1)
-    return _versus(c, states, steps, plans, repeats, row, report.format_truncation, quiet, device=device)
+    return _versus(c, _grid(states, steps), plans, repeats, row, report.format_truncation, quiet, device=device)
 
 
 def _without(plan):
@@ -247,7 +252,30 @@ def plan_options(c, states, steps, runs, repeats, quiet, device="cpu"):
     def row(c, name, times, seconds):
         return dict(state_size=c.state_size, num_steps=c.num_steps, runs=runs, option=name, plan=times["plan"],
                     without=times[name], gain=1 - times["plan"]["median"] / times[name]["median"])
-    return _versus(c, states, steps, plans, repeats, row, report.format_plan_options, quiet, runs, device)
+    return _versus(c, _grid(states, steps), plans, repeats, row, report.format_plan_options, quiet, runs, device)
+
+
+def random_cells(c, count, seed, repeats, quiet, device="cpu"):
+    """``count`` cells drawn with ``seed`` (state 2-64 and batch 16-1000 log-uniform, num_steps 1-20): the rule's
+    plan and the tuned plan against the C loop, timed in turns."""
+    rng, tuning = np.random.default_rng(seed), {}
+    draw = lambda low, high: int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
+    cells = [dict(state_size=draw(2, 64), batch_size=draw(16, 1000), num_steps=int(rng.integers(1, 21)))
+             for _ in range(count)]
+
+    def plans(c):
+        start = time.perf_counter()
+        tuned = jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backend=device, tune=True)
+        tuning[c] = time.perf_counter() - start, tuned
+        return {"rule": jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backend=device, tune=False),
+                "tuned": tuned}
+
+    def row(c, name, times, seconds):
+        return dict(state_size=c.state_size, batch_size=c.batch_size, num_steps=c.num_steps, c=times["c"],
+                    rule=times["rule"], tuned=times["tuned"], rule_over_c=times["rule"]["median"] / times["c"]["median"],
+                    tuned_over_c=times["tuned"]["median"] / times["c"]["median"], tuning_seconds=tuning[c][0],
+                    plan=tuning[c][1].record())
+    return _versus(c, cells, plans, repeats, row, report.format_random_cells, quiet, device=device, c_loop=True)
 
 
 def slope(values, seconds):

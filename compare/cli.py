@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import itertools
+import logging
 import os
 import sys
 import tempfile
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 from jax_rnn import cache as compile_cache
+import jax_rnn
+from jax_rnn import tune
 from jax_rnn.fit import FitConfig
 from jax_rnn.model import glorot_params
 
@@ -108,6 +111,7 @@ def build_parser():
         add("--overwrite", action="store_true")
         add("--quiet", action="store_true", help="no progress, only the table")
         add("--no-compile-cache", action="store_true", help="don't use JAX's compilation cache")
+        add("--tune", action="store_true", help=f"measure each cell's plan here, once ({tune.ENV}=1)")
         if name != "bench":
             add("--checkpoint", metavar="DIR", help="save checkpoints in DIR")
             more = " (--epochs may be larger)" if name == "run" else ""
@@ -152,6 +156,7 @@ def build_parser():
     add("--plan-options", action="store_true", help="each choice of jax_rnn.plan against the plan without it")
     add("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default: 1)")
     add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
+    add("--random-cells", type=int, metavar="N", help="N cells drawn with --seed: the rule's and the tuned plan vs C")
     for name, values in bench.GRID.items():
         add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
@@ -263,7 +268,8 @@ def _sweep(args):
 
 
 def _bench(args):
-    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes") if getattr(args, m)]
+    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes", "random_cells")
+             if getattr(args, m)]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(map(option, modes))}: choose one")
     mode = modes[0] if modes else None
@@ -300,6 +306,8 @@ def _bench(args):
         result = bench.scaling(c, impls, devices, repeats, () if args.no_memory else bench.MEMORY_NUM_STEPS, args.quiet)
     elif mode:
         rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax) if mode == "truncation" else
+                bench.random_cells(c, at_least(args.random_cells, "--random-cells"), args.seed, repeats, args.quiet,
+                                   devices.jax) if mode == "random_cells" else
                 bench.plan_options(c, states, steps, runs, repeats, args.quiet, devices.jax))
         result = bench.page(f"bench {option(mode)}", c, devices, repeats, rows=rows)
     else:
@@ -314,6 +322,10 @@ def _cache(args):
     state = f"off: {env}={os.environ[env]}" if compile_cache.disabled_by_env() else "on"
     print(f"JAX compilation cache: {directory} ({state}): {'cleared ' if args.clear else ''}{entries} entries, "
           f"{size / 1e6:.1f} MB")
+    stored, path = tune.read_wisdom(), tune.wisdom_path()
+    print(f"Tuned plans: {path}: {'cleared ' if args.clear else ''}{tune.clear_wisdom() if args.clear else len(stored)} "
+          "entries" + "".join(f"\n  {e.get('plan') and jax_rnn.Plan.from_record(e['plan'])}" for e in
+                               ([] if args.clear else stored.values())))
     return 0
 
 
@@ -326,11 +338,19 @@ def main(argv=None):
             compile_cache.enable_compile_cache()  # before anything compiles
         except OSError as err:  # costs only the cache
             print(f"note: JAX compilation cache off: {err}", file=sys.stderr)
+    tuning, before = getattr(args, "tune", False) or tune.enabled(), os.environ.get(tune.ENV)
+    if tuning:  # every plan made from here on is tuned, in the processes a command starts too; reported
+        os.environ[tune.ENV] = "1"
+        logging.basicConfig(format="%(message)s")
+        tune.log.setLevel(logging.INFO)
     try:
         return {"run": _run, "sweep": _sweep, "bench": _bench, "cache": _cache}[args.command](args)
     except UsageError as err:
         args.error(str(err))  # exits, status 2
         return 2
+    finally:
+        if before is None:
+            os.environ.pop(tune.ENV, None)
 
 
 if __name__ == "__main__":

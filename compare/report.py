@@ -135,6 +135,11 @@ format_plan_options, plan_options_markdown = _rows(
     lambda r: [r["state_size"], r["num_steps"], r["runs"], r["option"], _spread(r["plan"]), _spread(r["without"]),
                f"{100 * r['gain']:+.0f}%"], "gain: 1 - (the plan's epoch s) / (without that choice).")
 
+format_random_cells, random_cells_markdown = _rows(
+    "random-cells", "rows", "state|batch|num_steps|C epoch s|rule: epoch s|tuned: epoch s|rule / C|tuned / C|tuning s",
+    lambda r: [r["state_size"], r["batch_size"], r["num_steps"], _spread(r["c"]), _spread(r["rule"]),
+               _spread(r["tuned"]), f"{r['rule_over_c']:.2f}x", f"{r['tuned_over_c']:.2f}x", f"{r['tuning_seconds']:.1f}"],
+    "rule: jax_rnn.plan's rules; tuned: plan(..., tune=True); tuning s: its first-use cost (0 when cached).")
 format_processes, processes_markdown = _rows(
     "processes", "rows", "processes|sweep s (second run)|first run s|C limit s|x the limit",
     lambda r: [r["processes"], f"{r['seconds']:.2f}", f"{r['first_seconds']:.2f}", f"{r['limit']:.2f}",
