@@ -35,8 +35,6 @@ GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions
 SWEEPS = {"state_size": (4, 16, 64, 256, 1024), "num_steps": (1, 3, 10, 30, 100), "batch_size": (20, 200, 2000, 20000)}
 SCALING_IMPLS = ("jax", "tf-dynamic", "tf2")
 SCALING_DATA_SIZE = 100_000
-MEMORY_NUM_STEPS = (1_000, 10_000)
-MEMORY_STATE_SIZE = 256
 
 
 def summary(seconds):
@@ -102,14 +100,16 @@ def c_epoch(params, x_windows, y_windows, learning_rate):
 
 
 def time_trainers(c, impls, devices, repeats, bar, c_loop=False):
-    """Build, warm-up, ``repeats`` epochs per impl in turn (TF's spinning threads slow what runs beside)."""
-    params = glorot_params(c.num_classes, c.state_size, c.seed)
-    epochs = list(task.epoch_windows(dataclasses.replace(c, epochs=repeats + 1)))
+    """Build, warm-up, ``repeats`` epochs per impl in turn (TF's spinning threads slow what runs beside); peak RSS:
+    from the weights' draw to the warm-up's end, beside `io.memory`'s estimate."""
     figures = {}
     for impl in impls:
         kind = devices.of(impl)
         with contextlib.ExitStack() as stack:
             with PeakRss() as memory:
+                params = glorot_params(c.num_classes, c.state_size, c.seed)
+                dtype = task.window_dtype(c.num_classes) if impl == "jax" else np.int32
+                epochs = list(task.epoch_windows(dataclasses.replace(c, epochs=repeats + 1), dtype=dtype))
                 trainer = stack.enter_context(contextlib.closing(make_trainer(impl, c, params, kind)))
                 mine = epochs if impl != "jax" else jax.device_put(  # on the device before any clock starts
                     [tuple(np.asarray(w, trainer.window_dtype) for w in e) for e in epochs], trainer.device)
@@ -118,7 +118,8 @@ def time_trainers(c, impls, devices, repeats, bar, c_loop=False):
             first_step, rest = history.first_step_seconds, iter(mine[1:])
             first_epoch = history.epoch_seconds[0] + (first_step or 0.0)
             r = figures[impl] = dict(build_seconds=history.build_seconds, first_step_seconds=first_step,
-                                     first_epoch_seconds=first_epoch, peak_rss_mib=memory.peak_mib, device=kind)
+                                     first_epoch_seconds=first_epoch, peak_rss_mib=memory.peak_mib, device=kind,
+                                     estimate_mib=io.memory(c, impl, kind, epochs=repeats + 1).total / 2**20)
 
             def timer():
                 jax_rnn.train(trainer, [next(rest)], history)
@@ -289,7 +290,7 @@ def crossover(values, cpu_seconds, gpu_seconds):
             return value
 
 
-def scaling(base, impls, devices, repeats, memory_steps, quiet):
+def scaling(base, impls, devices, repeats, quiet):
     auto = devices.requested == "auto"  # with a GPU: the CPU too
     runs = [(param, value, impl, kind) for param, values in SWEEPS.items() for value in values for impl in impls
             for kind in (["cpu", "gpu"] if auto and devices.of(impl) == "gpu" else [devices.of(impl)])]
@@ -308,36 +309,12 @@ def scaling(base, impls, devices, repeats, memory_steps, quiet):
                          slope=slope(values, seconds)))
         if kind == "gpu" and (param, impl, "cpu") in series:
             fits[-1]["gpu_faster_from"] = crossover(values, series[param, impl, "cpu"], seconds)
-    memory = memory_study(base, devices.jax, memory_steps, quiet) if "jax" in impls and memory_steps else []
     gpu = "GPU faster from: where it stays faster" if "gpu" in {k for *_, k in series} else "no CPU/GPU crossover"
     notes = (f"{base.data_size:,} points; the rest at state {base.state_size}, num_steps {base.num_steps}, batch "
              f"{base.batch_size}; seconds: median of {repeats} epochs; {gpu}.")
-    result = page("bench --scaling", base, devices, repeats, impls, points=points, fits=fits, memory=memory,
-                  notes=notes)
+    result = page("bench --scaling", base, devices, repeats, impls, points=points, fits=fits, notes=notes)
     result["config"]["sweeps"] = dict(SWEEPS)
     return result
-
-
-def memory_study(c, device, steps, quiet):
-    dev, optimizer, rows, d = io.jax_device(device), jax_rnn.adagrad(c.learning_rate), [], MEMORY_STATE_SIZE
-    for num_steps in tqdm(steps, desc="memory", unit="window", disable=quiet):
-        xw, yw = task.windows(*task.gen_data(c.batch_size * num_steps, c.seed), c.batch_size, num_steps)
-        xw, yw, params = jax.device_put((xw, yw, glorot_params(2, d, c.seed)), dev)
-        opt_state = optimizer.init(params)
-        for remat in (False, True):
-            with PeakRss() as rss:
-                plan = jax_rnn.plan(d, c.batch_size, num_steps, remat=remat, backend=dev.platform)
-                compiled, compile_seconds = compile_epoch(plan, params, opt_state, xw, yw, optimizer)
-                start = time.perf_counter()
-                loss = float(compiled(params, opt_state, xw, yw, None)[3][0])  # float() waits for it
-                seconds = time.perf_counter() - start
-            temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
-            rows.append(dict(num_steps=num_steps, state_size=d, batch_size=c.batch_size, remat=remat, device=device,
-                             compile_seconds=compile_seconds, epoch_seconds=seconds, xla_temp_mib=temp and temp / 2**20,
-                             peak_rss_mib=rss.peak_mib, loss=loss,
-                             remat_block=jax_rnn.model.remat_block_size(num_steps) if remat else None))
-            del compiled
-    return rows
 
 
 def processes(counts, quiet, out):

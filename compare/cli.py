@@ -85,6 +85,7 @@ def apply_from(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="rnn-compare", epilog=OUTPUT_POLICY, description=(
         "Do jax_rnn and tf_rnn learn r2rt's vanilla RNN alike, and how fast is each?"))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, e.g. out of memory")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
     def command(name, summary, impl, epochs=None, impl_help=None, size_help=None):
@@ -126,6 +127,7 @@ def build_parser():
     add("--save-params", metavar="FILE.npz", help="save the final parameters ({impl}: the implementation)")
     add("--from", dest="from_json", metavar="FILE.json", help="rerun a run's result; are the losses identical?")
     add("--deterministic", action="store_true", help="TensorFlow op determinism")
+    add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
     p.set_defaults(option_defaults={a.dest: a.default for a in p._actions})
 
     _, add = command("sweep", "The tutorial's grid, num_steps x state_size (x backprop steps), over seeds: final "
@@ -148,8 +150,8 @@ def build_parser():
                      f"{','.join(bench.SCALING_IMPLS)}", size_help=f"{DEFAULT.data_size:,}; with --scaling "
                      f"{bench.SCALING_DATA_SIZE:,}")
     add("--repeats", type=int, help="timed epochs after a warm-up one (default: 3; 2 with --scaling)")
-    add("--scaling", action="store_true", help="seconds as state_size, num_steps, batch_size grow; memory with remat")
-    add("--no-memory", action="store_true", help="with --scaling: skip the memory study")
+    add("--scaling", action="store_true", help="seconds as state_size, num_steps, batch_size grow")
+    add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
     add("--grid", action="store_true", help="JAX, the C loop and TF on --states x --steps, then --large-states")
     add("--truncation", metavar="K2S", help="JAX's TBPTT(k1, K2) against num_steps k1 on --states x --steps "
         "(default: 4,16 x 1,3,5)")
@@ -210,6 +212,8 @@ def _run(args):
             raise UsageError(f"--epochs {epochs} is more than the {rows} epoch(s) in --data {args.data}")
         epochs, size = rows if epochs is None else epochs, cols
     c = _config(args, epochs=1 if epochs is None else epochs, data_size=DEFAULT.data_size if size is None else size)
+    paths, devices = _start(args, "run", impls)
+    io.check_memory([c], impls, devices)
     params = (io.load_params(args.init_params, c.num_classes, c.state_size) if args.init_params
               else glorot_params(c.num_classes, c.state_size, c.seed))
     io.check_dirs(args.checkpoint, args.resume)
@@ -217,7 +221,6 @@ def _run(args):
                                                          "--save-params") for impl in impls}
     if save and len(set(save.values())) != len(save):
         raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
-    paths, devices = _start(args, "run", impls)
     # not the device: a run may resume on another
     record = {**io.record(c, impls), "init_params": args.init_params, "data": args.data,
               "deterministic": args.deterministic}
@@ -260,6 +263,7 @@ def _sweep(args):
         paths = _paths(args, "sweep")
     devices = io.resolve(args.device, set(impls) != {"jax"})
     workers = workers or (len(os.sched_getaffinity(0)) if devices.jax == "cpu" else 1)
+    io.check_memory(configs, impls, devices, args.seeds, workers, sweep=True)
     result = sweep.sweep(configs, impls, args.seeds, devices, args.quiet, workers, args.checkpoint or args.resume,
                          args.resume, group)
     if result:
@@ -292,9 +296,18 @@ def _bench(args):
     if max(k2s, default=0) > row:
         raise UsageError(f"--truncation: at most the steps in a row of data ({row}), got {max(k2s)}")
     runs = at_least(args.runs, "--runs")
-    for d, n in itertools.product(states, steps) if mode not in (None, "scaling") else ():
-        fit_config(**dataclasses.asdict(c) | {"state_size": d, "num_steps": n})  # before any work
+    k2 = max(k2s, default=None)
+    cells = [fit_config(**dataclasses.asdict(c) | {"state_size": d, "num_steps": n, "backprop_steps": k2 and max(k2, n)})
+             for d, n in itertools.product(states, steps)] if mode not in (None, "scaling") else [c]  # before any work
     paths, devices = _start(args, mode or "bench", impls)
+    timed = mode in (None, "grid", "scaling")  # every epoch's windows made first
+    if mode == "scaling":
+        cells = [dataclasses.replace(c, **{p: v}) for p, values in bench.SWEEPS.items() for v in values]
+    io.check_memory(cells, impls, devices, runs if mode == "plan_options" else 1, epochs=repeats + 1 if timed else 1,
+                    names=None if mode in (None, "scaling") else {"state_size": "--states", "num_steps": "--steps",
+                                                                  "backprop_steps": "--truncation"})
+    io.check_memory([dataclasses.replace(c, state_size=d, num_steps=10, data_size=100_000) for d in large]
+                    if mode == "grid" else [], impls, devices, epochs=repeats + 1, names={"state_size": "--large-states"})
     if mode == "processes":
         with tempfile.TemporaryDirectory() as out:
             rows = bench.processes(parse_ints(args.processes, "--processes"), args.quiet, Path(out))
@@ -303,7 +316,7 @@ def _bench(args):
     if mode == "grid":
         result = bench.grid(c, impls, devices, repeats, states, steps, large, args.quiet)
     elif mode == "scaling":
-        result = bench.scaling(c, impls, devices, repeats, () if args.no_memory else bench.MEMORY_NUM_STEPS, args.quiet)
+        result = bench.scaling(c, impls, devices, repeats, args.quiet)
     elif mode:
         rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax) if mode == "truncation" else
                 bench.random_cells(c, at_least(args.random_cells, "--random-cells"), args.seed, repeats, args.quiet,
@@ -348,6 +361,14 @@ def main(argv=None):
     except UsageError as err:
         args.error(str(err))  # exits, status 2
         return 2
+    except Exception as err:  # the last line of defence: an allocation that failed all the same
+        names = {k.__name__ for k in type(err).__mro__}
+        if args.debug or not (isinstance(err, MemoryError) or "ResourceExhaustedError" in names or (
+                names & {"JaxRuntimeError", "XlaRuntimeError"} and "RESOURCE_EXHAUSTED" in str(err))):
+            raise
+        print(f"rnn-compare: out of memory ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+              "nothing written but finished checkpoints; try smaller sizes, --debug shows the traceback", file=sys.stderr)
+        return 3
     finally:
         if before is None:
             os.environ.pop(tune.ENV, None)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax_rnn
 import numpy as np
 from jax_rnn import checkpoint as ckpt_io
 from jax_rnn import data as task
@@ -227,7 +228,35 @@ def resolve(requested, need_tf):
 
 
 def jax_device(kind):
-    return jax.devices(kind)[0]
+    return jax.local_devices(backend=kind)[0]
+
+
+def memory(c, impl, device="cpu", runs=1, epochs=2):
+    """The `jax_rnn.Memory` training ``c`` with ``impl`` needs: `FitConfig.memory`, or TensorFlow's graph's."""
+    if impl == "jax":
+        return c.memory(runs, device, epochs)
+    import tf_rnn
+
+    return jax_rnn.Memory(**tf_rnn.ModelConfig.of(c).memory(c.data_size, epochs))
+
+
+def check_memory(configs, impls, devices, runs=1, at_once=1, epochs=2, names=None, sweep=False):
+    """UsageError (`jax_rnn.memory.check`) unless each config fits in what is available: its ``impls`` one after
+    another, JAX ``runs`` at once in ``at_once`` cells; a ``sweep`` also holds every run's epochs (int8 x, y).
+    ``names``: field -> option (None: none)."""
+    free = jax_rnn.memory.available(jax_device(devices.jax) if "jax" in impls else None)
+    free -= 2 * runs * configs[0].epochs * configs[0].data_size if sweep else 0
+    names = {"remat": None} if sweep else names or {}
+    name = lambda field: names.get(field, "--" + field.replace("_", "-"))
+    for c in configs:
+        def need(c=c, **changes):
+            c = dataclasses.replace(c, **changes)
+            return max((memory(c, i, devices.of(i), runs, epochs)._replace(runs=runs * at_once) if i == "jax" else
+                        memory(c, i, epochs=epochs) for i in impls), key=lambda m: m.total)
+        try:
+            jax_rnn.memory.check(c, need, free, name)
+        except jax_rnn.MemoryLimitError as err:
+            raise UsageError(str(err)) from None
 
 
 def _version(*dists):

@@ -100,12 +100,13 @@ def sweep_markdown(result):
 def bench_markdown(result):
     c, base, fmt = result["config"], result["baseline"], lambda r, k: _f(r[k + "_epoch_seconds"], ".3f")
     rows = [[impl, _f(r["build_seconds"], ".2f"), fmt(r, "first"), fmt(r, "median"), f"{fmt(r, 'min')}-{fmt(r, 'max')}",
-             *_rates(r), _f(r["peak_rss_mib"], ".0f"), _f(r["speedup_vs_baseline"], ".2f")]
+             *_rates(r), _f(r["estimate_mib"], ",.0f"), _f(r["peak_rss_mib"], ",.0f"), _f(r["speedup_vs_baseline"], ".2f")]
             for impl, r in result["results"].items()]
-    header = f"impl|build s|1st epoch s|epoch s (median)|min-max|steps/s|points/s|peak RSS MiB|x vs {base}".split("|")
+    header = f"impl|build s|1st epoch s|epoch s (median)|min-max|steps/s|points/s|estimate MiB|peak RSS MiB|x vs {base}"
     return _page(f"bench: {_all(c)}, {c['repeats']} timed epoch(s) after one warm-up", result,
-                 _table(header, rows), f"build s: JAX compile, TF graph build; peak RSS: growth until the warm-up's "
-                 f"end; x vs {base}: its epoch s / this one's.")
+                 _table(header.split("|"), rows), f"build s: JAX compile, TF graph build; estimate: the memory the cell "
+                 f"needs (jax_rnn.Plan.memory); peak RSS: growth from the weights' draw to the warm-up's end; x vs "
+                 f"{base}: its epoch s / this one's.")
 
 
 def _grid_cells(r):
@@ -159,12 +160,6 @@ def scaling_markdown(result):
                 for fit in result["fits"] if fit["parameter"] == param]
         header = [f"{param} ->", *(f"{v:,}" for v in values), "slope", "GPU faster from"]
         parts.append(f"Seconds per epoch as {param} grows:\n\n{_table(header, rows)}")
-    if result["memory"]:
-        rows = [[f"{m['num_steps']:,}", m["state_size"], "yes" if m["remat"] else "no", _f(m["xla_temp_mib"], ",.1f"),
-                 _f(m["peak_rss_mib"], ",.1f"), _f(m["compile_seconds"], ".2f"), _f(m["epoch_seconds"], ".2f")]
-                for m in result["memory"]]
-        header = "num_steps|state|remat|XLA temp MiB|RSS growth MiB|compile s|epoch s".split("|")
-        parts.append(f"JAX's memory for one window (remat: sqrt-sized blocks):\n\n{_table(header, rows)}")
     return _page(f"bench --scaling: {c['data_size']:,} points per epoch, median of {c['repeats']} epochs", result,
                  *parts, result["notes"])
 

@@ -21,7 +21,7 @@ AGREEMENT_TOLERANCE = 1e-4
 
 def make_trainer(impl, c, params, device="cpu", accumulators=None, deterministic=False, plan=None):
     if impl == "jax":
-        return jax_rnn.JaxTrainer(c, params, accumulators, io.jax_device(device), plan=plan)
+        return jax_rnn.JaxTrainer(c, params, accumulators, io.jax_device(device), plan=plan or c.plan(backend=device))
     import tf_rnn  # only when asked for
 
     model = tf_rnn.build(impl.removeprefix("tf-"), tf_rnn.ModelConfig.of(c), params=params, device=device,

@@ -7,20 +7,21 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import jax
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from . import checks, optim
+from . import checks, memory, optim
 from . import data as task
 from .model import Params, check_params, glorot_params
-from .plan import Plan
+from .plan import Memory, Plan, plan as make_plan
 from .trainer import Divergence, History, JaxTrainer, train
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """The JAX side's one configuration (the tutorial's defaults), validated on construction; ``backprop_steps``:
-    k2 of TBPTT(num_steps, k2), None for num_steps."""
+    k2 of TBPTT(num_steps, k2), None for num_steps; ``remat``: see `Plan`."""
 
     num_classes: int = 2
     state_size: int = 4
@@ -32,6 +33,7 @@ class FitConfig:
     seed: int = 0
     log_every: int = 100
     backprop_steps: int | None = None
+    remat: bool = False
 
     def __post_init__(self):
         # Messages start with the field's name: the CLI puts its option there (--num-steps ...).
@@ -49,6 +51,8 @@ class FitConfig:
             raise ValueError(f"batch_size/num_steps: {err}") from None
         if self.backprop_steps is not None:
             checks.backprop_steps("", self.backprop_steps, self.num_steps, self.data_size // self.batch_size)
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"remat must be True or False, got {self.remat!r}")
 
     @property
     def epoch_size(self) -> int:
@@ -58,6 +62,14 @@ class FitConfig:
     def window_steps(self) -> int:
         """k2: the steps each update backpropagates through."""
         return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
+
+    def plan(self, runs: int = 1, backend: str | None = None, tune: bool | None = None) -> Plan:
+        return make_plan(self.state_size, self.batch_size, self.num_steps, self.backprop_steps, runs, self.remat,
+                         self.num_classes, backend, tune)
+
+    def memory(self, runs: int = 1, backend: str | None = None, epochs: int = 2) -> Memory:
+        """`Plan.memory` of ``runs`` at once with ``epochs`` of windows held; `memory.check` compares it."""
+        return self.plan(runs, backend, tune=False).memory(self.data_size, epochs)
 
 
 class FitResult(NamedTuple):
@@ -102,10 +114,12 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         resume: str | Path | None = None) -> FitResult:
     """Train ``config.epochs`` epochs on ``data``, ``(x, y)`` ints ``[epochs, data_size]`` (None: the seed's), from
     ``params`` (None: the seed's); ``callback(epoch, losses)`` and a ``checkpoint`` after each; ``resume`` from a
-    checkpoint of this config. A `FitResult`, or `TrainingDiverged` at a non-finite loss or update."""
+    checkpoint of this config. A `FitResult`, `TrainingDiverged` at a non-finite loss or update, and before anything
+    is allocated `jax_rnn.MemoryLimitError` if the config needs more memory than is available (`memory.check`)."""
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
+    memory.check(c, lambda **changes: dataclasses.replace(c, **changes).memory(), memory.available(jax.devices()[0]))
     if data is not None:
         data = _check_data(data, c)
     rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
@@ -125,7 +139,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
             raise ValueError(f"fit: params are for num_classes={n}, state_size={d}, but the config has "
                              f"num_classes={c.num_classes}, state_size={c.state_size}")
         checks.finite("fit", "params", params)
-    trainer = JaxTrainer(c, params, acc, plan=plan)
+    trainer = JaxTrainer(c, params, acc, plan=plan or c.plan())
 
     def after_epoch(history: History, trainer: JaxTrainer) -> None:
         if checkpoint is not None:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
-from .plan import Plan
+from .plan import Plan, remat_block_size
 
 Params = dict[str, dict[str, jax.Array]]
 PARAM_KEYS = ("rnn_cell/W", "rnn_cell/b", "softmax/W", "softmax/b")  # the flat names in .npz files
@@ -119,11 +119,6 @@ def logits(params: Params, states: jax.Array, plan: Plan | None = None) -> jax.A
     plan = plan or _default_plan
     u, b = params["softmax"]["W"], params["softmax"]["b"]
     return product(u, states, plan, "softmax" in plan.elementwise) + _bias(b, plan)
-
-
-def remat_block_size(num_steps: int) -> int:
-    """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
-    return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
 def forward(params: Params, x_t: jax.Array, state: jax.Array, plan: Plan | None = None, start=None):

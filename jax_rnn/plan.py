@@ -7,13 +7,45 @@ JSON-able (`Plan.record`). What each choice gains: docs/performance.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import math
+from typing import NamedTuple, Optional
 
 import jax
+
+from .data import window_dtype
 
 # An XLA:CPU option for vmapped runs: YNNPACK keeps the dots only, so the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
 MAX_UNROLL = 16  # longer windows are unrolled by this factor: bounded compile time
+# Measured (docs/performance.md, "Memory"): float32 copies of the weights while an epoch trains (the caller's; the
+# epoch's parameters and accumulators in, out and carried; gradient, update), floats a step keeps per sequence and
+# state unit, bytes a point takes while an epoch is drawn, the runtime's own (compiler, thread pools).
+WEIGHT_COPIES, STEP_FLOATS, DRAW_BYTES, RUNTIME = 11, 6, 32, 2**27
+
+
+def remat_block_size(num_steps: int) -> int:
+    """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
+    return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
+
+
+def weight_count(num_classes: int, state_size: int) -> int:
+    return (num_classes + state_size + 1) * state_size + (state_size + 1) * num_classes
+
+
+class Memory(NamedTuple):
+    """Bytes at training's peak, per run: ``weights`` (parameters and Adagrad accumulators, every copy), ``data``
+    (drawing an epoch, the windows held), ``activations`` (what one update keeps for its backward pass); once:
+    ``runtime``. `Plan.memory`; ``tf_rnn.ModelConfig.memory`` counts TensorFlow's alike."""
+
+    weights: int
+    data: int
+    activations: int
+    runtime: int
+    runs: int = 1
+
+    @property
+    def total(self) -> int:
+        return self.runs * (self.weights + self.data + self.activations) + self.runtime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +102,16 @@ class Plan:
     def tbptt(self) -> bool:
         """Whether updates backpropagate further than their new steps: TBPTT(k1, k2 > k1)."""
         return self.backprop_steps > self.num_steps
+
+    def memory(self, data_size: int, epochs: int = 2) -> Memory:
+        """What training this cell on ``data_size`` points an epoch needs, with ``epochs`` of windows held at once
+        (`jax_rnn.train` draws the next while one trains): windows, their device copy and the epoch's time-major
+        copy; without remat every step's activations, with it a state per block and one block's."""
+        n, d, k2, b = self.num_classes, self.state_size, self.backprop_steps, self.batch_size
+        k = remat_block_size(k2) if self.remat else k2
+        kept = -(-k2 // k) * b * d * 4 if self.remat else 0
+        return Memory(weight_count(n, d) * 4 * WEIGHT_COPIES, data_size * (DRAW_BYTES + 6 * window_dtype(n).itemsize
+                      * epochs), kept + k * b * (STEP_FLOATS * d + 4 * n) * 4, RUNTIME * (1 + (self.unroll < k2)), self.runs)
 
     @property
     def batch_last(self) -> bool:

@@ -204,7 +204,7 @@ def test_bench(tmp_path):
     for impl, r in result["results"].items():
         assert len(r["epoch_seconds"]) == 2 and r["min_epoch_seconds"] <= r["median_epoch_seconds"] <= r["max_epoch_seconds"]
         assert r["steps_per_second"] == pytest.approx(200 / r["median_epoch_seconds"])
-        assert r["build_seconds"] > 0 and r["peak_rss_mib"] is not None
+        assert r["build_seconds"] > 0 and r["peak_rss_mib"] is not None and r["estimate_mib"] > 0
     assert result["results"]["tf-dynamic"]["speedup_vs_baseline"] == 1.0
     assert (tmp_path / "r.png").exists()
 

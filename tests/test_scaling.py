@@ -81,8 +81,6 @@ def test_bench_plan_options_times_each_choice_of_the_plan(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "SWEEPS", {"state_size": (4, 32)})
-    monkeypatch.setattr(bench, "MEMORY_NUM_STEPS", (64,))
-    monkeypatch.setattr(bench, "MEMORY_STATE_SIZE", 32)
     code = cli.main(["bench", "--scaling", "--impl", "jax,tf2", "--data-size", "4000", "--batch-size", "20",
                      "--out", str(tmp_path), "--name", "s", "--quiet"])
     assert code == 0
@@ -94,11 +92,9 @@ def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, cap
         assert p["median_epoch_seconds"] > 0 and p["device"] == "cpu"
     assert {(f["parameter"], f["impl"]) for f in result["fits"]} == {("state_size", "jax"), ("state_size", "tf2")}
     assert all(isinstance(f["slope"], float) for f in result["fits"])
-    memory = {m["remat"]: m for m in result["memory"]}
-    assert memory[True]["xla_temp_mib"] < memory[False]["xla_temp_mib"]  # remat keeps fewer activations
-    assert memory[True]["loss"] == pytest.approx(memory[False]["loss"], rel=1e-6)
+    assert all(p["estimate_mib"] > 0 and p["peak_rss_mib"] is not None for p in result["points"])
     out = capsys.readouterr().out
-    assert "slope" in out and "XLA temp MiB" in out and "no CPU/GPU crossover" in out
+    assert "slope" in out and "no CPU/GPU crossover" in out
 
 
 SWEEP = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "5", "--state-size", "4",

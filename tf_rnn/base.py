@@ -68,6 +68,15 @@ class ModelConfig:
         """k2, each update's window length."""
         return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
+    def memory(self, data_size: int, epochs: int = 2) -> dict:
+        """Bytes training needs, as ``jax_rnn.Plan.memory`` counts them: the weights' float32 copies (the caller's,
+        the variables, Adagrad's slots, the feeds that assign them, a gradient per unrolled step: 10 + k2, measured),
+        drawing an epoch and its int32 windows (with TBPTT their k2-step copies), the activations, the session's own."""
+        n, d, k1, k2, b = self.num_classes, self.state_size, self.num_steps, self.window_steps, self.batch_size
+        return dict(weights=((n + d + 1) * d + (d + 1) * n) * 4 * (10 + k2), runtime=2**22,
+                    data=data_size * (32 + 8 * epochs + (8 * k2 // k1 if k2 > k1 else 0)),
+                    activations=k2 * b * (3 * d + 4 * n) * 4)
+
 
 def tbptt_windows(x_windows: np.ndarray, y_windows: np.ndarray, backprop_steps: int):
     """``int[U, batch, k1]`` windows -> ``(x, y: int[U, batch, k2], starts: int[U])``: window u holds stream
