@@ -256,6 +256,31 @@ def plan_options(c, states, steps, runs, repeats, quiet, device="cpu"):
     return _versus(c, _grid(states, steps), plans, repeats, row, report.format_plan_options, quiet, runs, device)
 
 
+def many_runs(c, states, steps, counts, repeats, quiet, device="cpu"):
+    """Per grid cell, the epoch of R vmapped runs (`jax_rnn.train_runs`) against R epochs of one run, timed in turns:
+    ``per_run[R]`` = (R runs' seconds / R) / one run's seconds."""
+    data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
+    for fields in _grid(states, steps):
+        cell, timers, seconds = dataclasses.replace(c, **fields), {}, {}
+        one = (glorot_params(2, cell.state_size, 0),
+               *task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes)))
+        for runs in (1, *counts):
+            plan = jax_rnn.plan(cell.state_size, cell.batch_size, cell.num_steps, runs=runs, backend=device)
+            params, xw, yw = jax.device_put(one if runs == 1 else jax.tree.map(
+                lambda a: np.repeat(a[None], runs, axis=0), one), io.jax_device(device))
+            opt_state = (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params)
+            compiled, seconds[runs] = compile_epoch(plan, params, opt_state, xw, yw, optimizer,
+                                                    "epoch" if runs == 1 else "runs")
+            timers[runs] = functools.partial(_wall, functools.partial(compiled, params, opt_state, xw, yw, None))
+        rounds = [{runs: timer() for runs, timer in timers.items()} for _ in range(repeats + 1)][1:]
+        times = {runs: summary(r[runs] for r in rounds) for runs in timers}
+        rows.append(dict(**fields, one_run=times[1], runs=times, per_run={
+            runs: times[runs]["median"] / runs / times[1]["median"] for runs in counts}))
+        if not quiet:
+            tqdm.write(report.format_many_runs(rows[-1:], header=len(rows) == 1))
+    return rows
+
+
 def random_cells(c, count, seed, repeats, quiet, device="cpu"):
     """``count`` cells drawn with ``seed`` (state 2-64 and batch 16-1000 log-uniform, num_steps 1-20): the rule's
     plan and the tuned plan against the C loop, timed in turns."""

@@ -159,6 +159,7 @@ def build_parser():
     add("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default: 1)")
     add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
     add("--random-cells", type=int, metavar="N", help="N cells drawn with --seed: the rule's and the tuned plan vs C")
+    add("--many-runs", metavar="RS", help="R vmapped runs (e.g. 2,4,8) against one run, per run, on --states x --steps")
     for name, values in bench.GRID.items():
         add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
@@ -272,7 +273,7 @@ def _sweep(args):
 
 
 def _bench(args):
-    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes", "random_cells")
+    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes", "random_cells", "many_runs")
              if getattr(args, m)]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(map(option, modes))}: choose one")
@@ -321,6 +322,8 @@ def _bench(args):
         rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax) if mode == "truncation" else
                 bench.random_cells(c, at_least(args.random_cells, "--random-cells"), args.seed, repeats, args.quiet,
                                    devices.jax) if mode == "random_cells" else
+                bench.many_runs(c, states, steps, parse_ints(args.many_runs, "--many-runs"), repeats, args.quiet,
+                                devices.jax) if mode == "many_runs" else
                 bench.plan_options(c, states, steps, runs, repeats, args.quiet, devices.jax))
         result = bench.page(f"bench {option(mode)}", c, devices, repeats, rows=rows)
     else:

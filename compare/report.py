@@ -141,6 +141,11 @@ format_random_cells, random_cells_markdown = _rows(
     lambda r: [r["state_size"], r["batch_size"], r["num_steps"], _spread(r["c"]), _spread(r["rule"]),
                _spread(r["tuned"]), f"{r['rule_over_c']:.2f}x", f"{r['tuned_over_c']:.2f}x", f"{r['tuning_seconds']:.1f}"],
     "rule: jax_rnn.plan's rules; tuned: plan(..., tune=True); tuning s: its first-use cost (0 when cached).")
+format_many_runs, many_runs_markdown = _rows(
+    "many-runs", "rows", "state|num_steps|one run: epoch s|per run, R runs at once",
+    lambda r: [r["state_size"], r["num_steps"], _spread(r["one_run"]),
+               ", ".join(f"R={k}: {v:.2f}x" for k, v in r["per_run"].items())],
+    "per run: (the epoch of R runs at once / R) / one run's epoch.")
 format_processes, processes_markdown = _rows(
     "processes", "rows", "processes|sweep s (second run)|first run s|C limit s|x the limit",
     lambda r: [r["processes"], f"{r['seconds']:.2f}", f"{r['first_seconds']:.2f}", f"{r['limit']:.2f}",

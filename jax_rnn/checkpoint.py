@@ -101,8 +101,7 @@ def load(path, where: str = "resume") -> Checkpoint:
         raise ValueError(f"{where}: cannot read {path} as an rnn-scan checkpoint ({err})") from None
     fmt = str(arrays.get("format", ""))
     if fmt != FORMAT:
-        raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r}; checkpoints of "
-                         f"rnn-scan before TBPTT cannot be resumed)")
+        raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r})")
     groups = {g: None for g in ("params", "accumulators") if any(k.startswith(g + "/") for k in arrays)}
     required = {"config", "epochs_done", "step_losses", "epoch_seconds", "meta",
                 *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)}

@@ -1,30 +1,25 @@
-"""Memory as an input limit: what is available, and the refusal, before anything large is allocated, of a cell
-whose `Plan.memory` does not fit, naming the argument behind it and what would fit instead."""
+"""Memory as an input limit: what is available, and `check`, which refuses a cell whose `Plan.memory` does not fit."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 from .plan import Memory
 
-LIMIT_ENV = "RNN_SCAN_MEMORY_LIMIT"  # bytes, or e.g. 8G: the memory available, for tests and shared machines
+LIMIT_ENV = "RNN_SCAN_MEMORY_LIMIT"  # bytes, or e.g. 8G: the memory taken as available
 PARTS = {"weights": "state_size", "data": "data_size", "activations": "num_steps"}
 
 
 class MemoryLimitError(ValueError, MemoryError):
-    """A cell needs more memory than is available: a bad argument (ValueError), raised instead of the allocation
-    failure (MemoryError) that would come later."""
+    """Too large for the memory available: a bad argument, raised before the allocation that would fail."""
 
 
 def available(device=None) -> int:
-    """Bytes available: ``$RNN_SCAN_MEMORY_LIMIT`` if set, else the OS's MemAvailable; with a ``device`` that
-    reports its memory (a GPU), the smaller of that and its free memory."""
+    """Bytes: ``$RNN_SCAN_MEMORY_LIMIT``, else the OS's MemAvailable; the smaller of that and a GPU's free memory."""
     text = os.environ.get(LIMIT_ENV, "").strip()
     if text:
         try:
-            return int(float(text.rstrip("KMGTkmgt")) * 1024 ** (" KMGT".index(text[-1].upper()) if text[-1].isalpha()
-                                                                  else 0))
+            return int(float(text.rstrip("KMGTkmgt")) * 1024 ** max(0, " KMGT".find(text[-1].upper())))
         except ValueError:
             raise ValueError(f"{LIMIT_ENV} must be bytes, or a number with K, M, G or T, got {text!r}") from None
     try:
@@ -40,16 +35,13 @@ def gib(size: int) -> str:
     return f"{size / 2**30:,.{0 if size >= 2**36 else 1 if size >= 2**30 else 2}f} GiB"
 
 
-def check(config, need: Callable[..., Memory], free: int, name: Callable[[str], str] = str) -> Memory:
-    """``need()``, the memory for ``config`` (with ``need(**changes)`` to its fields), if it fits in ``free`` bytes;
-    else `MemoryLimitError`: "state_size 100000 needs about 419 GiB (419 GiB for its weights); 21 GiB are available",
-    with what would fit (remat, at most a batch_size or data_size) where something would. ``name``: a field's name
-    in the message (the CLI's options)."""
+def check(config, need, free: int, name=str) -> Memory:
+    """``need(**changes)``: the `Memory` of ``config`` with ``changes``. It, if it fits in ``free`` bytes; else
+    `MemoryLimitError` naming (``name(field)``: None for none) the argument behind the largest part and what fits:
+    "state_size 100000 needs about 412 GiB (410 GiB for its weights); 22.8 GiB are available"."""
     memory = need()
     if memory.total <= free:
         return memory
-    part = max(PARTS, key=memory._asdict().get)
-    field = "backprop_steps" if part == "activations" and config.backprop_steps else PARTS[part]
 
     def fits(**changes):
         try:
@@ -57,15 +49,16 @@ def check(config, need: Callable[..., Memory], free: int, name: Callable[[str], 
         except ValueError:  # no valid cell (too little data for a window): below the range, taken as fitting
             return None
 
-    fit = [f"{name('remat')} (about {gib(need(remat=True).total)})"] if getattr(config, "remat", True) is False \
-        and name("remat") and fits(remat=True) else []
-    for size in ("batch_size", "data_size") if name("data_size") else ("batch_size",):
+    part = max(PARTS, key=memory._asdict().get)
+    field = "backprop_steps" if part == "activations" and config.backprop_steps else PARTS[part]
+    fit = [f"{name('remat')} (about {gib(need(remat=True).total)})"] if config.remat is False and name("remat") \
+        and fits(remat=True) else []
+    for size in ("batch_size", "data_size"):
         low, high = 0, getattr(config, size)
         while high - low > 1:  # the largest value that fits
             middle = (low + high) // 2
             low, high = (middle, high) if fits(**{size: middle}) is not False else (low, middle)
         fit += [f"{name(size)} {low:,} or less"] if low and fits(**{size: low}) else []
-    runs = f" for {memory.runs} runs" if memory.runs > 1 else ""
-    raise MemoryLimitError(
-        f"{name(field)} {getattr(config, field)} needs about {gib(memory.total)}{runs} ({gib(getattr(memory, part) * memory.runs)} "
-        f"for its {part}); {gib(free)} are available" + (f"; it would fit with {' or '.join(fit)}" if fit else ""))
+    runs, size = f" for {memory.runs} runs" * (memory.runs > 1), gib(getattr(memory, part) * memory.runs)
+    raise MemoryLimitError(f"{name(field)} {getattr(config, field)} needs about {gib(memory.total)}{runs} ({size} for "
+                           f"its {part}); {gib(free)} are available" + "; it would fit with " * bool(fit) + " or ".join(fit))

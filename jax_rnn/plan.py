@@ -14,28 +14,18 @@ import jax
 
 from .data import window_dtype
 
-# An XLA:CPU option for vmapped runs: YNNPACK keeps the dots only, so the batch sums stay fused loops.
+# An XLA:CPU option (a tuning candidate): YNNPACK keeps the dots only, so the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
 MAX_UNROLL = 16  # longer windows are unrolled by this factor: bounded compile time
-# Measured (docs/performance.md, "Memory"): float32 copies of the weights while an epoch trains (the caller's; the
-# epoch's parameters and accumulators in, out and carried; gradient, update), floats a step keeps per sequence and
-# state unit, bytes a point takes while an epoch is drawn, the runtime's own (compiler, thread pools).
-WEIGHT_COPIES, STEP_FLOATS, DRAW_BYTES, RUNTIME = 11, 6, 32, 2**27
-
-
 def remat_block_size(num_steps: int) -> int:
     """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
     return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
-def weight_count(num_classes: int, state_size: int) -> int:
-    return (num_classes + state_size + 1) * state_size + (state_size + 1) * num_classes
-
-
 class Memory(NamedTuple):
-    """Bytes at training's peak, per run: ``weights`` (parameters and Adagrad accumulators, every copy), ``data``
-    (drawing an epoch, the windows held), ``activations`` (what one update keeps for its backward pass); once:
-    ``runtime``. `Plan.memory`; ``tf_rnn.ModelConfig.memory`` counts TensorFlow's alike."""
+    """Bytes at training's peak, per run: ``weights`` (parameters, Adagrad's accumulators: every copy), ``data``
+    (drawing an epoch, the windows held), ``activations`` (what an update keeps for its backward pass); once:
+    ``runtime``. As `Plan.memory` and ``tf_rnn.ModelConfig.memory`` count them (docs/performance.md, "Memory")."""
 
     weights: int
     data: int
@@ -58,8 +48,8 @@ class Plan:
     ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``); ``elementwise``: the matrices
     ("input", "state", "softmax") applied as broadcast products, not dots (batch-last only); ``softmax_grad``
     ("difference": the by-hand softmax backward sums one class fewer);
-    ``unroll``: the window's scan's, ``epoch_unroll``: the epoch's scan over windows; ``xla_options``: ``(name,
-    value)`` pairs.
+    ``unroll``: the window's scan's, ``epoch_unroll``: the epoch's scan over windows; ``run_loop``: runs one
+    after another (``lax.map``), not vmapped; ``xla_options``: ``(name, value)`` pairs.
     """
 
     state_size: int
@@ -76,6 +66,7 @@ class Plan:
     softmax_grad: str = "full"
     unroll: int = 1
     epoch_unroll: int = 1
+    run_loop: bool = False
     xla_options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
@@ -104,14 +95,16 @@ class Plan:
         return self.backprop_steps > self.num_steps
 
     def memory(self, data_size: int, epochs: int = 2) -> Memory:
-        """What training this cell on ``data_size`` points an epoch needs, with ``epochs`` of windows held at once
-        (`jax_rnn.train` draws the next while one trains): windows, their device copy and the epoch's time-major
-        copy; without remat every step's activations, with it a state per block and one block's."""
+        """Training this cell on ``data_size`` points an epoch, ``epochs`` of windows held (`jax_rnn.train` draws the
+        next while one trains), with measured constants: 11 float32 copies of the weights (the caller's; the epoch's
+        in, out, carried; gradient, update); 32 bytes a point drawn; the windows, their device and time-major copies;
+        6 floats a step per sequence and state unit (remat: one block's, and a state per block); 128 MiB of compiler,
+        twice that for windows longer than the unroll."""
         n, d, k2, b = self.num_classes, self.state_size, self.backprop_steps, self.batch_size
         k = remat_block_size(k2) if self.remat else k2
-        kept = -(-k2 // k) * b * d * 4 if self.remat else 0
-        return Memory(weight_count(n, d) * 4 * WEIGHT_COPIES, data_size * (DRAW_BYTES + 6 * window_dtype(n).itemsize
-                      * epochs), kept + k * b * (STEP_FLOATS * d + 4 * n) * 4, RUNTIME * (1 + (self.unroll < k2)), self.runs)
+        return Memory(((n + d + 1) * d + (d + 1) * n) * 44, data_size * (32 + 6 * window_dtype(n).itemsize * epochs),
+                      (-(-k2 // k) * d if self.remat else 0) * b * 4 + k * b * (6 * d + 4 * n) * 4,
+                      2**27 * (1 + (self.unroll < k2)), self.runs)
 
     @property
     def batch_last(self) -> bool:
@@ -120,7 +113,7 @@ class Plan:
     def plain(self) -> "Plan":
         """The same cell with the plain program: ``jax.grad``, batch-first dots, XLA's defaults."""
         return dataclasses.replace(self, gradient="autodiff", layout="batch_first", elementwise=(),
-                                   softmax_grad="full", xla_options=())
+                                   softmax_grad="full", run_loop=False, xla_options=())
 
     def record(self) -> dict:
         """The plan as JSON (results, checkpoints)."""
@@ -139,6 +132,8 @@ class Plan:
                    f"elementwise {'+'.join(self.elementwise) or 'none'}", f"unroll {self.unroll}"]
         if self.epoch_unroll > 1:
             program.append(f"epoch unroll {self.epoch_unroll}")
+        if self.run_loop:
+            program.append("runs in turn")
         if self.gradient == "by_hand":
             program.append(f"softmax grad {self.softmax_grad}")
         if self.remat:
@@ -173,15 +168,15 @@ def _rule(state_size, batch_size, num_steps, backprop_steps, runs, remat, num_cl
     if cell.backend not in ("cpu", "gpu"):
         return cell
     cpu, d, n = cell.backend == "cpu", state_size, num_classes
-    options = (_YNN_DOTS,) if cpu and runs > 1 else ()
+    cell = dataclasses.replace(cell, run_loop=cpu and runs > 1)  # a CPU runs the runs in turn: vmap costs more
     if d >= (64 if cpu else 128):  # large states: plain matrix products, batch-first
-        return dataclasses.replace(cell, xla_options=options)
+        return cell
     # Batch-last: each step is short loops over the batch that XLA fuses; tiny matrices as broadcast products.
     sizes = {"input": n * d, "state": d * d, "softmax": d * n}
     elementwise = tuple(m for m, size in sizes.items() if size <= 16 and (cpu or m != "input"))
-    by_hand = d < 64 and 100 <= batch_size <= 5000 and runs == 1 and not remat and k2 == num_steps
+    by_hand = d < 64 and 100 <= batch_size <= 5000 and (runs == 1 or cpu) and not remat and k2 == num_steps
     return dataclasses.replace(
         cell, layout="batch_last", elementwise=elementwise,
         gradient="by_hand" if by_hand else "autodiff",
-        softmax_grad="difference" if by_hand and num_steps == 1 else "full", xla_options=options)
+        softmax_grad="difference" if by_hand and num_steps == 1 else "full")
 

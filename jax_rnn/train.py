@@ -99,6 +99,8 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
 
 def _runs(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan, guard: bool):
     epoch = functools.partial(_epoch, optimizer=optimizer, plan=plan, guard=guard)
+    if plan.run_loop:
+        return jax.lax.map(lambda run: epoch(*run), (params, opt_state, x_windows, y_windows, state))
     in_axes = (0, 0, 0, 0, None if state is None else 0)
     return jax.vmap(epoch, in_axes=in_axes)(params, opt_state, x_windows, y_windows, state)
 

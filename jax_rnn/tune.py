@@ -3,7 +3,7 @@ candidate programs for a cell, times each on the cell's shapes, keeps the fastes
 autodiff program's within `TOLERANCE`, and stores the choice ("wisdom") beside JAX's compilation cache, keyed
 by what it depends on: the cell, the backend and device, the CPU model, the JAX and jaxlib versions.
 
-Bound: at most 13 candidates, each compiled once, then run over `WINDOWS` windows for a warm-up and
+Bound: at most 14 candidates, each compiled once, then run over `WINDOWS` windows for a warm-up and
 ``REPEATS`` samples of about ``SAMPLE_SECONDS``: about 0.1 s of running per candidate beside its compile.
 """
 
@@ -45,7 +45,7 @@ def enabled() -> bool:
 
 def candidates(plan: Plan) -> list[Plan]:
     """The rule's ``plan``, the plain program, then one change at a time: layout, gradient, products, softmax
-    gradient, the window and epoch scans' unroll, XLA options; each a valid plan for the cell."""
+    gradient, the window and epoch scans' unroll, XLA options, runs vmapped or in turn; each valid for the cell."""
     rep, plain, small = dataclasses.replace, plan.plain(), plan.state_size * max(plan.state_size, plan.num_classes)
     last = rep(plain, layout="batch_last")
     products = ("input", "state", "softmax") if small <= 64 else ()
@@ -55,8 +55,9 @@ def candidates(plan: Plan) -> list[Plan]:
     unrolls = [rep(plan, unroll=u) for u in (1, 4, plan.backprop_steps) if u <= plan.backprop_steps]
     epochs = [rep(plan, epoch_unroll=u) for u in ((2, 8) if plan.backend == "gpu" else (2,))]
     options = [rep(plan, xla_options=() if plan.xla_options else (_YNN_DOTS,))] if plan.backend == "cpu" else []
+    runs = [rep(plan, run_loop=not plan.run_loop)] if plan.runs > 1 else []
     out = []
-    for make in [*shapes, *unrolls, *epochs, *options]:
+    for make in [*shapes, *unrolls, *epochs, *options, *runs]:
         if make not in out:
             out.append(make)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import jax_rnn
+from jax_rnn import tune
 from jax_rnn import data as task
 from jax_rnn.backward import value_and_grad_window
 from jax_rnn.model import loss_window
@@ -81,11 +82,11 @@ CELLS = {
     "3 classes: elementwise at 12 entries": ((4, 120, 3, {"num_classes": 3}), dict(gradient="by_hand", elementwise=("input", "state", "softmax"))),
     "remat (blocks of 3 steps and 1)": ((4, 200, 7, {"remat": True}), dict(gradient="autodiff", layout="batch_last", remat=True)),
     "TBPTT(2, 5)": ((4, 200, 2, {"backprop_steps": 5}), dict(gradient="autodiff", layout="batch_last", backprop_steps=5)),
-    "2 runs (vmap)": ((4, 200, 5, {"runs": 2}), dict(gradient="autodiff", layout="batch_last")),
+    "2 runs in turn": ((4, 200, 5, {"runs": 2}), dict(gradient="by_hand", run_loop=True)),
     "TBPTT(3, 20) state 16: unroll capped": ((16, 40, 3, {"backprop_steps": 20}), dict(gradient="autodiff", unroll=MAX_UNROLL)),
 }
 # The default run trains every kind of program the rules choose (by hand with elementwise products and with
-# dots, the difference softmax grad, batch-first, autodiff batch-last under TBPTT, remat and vmap); the
+# dots, the difference softmax grad, batch-first, autodiff batch-last under TBPTT, remat, runs in turn); the
 # cells on the other side of each threshold run with `make test-all` (each cell compiles two programs).
 SLOW_CELLS = {"state 8: input and softmax elementwise", "state 64: autodiff", "state 127: batch-last",
               "batch 99: autodiff", "batch 100: by hand", "batch 5000: by hand", "batch 5001: autodiff",
@@ -126,8 +127,8 @@ def test_each_option_alone_equals_the_plain_program(option, d, batch, num_steps,
     forced = dataclasses.replace(plain, **OPTIONS[option])
     assert forced != plain
     if option.startswith("XLA"):  # the option names are the plan's own
-        assert set(forced.xla_options) <= set(jax_rnn.plan(d, batch, num_steps, runs=2, num_classes=num_classes,
-                                                           backend="cpu").xla_options)
+        assert forced.xla_options[0] in {c.xla_options[0] for c in tune.candidates(jax_rnn.plan(d, batch, num_steps))
+                                         if c.xla_options}
     inputs = _inputs(d, batch, num_steps, 4, num_classes)
     _assert_same_run(_train(forced, *inputs), _train(plain, *inputs), f"{option}: {forced}")
 
@@ -195,11 +196,11 @@ def test_the_hand_written_gradient_equals_jax_grad_in_float64(num_classes, state
 
 def test_the_thresholds_by_name():
     p = lambda *a, **k: jax_rnn.plan(*a, backend="cpu", **k)
-    # By hand below state 64, for batches 100..5000, one run, no remat, TF-style windows.
+    # By hand below state 64, for batches 100..5000, no remat, TF-style windows (on a GPU one run).
     assert p(63, 200, 5).gradient == "by_hand" and p(64, 200, 5).gradient == "autodiff"
     assert p(4, 99, 5).gradient == "autodiff" and p(4, 100, 5).gradient == "by_hand"
     assert p(4, 5000, 5).gradient == "by_hand" and p(4, 5001, 5).gradient == "autodiff"
-    assert p(4, 200, 5, runs=2).gradient == "autodiff"
+    assert p(4, 200, 5, runs=2).gradient == "by_hand" and jax_rnn.plan(4, 200, 5, runs=2, backend="gpu").gradient == "autodiff"
     assert p(4, 200, 5, remat=True).gradient == "autodiff"
     assert p(4, 200, 5, backprop_steps=6).gradient == "autodiff"
     # Batch-last below state 64 (below 128 on a GPU).
@@ -217,10 +218,10 @@ def test_the_thresholds_by_name():
     # The difference softmax grad: one step, by hand.
     assert p(16, 200, 1).softmax_grad == "difference" and p(16, 200, 2).softmax_grad == "full"
     assert p(16, 99, 1).softmax_grad == "full"
-    # YNNPACK's dots only for vmapped runs; one run takes XLA's defaults.
-    assert p(4, 200, 5).xla_options == () and p(128, 40, 3).xla_options == ()
-    ynn = (("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
-    assert p(4, 200, 5, runs=2).xla_options == ynn and p(128, 40, 3, runs=2).xla_options == ynn
+    # XLA's defaults; several runs in turn on a CPU, vmapped on a GPU.
+    assert p(4, 200, 5).xla_options == () and p(128, 40, 3, runs=2).xla_options == ()
+    assert p(4, 200, 5, runs=2).run_loop and p(128, 40, 3, runs=2).run_loop and not p(4, 200, 5).run_loop
+    assert not jax_rnn.plan(4, 200, 5, runs=2, backend="gpu").run_loop
     # Unroll: the whole window up to MAX_UNROLL steps (k2 with TBPTT).
     assert p(4, 200, 5).unroll == 5 and p(4, 200, 2, backprop_steps=9).unroll == 9
     assert p(4, 200, MAX_UNROLL).unroll == MAX_UNROLL and p(4, 200, MAX_UNROLL + 1).unroll == MAX_UNROLL
@@ -236,7 +237,7 @@ def test_backends_not_measured_get_the_plain_program(backend):
 
 
 def test_a_gpu_takes_the_cpus_choices_without_its_xla_options_and_elementwise_input():
-    for cell in [(4, 200, 5), (16, 200, 1), (63, 200, 5), (128, 40, 3), (4, 200, 5, None, 3)]:
+    for cell in [(4, 200, 5), (16, 200, 1), (63, 200, 5), (128, 40, 3)]:
         cpu, gpu = jax_rnn.plan(*cell, backend="cpu"), jax_rnn.plan(*cell, backend="gpu")
         assert gpu.xla_options == () and "input" not in gpu.elementwise
         same = dict(backend="gpu", xla_options=(), elementwise=tuple(m for m in cpu.elementwise if m != "input"))
@@ -314,7 +315,7 @@ def test_str_names_the_cell_and_every_choice():
     text = str(jax_rnn.plan(16, 200, 1, backend="cpu"))
     assert text.startswith("plan for state 16, batch 200, num_steps 1 on cpu: gradient by_hand, batch-last")
     assert "softmax grad difference" in text and "XLA defaults" in text
-    assert "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" in str(jax_rnn.plan(4, 200, 5, runs=3))
+    assert "runs in turn" in str(jax_rnn.plan(4, 200, 5, runs=3, backend="cpu"))
     text = str(jax_rnn.plan(4, 200, 2, backprop_steps=5, runs=3, remat=True, backend="tpu"))
     assert "TBPTT(2, 5), 3 runs on tpu" in text and "gradient autodiff, batch-first" in text
     assert text.endswith("remat; XLA defaults")

@@ -1,9 +1,5 @@
-"""Importing TensorFlow: legacy Keras for the TF1 cells, and quiet logs.
-
-Keras 3 (TensorFlow >= 2.16) lacks ``BasicRNNCell``, so ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow
-is imported and ``tf-keras`` must be installed; a plain ``import keras`` stays Keras 3. Logs are off
-unless ``RNN_SCAN_TF_VERBOSE=1`` or `set_verbose`.
-"""
+"""Importing TensorFlow with legacy Keras (Keras 3 lacks ``BasicRNNCell``: ``TF_USE_LEGACY_KERAS=1`` and
+``tf-keras``; a plain ``import keras`` stays Keras 3), its logs off unless ``RNN_SCAN_TF_VERBOSE=1`` or `set_verbose`."""
 
 import contextlib
 import importlib.util
@@ -22,7 +18,7 @@ def _truthy(value) -> bool:
 
 
 def _check_legacy_keras(find_spec=importlib.util.find_spec, environ=os.environ):
-    """Set TF_USE_LEGACY_KERAS=1 unless the caller chose a value; raise if legacy Keras cannot work."""
+    """TF_USE_LEGACY_KERAS=1 unless the caller chose a value; an error if legacy Keras cannot work."""
     if not environ.get(LEGACY_KERAS_VAR, "").strip():
         environ[LEGACY_KERAS_VAR] = "1"
     if not _truthy(environ[LEGACY_KERAS_VAR]):
@@ -39,7 +35,7 @@ def _check_legacy_keras(find_spec=importlib.util.find_spec, environ=os.environ):
 
 
 def check_legacy_cells(tf):
-    """Raise RuntimeError if TensorFlow already resolved its TF1 cells to the Keras 3 stubs."""
+    """RuntimeError if TensorFlow already resolved its TF1 cells to the Keras 3 stubs."""
     try:
         tf.compat.v1.nn.rnn_cell.BasicRNNCell  # noqa: B018
     except AttributeError as err:
@@ -51,7 +47,7 @@ def check_legacy_cells(tf):
 
 @contextlib.contextmanager
 def capture_fd2():
-    """Swallow file descriptor 2 (C++ logs) in the block; if the block raises, show what it caught."""
+    """File descriptor 2 (C++ logs) swallowed in the block, shown if it raises."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -90,7 +86,7 @@ def set_verbose(verbose: bool) -> None:
 
 @contextlib.contextmanager
 def quiet_warnings():
-    """Ignore warnings in the block unless verbose: test runners reset the filters `set_verbose` sets."""
+    """Warnings ignored in the block unless verbose (test runners reset `set_verbose`'s filters)."""
     if _verbose:
         yield
         return

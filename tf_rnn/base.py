@@ -69,9 +69,8 @@ class ModelConfig:
         return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
     def memory(self, data_size: int, epochs: int = 2) -> dict:
-        """Bytes training needs, as ``jax_rnn.Plan.memory`` counts them: the weights' float32 copies (the caller's,
-        the variables, Adagrad's slots, the feeds that assign them, a gradient per unrolled step: 10 + k2, measured),
-        drawing an epoch and its int32 windows (with TBPTT their k2-step copies), the activations, the session's own."""
+        """Bytes, as ``jax_rnn.Plan.memory`` counts them, measured: 10 + k2 float32 copies of the weights (the
+        caller's, variables, slots, feeds, a gradient per unrolled step), int32 windows, 3 floats a step and unit."""
         n, d, k1, k2, b = self.num_classes, self.state_size, self.num_steps, self.window_steps, self.batch_size
         return dict(weights=((n + d + 1) * d + (d + 1) * n) * 4 * (10 + k2), runtime=2**22,
                     data=data_size * (32 + 8 * epochs + (8 * k2 // k1 if k2 > k1 else 0)),
