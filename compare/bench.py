@@ -32,9 +32,6 @@ C_FLAGS = ["-O3", "-march=native", "-ffast-math"]
 GRID = {"states": "4,16,64", "steps": "1,5,10", "large_states": "512,1024"}
 TRUNCATION_GRID = {"states": "4,16", "steps": "1,3,5"}
 GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions
-SWEEPS = {"state_size": (4, 16, 64, 256, 1024), "num_steps": (1, 3, 10, 30, 100), "batch_size": (20, 200, 2000, 20000)}
-SCALING_IMPLS = ("jax", "tf-dynamic", "tf2")
-SCALING_DATA_SIZE = 100_000
 
 
 def summary(seconds):
@@ -188,7 +185,7 @@ def _wall(call):
     return time.perf_counter() - begin
 
 
-def _versus(c, cells, plans, repeats, row, fmt, quiet, runs=1, device="cpu", c_loop=False):
+def _versus(c, cells, plans, repeats, row, fmt, quiet, device="cpu", c_loop=False):
     """Per cell (a dict of `FitConfig` fields) ``plans(cell)``'s epochs (and the C loop's) timed in turns."""
     data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
     for fields in cells:
@@ -196,13 +193,10 @@ def _versus(c, cells, plans, repeats, row, fmt, quiet, runs=1, device="cpu", c_l
         params = glorot_params(2, cell.state_size, 0)
         xw, yw = task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes))
         timers = {"c": c_epoch(params, xw, yw, c.learning_rate)} if c_loop else {}
-        if runs > 1:
-            params, xw, yw = jax.tree.map(lambda a: np.broadcast_to(a, (runs,) + a.shape), (params, xw, yw))
         params, xw, yw = jax.device_put((params, xw, yw), io.jax_device(device))
-        opt_state = (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params)
-        kind, seconds = "epoch" if runs == 1 else "runs", {}
+        opt_state, seconds = optimizer.init(params), {}
         for name, plan in plans(cell).items():
-            compiled, seconds[name] = compile_epoch(plan, params, opt_state, xw, yw, optimizer, kind)
+            compiled, seconds[name] = compile_epoch(plan, params, opt_state, xw, yw, optimizer)
             timers[name] = functools.partial(_wall, functools.partial(compiled, params, opt_state, xw, yw, None))
         rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
         times = {name: summary(r[name] for r in rounds) for name in timers}
@@ -227,33 +221,6 @@ def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
         return dict(state_size=c.state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1], tbptt=times[k2],
                     compile_seconds=seconds, cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1)
     return _versus(c, _grid(states, steps), plans, repeats, row, report.format_truncation, quiet, device=device)
-
-
-def _without(plan):
-    """Each choice of ``plan`` -> ``plan`` without it (by-hand BPTT needs batch-last: they go together)."""
-    plain, out, replace = plan.plain(), {}, dataclasses.replace
-    if plan.gradient != plain.gradient:
-        out["by-hand gradient"] = replace(plan, gradient="autodiff", softmax_grad="full")
-    if plan.softmax_grad != plain.softmax_grad:
-        out["softmax grad difference"] = replace(plan, softmax_grad="full")
-    if plan.layout != plain.layout:
-        out["batch-last layout"] = replace(plain, unroll=plan.unroll, xla_options=plan.xla_options)
-    for matrix in plan.elementwise:
-        out[f"elementwise {matrix}"] = replace(plan, elementwise=tuple(m for m in plan.elementwise if m != matrix))
-    for name, value in plan.xla_options:
-        out[f"{name}={value}"] = replace(plan, xla_options=tuple(o for o in plan.xla_options if o[0] != name))
-    return out
-
-
-def plan_options(c, states, steps, runs, repeats, quiet, device="cpu"):
-    def plans(c):
-        plan = jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, runs=runs, backend=device)
-        return {"plan": plan, **_without(plan)}
-
-    def row(c, name, times, seconds):
-        return dict(state_size=c.state_size, num_steps=c.num_steps, runs=runs, option=name, plan=times["plan"],
-                    without=times[name], gain=1 - times["plan"]["median"] / times[name]["median"])
-    return _versus(c, _grid(states, steps), plans, repeats, row, report.format_plan_options, quiet, runs, device)
 
 
 def many_runs(c, states, steps, counts, repeats, quiet, device="cpu"):
@@ -302,44 +269,6 @@ def random_cells(c, count, seed, repeats, quiet, device="cpu"):
                     tuned_over_c=times["tuned"]["median"] / times["c"]["median"], tuning_seconds=tuning[c][0],
                     plan=tuning[c][1].record())
     return _versus(c, cells, plans, repeats, row, report.format_random_cells, quiet, device=device, c_loop=True)
-
-
-def slope(values, seconds):
-    pairs = [(v, s) for v, s in zip(values, seconds) if s and s > 0]
-    return float(np.polyfit(*np.log(np.array(pairs, np.float64)).T, 1)[0]) if len(pairs) > 1 else None
-
-
-def crossover(values, cpu_seconds, gpu_seconds):
-    for i, value in enumerate(values):
-        if all(g < c for g, c in zip(gpu_seconds[i:], cpu_seconds[i:])):
-            return value
-
-
-def scaling(base, impls, devices, repeats, quiet):
-    auto = devices.requested == "auto"  # with a GPU: the CPU too
-    runs = [(param, value, impl, kind) for param, values in SWEEPS.items() for value in values for impl in impls
-            for kind in (["cpu", "gpu"] if auto and devices.of(impl) == "gpu" else [devices.of(impl)])]
-    points, series, fits = [], {}, []
-    with tqdm(total=len(runs) * (repeats + 1), desc="scaling", unit="epoch", disable=quiet) as bar:
-        for param, value, impl, kind in runs:
-            bar.set_postfix_str(f"{param}={value} {impl} ({kind})")
-            c = dataclasses.replace(base, **{param: value})
-            figures = time_trainers(c, (impl,), io.Devices(devices.requested, kind, kind), repeats, bar)[impl]
-            points.append({"parameter": param, "value": value, "impl": impl, "device": kind,
-                           "epoch_size": c.epoch_size, **figures})
-            series.setdefault((param, impl, kind), []).append(figures["median_epoch_seconds"])
-    for (param, impl, kind), seconds in series.items():
-        values = SWEEPS[param]
-        fits.append(dict(parameter=param, impl=impl, device=kind, values=list(values), seconds=seconds,
-                         slope=slope(values, seconds)))
-        if kind == "gpu" and (param, impl, "cpu") in series:
-            fits[-1]["gpu_faster_from"] = crossover(values, series[param, impl, "cpu"], seconds)
-    gpu = "GPU faster from: where it stays faster" if "gpu" in {k for *_, k in series} else "no CPU/GPU crossover"
-    notes = (f"{base.data_size:,} points; the rest at state {base.state_size}, num_steps {base.num_steps}, batch "
-             f"{base.batch_size}; seconds: median of {repeats} epochs; {gpu}.")
-    result = page("bench --scaling", base, devices, repeats, impls, points=points, fits=fits, notes=notes)
-    result["config"]["sweeps"] = dict(SWEEPS)
-    return result
 
 
 def processes(counts, quiet, out):

@@ -146,20 +146,15 @@ def build_parser():
     add("--timeout", type=int, default=60, metavar="S", help="seconds for all processes to join (default: 60)")
 
     _, add = command("bench", f"Speed on the same data: build, first epoch, --repeats epochs, memory, speed-up vs "
-                     f"{bench.BASELINE}.", None, impl_help=f"all five, {','.join(IMPLS)}; with --scaling "
-                     f"{','.join(bench.SCALING_IMPLS)}", size_help=f"{DEFAULT.data_size:,}; with --scaling "
-                     f"{bench.SCALING_DATA_SIZE:,}")
-    add("--repeats", type=int, help="timed epochs after a warm-up one (default: 3; 2 with --scaling)")
-    add("--scaling", action="store_true", help="seconds as state_size, num_steps, batch_size grow")
+                     f"{bench.BASELINE}.", None, impl_help=f"all five, {','.join(IMPLS)}")
+    add("--repeats", type=int, default=3, help="timed epochs after a warm-up one (default: 3)")
     add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
     add("--grid", action="store_true", help="JAX, the C loop and TF on --states x --steps, then --large-states")
     add("--truncation", metavar="K2S", help="JAX's TBPTT(k1, K2) against num_steps k1 on --states x --steps "
         "(default: 4,16 x 1,3,5)")
-    add("--plan-options", action="store_true", help="each choice of jax_rnn.plan against the plan without it")
-    add("--runs", type=int, default=1, help="with --plan-options: runs trained at once (default: 1)")
-    add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
+    add("--many-runs", metavar="RS", help="R runs at once (e.g. 2,4,8) against one run, per run, on --states x --steps")
     add("--random-cells", type=int, metavar="N", help="N cells drawn with --seed: the rule's and the tuned plan vs C")
-    add("--many-runs", metavar="RS", help="R vmapped runs (e.g. 2,4,8) against one run, per run, on --states x --steps")
+    add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
     for name, values in bench.GRID.items():
         add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
@@ -273,22 +268,18 @@ def _sweep(args):
 
 
 def _bench(args):
-    modes = [m for m in ("grid", "scaling", "truncation", "plan_options", "processes", "random_cells", "many_runs")
-             if getattr(args, m)]
+    modes = [m for m in ("grid", "truncation", "many_runs", "random_cells", "processes") if getattr(args, m)]
     if len(modes) > 1:
         raise UsageError(f"{' and '.join(map(option, modes))}: choose one")
     mode = modes[0] if modes else None
     if mode and args.backprop_steps is not None:
-        why = "the scaling study varies num_steps" if mode == "scaling" else f"{option(mode)} chooses the truncation"
-        raise UsageError(f"--backprop-steps: {why} itself")
-    impls = {"scaling": bench.SCALING_IMPLS, "grid": bench.GRID_IMPLS, None: IMPLS}.get(mode, ("jax",))
-    impls = parse_impls(args.impl or ",".join(impls))
-    if mode not in (None, "scaling") and "jax" not in impls:
-        what = "compares JAX with the C loop and TF" if mode == "grid" else "times JAX only"
-        raise UsageError(f"--impl: {option(mode)} {what}; include jax")
-    repeats = at_least(args.repeats if args.repeats is not None else 2 if mode == "scaling" else 3, "--repeats")
-    size = bench.SCALING_DATA_SIZE if mode == "scaling" else DEFAULT.data_size
-    c = _config(args, epochs=repeats + 1, data_size=size if args.data_size is None else args.data_size)
+        raise UsageError(f"--backprop-steps: {option(mode)} chooses the truncation itself")
+    impls = parse_impls(args.impl or ",".join({"grid": bench.GRID_IMPLS, None: IMPLS}.get(mode, ("jax",))))
+    if mode and "jax" not in impls:
+        raise UsageError(f"--impl: {option(mode)} times JAX{' against the C loop and TF' * (mode == 'grid')}; "
+                         "include jax")
+    repeats = at_least(args.repeats, "--repeats")
+    c = _config(args, epochs=repeats + 1, data_size=args.data_size or DEFAULT.data_size)
     grid = bench.GRID | (bench.TRUNCATION_GRID if mode == "truncation" else {})
     states, steps = (parse_ints(getattr(args, k) or grid[k], option(k)) for k in ("states", "steps"))
     large = args.large_states or grid["large_states"]
@@ -296,35 +287,25 @@ def _bench(args):
     k2s, row = parse_ints(args.truncation, "--truncation") if args.truncation else (), c.data_size // c.batch_size
     if max(k2s, default=0) > row:
         raise UsageError(f"--truncation: at most the steps in a row of data ({row}), got {max(k2s)}")
-    runs = at_least(args.runs, "--runs")
-    k2 = max(k2s, default=None)
+    counts, k2 = parse_ints(args.many_runs, "--many-runs") if args.many_runs else (), max(k2s, default=None)
     cells = [fit_config(**dataclasses.asdict(c) | {"state_size": d, "num_steps": n, "backprop_steps": k2 and max(k2, n)})
-             for d, n in itertools.product(states, steps)] if mode not in (None, "scaling") else [c]  # before any work
+             for d, n in itertools.product(states, steps)] if mode in ("grid", "truncation", "many_runs") else [c]
     paths, devices = _start(args, mode or "bench", impls)
-    timed = mode in (None, "grid", "scaling")  # every epoch's windows made first
-    if mode == "scaling":
-        cells = [dataclasses.replace(c, **{p: v}) for p, values in bench.SWEEPS.items() for v in values]
-    io.check_memory(cells, impls, devices, runs if mode == "plan_options" else 1, epochs=repeats + 1 if timed else 1,
-                    names=None if mode in (None, "scaling") else {"state_size": "--states", "num_steps": "--steps",
-                                                                  "backprop_steps": "--truncation"})
+    io.check_memory(cells, impls, devices, max(counts, default=1), epochs=repeats + 1 if mode in (None, "grid") else 1,
+                    names={"state_size": "--states", "num_steps": "--steps", "backprop_steps": "--truncation"} if mode
+                    else None)
     io.check_memory([dataclasses.replace(c, state_size=d, num_steps=10, data_size=100_000) for d in large]
                     if mode == "grid" else [], impls, devices, epochs=repeats + 1, names={"state_size": "--large-states"})
-    if mode == "processes":
-        with tempfile.TemporaryDirectory() as out:
-            rows = bench.processes(parse_ints(args.processes, "--processes"), args.quiet, Path(out))
-        _write(bench.page("bench --processes", c, devices, repeats, rows=rows), paths, mode)
-        return 0
     if mode == "grid":
         result = bench.grid(c, impls, devices, repeats, states, steps, large, args.quiet)
-    elif mode == "scaling":
-        result = bench.scaling(c, impls, devices, repeats, args.quiet)
     elif mode:
-        rows = (bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax) if mode == "truncation" else
-                bench.random_cells(c, at_least(args.random_cells, "--random-cells"), args.seed, repeats, args.quiet,
-                                   devices.jax) if mode == "random_cells" else
-                bench.many_runs(c, states, steps, parse_ints(args.many_runs, "--many-runs"), repeats, args.quiet,
-                                devices.jax) if mode == "many_runs" else
-                bench.plan_options(c, states, steps, runs, repeats, args.quiet, devices.jax))
+        with tempfile.TemporaryDirectory() as out:
+            rows = {"truncation": lambda: bench.truncation(c, states, steps, k2s, repeats, args.quiet, devices.jax),
+                    "many_runs": lambda: bench.many_runs(c, states, steps, counts, repeats, args.quiet, devices.jax),
+                    "random_cells": lambda: bench.random_cells(c, at_least(args.random_cells, "--random-cells"),
+                                                               args.seed, repeats, args.quiet, devices.jax),
+                    "processes": lambda: bench.processes(parse_ints(args.processes, "--processes"), args.quiet,
+                                                         Path(out))}[mode]()
         result = bench.page(f"bench {option(mode)}", c, devices, repeats, rows=rows)
     else:
         result = bench.bench(c, impls, devices, repeats, args.quiet)

@@ -131,11 +131,6 @@ format_truncation, truncation_markdown = _rows(
     lambda r: [r["state_size"], r["num_steps"], r["backprop_steps"], _spread(r["tf_style"]), _spread(r["tbptt"]),
                f"{r['compile_seconds']:.2f}", f"{r['cost']:.2f}x", f"{r['bound']:.1f}x"],
     "cost: TBPTT(k1, k2) / TF-style k1.")
-format_plan_options, plan_options_markdown = _rows(
-    "plan-options", "rows", "state|num_steps|runs|option|plan: epoch s|without it: epoch s|gain",
-    lambda r: [r["state_size"], r["num_steps"], r["runs"], r["option"], _spread(r["plan"]), _spread(r["without"]),
-               f"{100 * r['gain']:+.0f}%"], "gain: 1 - (the plan's epoch s) / (without that choice).")
-
 format_random_cells, random_cells_markdown = _rows(
     "random-cells", "rows", "state|batch|num_steps|C epoch s|rule: epoch s|tuned: epoch s|rule / C|tuned / C|tuning s",
     lambda r: [r["state_size"], r["batch_size"], r["num_steps"], _spread(r["c"]), _spread(r["rule"]),
@@ -151,22 +146,6 @@ format_processes, processes_markdown = _rows(
     lambda r: [r["processes"], f"{r['seconds']:.2f}", f"{r['first_seconds']:.2f}", f"{r['limit']:.2f}",
                f"{r['over_limit']:.2f}x"], "rnn-compare sweep (defaults) end to end; C limit: the C loop's seconds "
     "for the sweep's run-epochs over this machine's cores.")
-
-
-def _label(fit):
-    return fit["impl"] + (" (gpu)" if fit["device"] == "gpu" else "")
-
-
-def scaling_markdown(result):
-    c, parts = result["config"], []
-    for param, values in c["sweeps"].items():
-        rows = [[_label(fit), *map(_f, fit["seconds"]), _f(fit["slope"], ".2f"),
-                 "never" if (cross := fit.get("gpu_faster_from", "-")) is None else cross]  # "-": no GPU measured
-                for fit in result["fits"] if fit["parameter"] == param]
-        header = [f"{param} ->", *(f"{v:,}" for v in values), "slope", "GPU faster from"]
-        parts.append(f"Seconds per epoch as {param} grows:\n\n{_table(header, rows)}")
-    return _page(f"bench --scaling: {c['data_size']:,} points per epoch, median of {c['repeats']} epochs", result,
-                 *parts, result["notes"])
 
 
 def _figure(rows=1, cols=1, **kwargs):
@@ -289,16 +268,3 @@ def grid_plot(result):
     ax.legend()
     return _png(fig)
 
-
-def scaling_plot(result):
-    params = list(result["config"]["sweeps"])
-    fig, axes = _figure(1, len(params), figsize=(5 * len(params), 4))
-    for ax, param in zip(axes[0], params):
-        for fit in (f for f in result["fits"] if f["parameter"] == param):
-            ax.loglog(fit["values"], np.asarray(fit["seconds"], np.float64), marker="o",
-                      linestyle="--" if fit["device"] == "gpu" else "-",
-                      label=_label(fit) + ("" if fit["slope"] is None else f", slope {fit['slope']:.2f}"))
-        ax.set(xlabel=param, ylabel="seconds per epoch (median)", title=f"cost as {param} grows")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    return _png(fig, f"{result['config']['data_size']:,} points per epoch; other parameters: the tutorial's")

@@ -31,7 +31,7 @@ from .plan import _YNN_DOTS, Plan
 
 ENV = "RNN_SCAN_TUNE"
 TOLERANCE = 1e-5
-WINDOWS, REPEATS, SAMPLE_SECONDS = 32, 5, 0.02
+WINDOWS, REPEATS, SAMPLE_SECONDS = 128, 5, 0.02  # fewer windows fit in a cache and flatter candidates
 MARGIN = 0.05  # a candidate replaces the rule's plan only if this much faster: timing noise changes nothing
 FORMAT = 1
 CELL = ("state_size", "batch_size", "num_steps", "backprop_steps", "runs", "remat", "num_classes", "backend")

@@ -242,8 +242,8 @@ def test_bench_help_states_the_real_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps after hyphens
-    assert "(default: all five, jax,tf-raw,tf-static,tf-dynamic,tf2; with --scaling jax,tf-dynamic,tf2)" in text
-    assert "(default: 1,000,000; with --scaling 100,000)" in text and "--epochs" not in text
+    assert "(default: all five, jax,tf-raw,tf-static,tf-dynamic,tf2)" in text
+    assert "points per epoch (default: 1,000,000)" in text and "--epochs" not in text
 
 
 @pytest.mark.parametrize("kind, arrays, message", [

@@ -1,4 +1,4 @@
-"""The scaling study (bench --scaling) on tiny sweeps, its fits, and sweeps split over several devices."""
+"""``rnn-compare bench``'s modes on tiny cells, and sweeps split over several devices."""
 
 import json
 import os
@@ -10,20 +10,6 @@ import numpy as np
 import pytest
 
 from compare import bench, cli
-
-
-def test_slope_recovers_the_exponent_of_a_power_law():
-    values = [4, 16, 64, 256]
-    assert bench.slope(values, [2e-3 * v ** 1.5 for v in values]) == pytest.approx(1.5)
-    assert bench.slope(values, [0.1] * 4) == pytest.approx(0.0, abs=1e-12)
-    assert bench.slope([1], [1.0]) is None
-
-
-def test_crossover_is_where_the_gpu_stays_faster():
-    values = [1, 10, 100, 1000]
-    assert bench.crossover(values, cpu_seconds=[1, 2, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
-    assert bench.crossover(values, cpu_seconds=[1, 2, 3, 4], gpu_seconds=[5, 5, 5, 5]) is None
-    assert bench.crossover(values, cpu_seconds=[9, 1, 30, 400], gpu_seconds=[5, 5, 6, 8]) == 100
 
 
 @pytest.mark.skipif(not shutil.which("cc") and not shutil.which("gcc"), reason="needs a C compiler")
@@ -64,37 +50,23 @@ def test_bench_truncation_times_each_k2_against_tf_style(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n| 4 | 5 | ") == 2
 
 
-def test_bench_plan_options_times_each_choice_of_the_plan(tmp_path, capsys):
-    import jax_rnn
-
-    assert cli.main(["bench", "--plan-options", *TINY, "--out", str(tmp_path), "--name", "p"]) == 0
-    result = json.loads((tmp_path / "p.json").read_text())
-    assert result["command"] == "bench --plan-options"
-    options = list(bench._without(jax_rnn.plan(4, 200, 5)))
-    assert options and [r["option"] for r in result["rows"]] == options
-    for r in result["rows"]:
-        assert (r["state_size"], r["num_steps"], r["runs"]) == (4, 5, 1)
-        assert r["gain"] == pytest.approx(1 - r["plan"]["median"] / r["without"]["median"])
-    assert "| gain |" in capsys.readouterr().out
+def test_bench_many_runs_times_r_runs_against_one(tmp_path, capsys):
+    assert cli.main(["bench", "--many-runs", "2,3", *TINY, "--out", str(tmp_path), "--name", "m"]) == 0
+    (row,) = json.loads((tmp_path / "m.json").read_text())["rows"]
+    assert (row["state_size"], row["num_steps"]) == (4, 5) and set(row["per_run"]) == {"2", "3"}
+    for r, per_run in row["per_run"].items():
+        assert per_run == pytest.approx(row["runs"][r]["median"] / int(r) / row["one_run"]["median"])
+    assert "R=2: " in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_bench_scaling_command_writes_table_json_plot(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "SWEEPS", {"state_size": (4, 32)})
-    code = cli.main(["bench", "--scaling", "--impl", "jax,tf2", "--data-size", "4000", "--batch-size", "20",
-                     "--out", str(tmp_path), "--name", "s", "--quiet"])
-    assert code == 0
-    result = json.loads((tmp_path / "s.json").read_text())
-    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
-    assert result["command"] == "bench --scaling"
-    assert len(result["points"]) == 2 * 2  # values x implementations (CPU only here)
-    for p in result["points"]:
-        assert p["median_epoch_seconds"] > 0 and p["device"] == "cpu"
-    assert {(f["parameter"], f["impl"]) for f in result["fits"]} == {("state_size", "jax"), ("state_size", "tf2")}
-    assert all(isinstance(f["slope"], float) for f in result["fits"])
-    assert all(p["estimate_mib"] > 0 and p["peak_rss_mib"] is not None for p in result["points"])
-    out = capsys.readouterr().out
-    assert "slope" in out and "no CPU/GPU crossover" in out
+@pytest.mark.slow  # tunes a cell: about 10 compiles
+def test_bench_random_cells_times_rule_and_tuned_plans_against_c(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNN_SCAN_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["bench", "--random-cells", "1", "--seed", "3", "--data-size", "20000", "--repeats", "1",
+                     "--quiet", "--out", str(tmp_path), "--name", "r"]) == 0
+    (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert 2 <= row["state_size"] <= 64 and 16 <= row["batch_size"] <= 1000 and 1 <= row["num_steps"] <= 20
+    assert row["tuned_over_c"] == pytest.approx(row["tuned"]["median"] / row["c"]["median"]) and row["tuning_seconds"] > 0
 
 
 SWEEP = [sys.executable, "-m", "compare", "sweep", "--impl", "jax", "--num-steps", "5", "--state-size", "4",
