@@ -183,9 +183,8 @@ def load_checkpoint(file, config, writer, kind, impl=None, free=()):
         raise UsageError(str(err)) from None
     if saved.meta.get("writer") != writer or saved.meta.get("impl") != impl:
         raise UsageError(f"--resume: {file} is not a checkpoint of {writer!r}" + (f" for {impl}" if impl else ""))
-    differ = [k for k in sorted({*saved.config, *config}) if k not in free and saved.config.get(k) != config.get(k)]
-    if differ:
-        detail = ", ".join(f"{k}={saved.config.get(k)!r} there vs {config.get(k)!r} here" for k in differ)
+    detail = ckpt_io.differences(saved.config, config, free)
+    if detail:
         raise UsageError(f"--resume: {file} was written by another {kind} ({detail}); refusing to resume from it")
     return saved
 

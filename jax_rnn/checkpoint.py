@@ -76,6 +76,14 @@ def data_hash(x: np.ndarray, y: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def differences(saved: dict, config: dict, free=()) -> str:
+    """Where a checkpoint's config and ``config`` differ (but ``free``), "key=a there vs b here, ..." ("": nowhere); no
+    ``remat`` recorded: trained without."""
+    saved = {"remat": False, **saved}
+    return ", ".join(f"{k}={saved.get(k)!r} there vs {config.get(k)!r} here" for k in sorted({*saved, *config})
+                     if k not in free and saved.get(k) != config.get(k))
+
+
 def save(path, ckpt: Checkpoint) -> Path:
     arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(ckpt.config, sort_keys=True)),
               "epochs_done": np.array(ckpt.epochs_done, np.int64),

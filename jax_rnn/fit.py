@@ -162,10 +162,8 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
     """A checkpoint continues only the same training: same config (but ``epochs``), same data."""
     if saved.meta.get("writer") != "fit":
         raise ValueError(f"resume: {path} was written by {saved.meta.get('writer')!r}, not by fit")
-    mine, theirs = dataclasses.asdict(c), {"remat": False, **saved.config}  # no remat recorded: trained without
-    differ = [f for f in sorted(set(mine) | set(theirs)) if f != "epochs" and theirs.get(f) != mine.get(f)]
-    if differ:
-        detail = ", ".join(f"{f}={theirs.get(f)!r} there vs {mine.get(f)!r} here" for f in differ)
+    detail = ckpt_io.differences(saved.config, dataclasses.asdict(c), free=("epochs",))
+    if detail:
         raise ValueError(f"resume: {path} was written by another config ({detail}); refusing to mix them")
     if saved.epochs_done > c.epochs:
         raise ValueError(f"resume: {path} already holds {saved.epochs_done} epochs, more than config.epochs={c.epochs}")
