@@ -16,7 +16,7 @@ from .data import window_dtype
 
 # An XLA:CPU option (a tuning candidate): YNNPACK keeps the dots only, so the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
-MAX_UNROLL = 16  # longer windows are unrolled by this factor: bounded compile time
+MAX_UNROLL = 32  # longer windows are unrolled by this factor: bounded compile time
 def remat_block_size(num_steps: int) -> int:
     """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
     return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1

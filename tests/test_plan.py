@@ -83,14 +83,14 @@ CELLS = {
     "remat (blocks of 3 steps and 1)": ((4, 200, 7, {"remat": True}), dict(gradient="autodiff", layout="batch_last", remat=True)),
     "TBPTT(2, 5)": ((4, 200, 2, {"backprop_steps": 5}), dict(gradient="autodiff", layout="batch_last", backprop_steps=5)),
     "2 runs in turn": ((4, 200, 5, {"runs": 2}), dict(gradient="by_hand", run_loop=True)),
-    "TBPTT(3, 20) state 16: unroll capped": ((16, 40, 3, {"backprop_steps": 20}), dict(gradient="autodiff", unroll=MAX_UNROLL)),
+    "TBPTT(6, 40) state 16: unroll capped": ((16, 40, 6, {"backprop_steps": 40}), dict(gradient="autodiff", unroll=MAX_UNROLL)),
 }
 # The default run trains every kind of program the rules choose (by hand with elementwise products and with
 # dots, the difference softmax grad, batch-first, autodiff batch-last under TBPTT, remat, runs in turn); the
 # cells on the other side of each threshold run with `make test-all` (each cell compiles two programs).
 SLOW_CELLS = {"state 8: input and softmax elementwise", "state 64: autodiff", "state 127: batch-last",
               "batch 99: autodiff", "batch 100: by hand", "batch 5000: by hand", "batch 5001: autodiff",
-              "TBPTT(3, 20) state 16: unroll capped"}
+              "TBPTT(6, 40) state 16: unroll capped"}
 
 
 @pytest.mark.parametrize("cell", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CELLS else c for c in CELLS])
