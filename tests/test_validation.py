@@ -152,8 +152,8 @@ CLI_CASES = [  # every command's bad input: exit status 2, the usage, a message 
     (["sweep", "--workers", "0"], "--workers must be >= 1, got 0"),
     (["sweep", "--resume", "{tmp}/no-dir"], "--resume: {tmp}/no-dir is not a directory of checkpoints"),
     (["bench", "--num-steps", "50", "--batch-size", "200", "--data-size", "1000"], "not even one window fits"),
-    (["bench", "--grid", "--scaling"], "--grid and --scaling: choose one"),
-    (["bench", "--grid", "--impl", "tf-raw"], "--impl: --grid compares JAX with the C loop and TF; include jax"),
+    (["bench", "--grid", "--many-runs", "2"], "--grid and --many-runs: choose one"),
+    (["bench", "--grid", "--impl", "tf-raw"], "--impl: --grid times JAX against the C loop and TF; include jax"),
     (["bench", "--grid", "--states", "4,0"], "--states must be >= 1"),
     (["bench", "--grid", "--large-states", "big"], "--large-states: 'big' is not an integer"),
     # TBPTT(k1, k2): K2 below num_steps, below 1, not an integer, longer than a row of data
@@ -167,7 +167,7 @@ CLI_CASES = [  # every command's bad input: exit status 2, the usage, a message 
     (["sweep", "--backprop-steps", "nine"], "--backprop-steps: 'nine' is not an integer"),
     (["sweep", "--num-steps", "5,10", "--backprop-steps", "3,4"], "--backprop-steps: every value is below every --num-steps"),
     (["sweep", "--backprop-steps", "20000"], "to the steps in a row of data (5000), got 20000"),
-    (["bench", "--scaling", "--backprop-steps", "9"], "--backprop-steps: the scaling study varies num_steps itself"),
+    (["bench", "--many-runs", "2", "--backprop-steps", "9"], "--backprop-steps: --many-runs chooses the truncation itself"),
 ]
 
 
