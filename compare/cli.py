@@ -69,7 +69,7 @@ def fit_config(**fields):
 
 def apply_from(args):
     original = io.load_result(args.from_json)
-    c = {"deterministic": False, "backprop_steps": original["config"].get("num_steps"),
+    c = {"deterministic": False, "remat": False, "backprop_steps": original["config"].get("num_steps"),
          "device": original.get("environment", {}).get("device", {}).get("requested", "cpu"), **original["config"]}
     missing = [k for k in FROM_OPTIONS.values() if k not in c]
     if missing:

@@ -241,6 +241,16 @@ def test_fit_checkpoints_its_plan_and_a_resumed_fit_trains_with_it(tmp_path, mon
     assert jax_rnn.Plan.from_record(checkpoint.load(ckpt).meta["plan"]) == plan.plain()
     jax_rnn.fit(config, checkpoint=tmp_path / "fresh.npz")
     assert used[-1] == plan
+    # Tuning on, and it would choose otherwise: the resumed run still trains with its checkpoint's plan.
+    from jax_rnn import tune
+
+    monkeypatch.setenv("RNN_SCAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(tune.ENV, "1")
+    tune._store(plan, {"plan": dataclasses.replace(plan, unroll=2).record()}, tune.wisdom_path())
+    checkpoint.save(ckpt, saved._replace(meta={**saved.meta, "plan": plan.plain().record()}))
+    jax_rnn.fit(config, resume=ckpt, checkpoint=ckpt)
+    jax_rnn.fit(config, checkpoint=tmp_path / "tuned.npz")
+    assert used[-2:] == [plan.plain(), dataclasses.replace(plan, unroll=2)]
 
 
 def test_fit_and_the_cli_write_one_checkpoint_format(tmp_path):
