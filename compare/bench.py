@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib.resources
-import itertools
 import json
 import os
 import shutil
@@ -35,9 +34,15 @@ GRID_IMPLS = ("jax", "tf-raw", "tf-static")  # the fastest TF versions
 
 
 def summary(seconds):
-    seconds = list(seconds)
-    median, low, high = np.median(seconds), min(seconds), max(seconds)
-    return dict(median=median, min=low, max=high, spread=(high - low) / median, seconds=seconds)
+    s = list(seconds)
+    median = np.median(s)
+    return dict(median=median, min=min(s), max=max(s), spread=(max(s) - min(s)) / median, seconds=s)
+
+
+def _wall(fn, *args, **kwargs):
+    begin = time.perf_counter()
+    jax.block_until_ready(fn(*args, **kwargs))
+    return time.perf_counter() - begin
 
 
 def _rss():
@@ -48,24 +53,23 @@ def _rss():
 
 
 class PeakRss:
-    """``m.peak_mib``: the largest RSS growth inside ``with PeakRss() as m``."""
+    """``m.peak_mib``: the largest RSS growth inside ``with PeakRss() as m`` (None without /proc)."""
 
     def __enter__(self):
-        self.peak_mib, self._start, self._stop = None, _rss(), threading.Event()
-        self._peak = self._start or 0
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak_mib, self._stop, start = None, threading.Event(), _rss()
+
+        def sample(peak=start or 0):
+            while not self._stop.wait(0.005):
+                peak = max(peak, _rss() or 0)
+            if start is not None:
+                self.peak_mib = (max(peak, _rss() or 0) - start) / 2**20
+        self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
         return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, _rss() or 0)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        if self._start is not None:
-            self.peak_mib = (max(self._peak, _rss() or 0) - self._start) / 2**20
 
 
 @functools.cache
@@ -97,8 +101,8 @@ def c_epoch(params, x_windows, y_windows, learning_rate):
 
 
 def time_trainers(c, impls, devices, repeats, bar, c_loop=False):
-    """Build, warm-up, ``repeats`` epochs per impl in turn (TF's spinning threads slow what runs beside); peak RSS:
-    from the weights' draw to the warm-up's end, beside `io.memory`'s estimate."""
+    """Per impl in turn (TF's spinning threads slow what runs beside): build, warm-up, ``repeats`` timed epochs; peak
+    RSS from the weights' draw to the warm-up's end."""
     figures = {}
     for impl in impls:
         kind = devices.of(impl)
@@ -113,9 +117,9 @@ def time_trainers(c, impls, devices, repeats, bar, c_loop=False):
                 history = jax_rnn.train(trainer, mine[:1])
             bar.update(1)
             first_step, rest = history.first_step_seconds, iter(mine[1:])
-            first_epoch = history.epoch_seconds[0] + (first_step or 0.0)
             r = figures[impl] = dict(build_seconds=history.build_seconds, first_step_seconds=first_step,
-                                     first_epoch_seconds=first_epoch, peak_rss_mib=memory.peak_mib, device=kind,
+                                     first_epoch_seconds=history.epoch_seconds[0] + (first_step or 0.0),
+                                     peak_rss_mib=memory.peak_mib, device=kind,
                                      estimate_mib=io.memory(c, impl, kind, epochs=repeats + 1).total / 2**20)
 
             def timer():
@@ -126,8 +130,8 @@ def time_trainers(c, impls, devices, repeats, bar, c_loop=False):
             if c_loop and impl == impls[0]:  # amid the impl's epochs: drift shows as a gap
                 c_timer = c_epoch(params, *epochs[0], c.learning_rate)
                 c_times = summary(c_timer() for _ in range(repeats))
-                diff = np.max(np.abs(c_timer.losses - history.step_losses[0]))
-                figures["c"] = dict(max_loss_diff=float(diff), **c_times)
+                figures["c"] = dict(max_loss_diff=float(np.max(np.abs(c_timer.losses - history.step_losses[0]))),
+                                    **c_times)
             t = summary(seconds + [timer() for _ in range(repeats - repeats // 2)])
         if history.stopped:
             raise RuntimeError(f"bench: {impl} diverged at {history.diverged[0]}; lower the learning rate")
@@ -172,43 +176,34 @@ def grid(c, impls, devices, repeats, states, steps, large_states, quiet):
     return page("bench --grid", c, devices, repeats, impls, cells=rows)
 
 
-def compile_epoch(plan, params, opt_state, xw, yw, optimizer, kind="epoch"):
-    start = time.perf_counter()
-    lowered = program(plan, kind).lower(params, opt_state, xw, yw, None, optimizer=optimizer, plan=plan, guard=False)
-    compiled = lowered.compile()
-    return compiled, time.perf_counter() - start
-
-
-def _wall(call):
-    begin = time.perf_counter()
-    jax.block_until_ready(call())
-    return time.perf_counter() - begin
-
-
-def _versus(c, cells, plans, repeats, row, fmt, quiet, device="cpu", c_loop=False):
-    """Per cell (a dict of `FitConfig` fields) ``plans(cell)``'s epochs (and the C loop's) timed in turns."""
-    data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
+def _in_turns(c, cells, plans, rows, repeats, quiet, device, fmt, c_loop=False):
+    """Per cell (`FitConfig` fields): the epochs of ``plans(cell)`` (name -> plan) and the C loop's, timed in turns
+    after one untimed round; ``rows(cell, times, compile_seconds)``: its rows."""
+    data, optimizer, out = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
     for fields in cells:
         cell = dataclasses.replace(c, **fields)
-        params = glorot_params(2, cell.state_size, 0)
-        xw, yw = task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes))
-        timers = {"c": c_epoch(params, xw, yw, c.learning_rate)} if c_loop else {}
-        params, xw, yw = jax.device_put((params, xw, yw), io.jax_device(device))
-        opt_state, seconds = optimizer.init(params), {}
+        one = (glorot_params(2, cell.state_size, 0),
+               *task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes)))
+        timers, seconds = {"c": c_epoch(*one, c.learning_rate)} if c_loop else {}, {}
         for name, plan in plans(cell).items():
-            compiled, seconds[name] = compile_epoch(plan, params, opt_state, xw, yw, optimizer)
-            timers[name] = functools.partial(_wall, functools.partial(compiled, params, opt_state, xw, yw, None))
+            runs = plan.runs
+            params, xw, yw = jax.device_put(one if runs == 1 else jax.tree.map(
+                lambda a: np.repeat(a[None], runs, axis=0), one), io.jax_device(device))
+            args = params, (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params), xw, yw, None
+            start = time.perf_counter()
+            compiled = program(plan, "epoch" if runs == 1 else "runs").lower(
+                *args, optimizer=optimizer, plan=plan, guard=False).compile()
+            seconds[name], timers[name] = time.perf_counter() - start, functools.partial(_wall, compiled, *args)
         rounds = [{name: timer() for name, timer in timers.items()} for _ in range(repeats + 1)][1:]
-        times = {name: summary(r[name] for r in rounds) for name in timers}
-        for name in [n for n in timers if n != "c"][1:]:
-            rows.append(row(cell, name, times, seconds[name]))
-            if not quiet:
-                tqdm.write(fmt(rows[-1:], header=len(rows) == 1))
-    return rows
+        new = rows(cell, {name: summary(r[name] for r in rounds) for name in timers}, seconds)
+        if not quiet:
+            tqdm.write(fmt(new, header=not out))
+        out += new
+    return out
 
 
 def _grid(states, steps):
-    return [dict(state_size=d, num_steps=n) for d, n in itertools.product(states, steps)]
+    return [dict(state_size=d, num_steps=n) for d in states for n in steps]
 
 
 def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
@@ -216,41 +211,29 @@ def truncation(c, states, steps, backprop, repeats, quiet, device="cpu"):
         return {k2: jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backprop_steps=k2, backend=device)
                 for k2 in (c.num_steps, *(k for k in backprop if k > c.num_steps))}
 
-    def row(c, k2, times, seconds):
+    def rows(c, times, seconds):
         k1 = c.num_steps
-        return dict(state_size=c.state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1], tbptt=times[k2],
-                    compile_seconds=seconds, cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1)
-    return _versus(c, _grid(states, steps), plans, repeats, row, report.format_truncation, quiet, device=device)
+        return [dict(state_size=c.state_size, num_steps=k1, backprop_steps=k2, tf_style=times[k1], tbptt=times[k2],
+                     compile_seconds=seconds[k2], cost=times[k2]["median"] / times[k1]["median"], bound=1.2 * k2 / k1)
+                for k2 in list(times)[1:]]
+    return _in_turns(c, _grid(states, steps), plans, rows, repeats, quiet, device, report.format_truncation)
 
 
 def many_runs(c, states, steps, counts, repeats, quiet, device="cpu"):
-    """Per grid cell, the epoch of R vmapped runs (`jax_rnn.train_runs`) against R epochs of one run, timed in turns:
-    ``per_run[R]`` = (R runs' seconds / R) / one run's seconds."""
-    data, optimizer, rows = task.gen_data(c.data_size, seed=1), jax_rnn.adagrad(c.learning_rate), []
-    for fields in _grid(states, steps):
-        cell, timers, seconds = dataclasses.replace(c, **fields), {}, {}
-        one = (glorot_params(2, cell.state_size, 0),
-               *task.windows(*data, cell.batch_size, cell.num_steps, task.window_dtype(cell.num_classes)))
-        for runs in (1, *counts):
-            plan = jax_rnn.plan(cell.state_size, cell.batch_size, cell.num_steps, runs=runs, backend=device)
-            params, xw, yw = jax.device_put(one if runs == 1 else jax.tree.map(
-                lambda a: np.repeat(a[None], runs, axis=0), one), io.jax_device(device))
-            opt_state = (optimizer.init if runs == 1 else jax.vmap(optimizer.init))(params)
-            compiled, seconds[runs] = compile_epoch(plan, params, opt_state, xw, yw, optimizer,
-                                                    "epoch" if runs == 1 else "runs")
-            timers[runs] = functools.partial(_wall, functools.partial(compiled, params, opt_state, xw, yw, None))
-        rounds = [{runs: timer() for runs, timer in timers.items()} for _ in range(repeats + 1)][1:]
-        times = {runs: summary(r[runs] for r in rounds) for runs in timers}
-        rows.append(dict(**fields, one_run=times[1], runs=times, per_run={
-            runs: times[runs]["median"] / runs / times[1]["median"] for runs in counts}))
-        if not quiet:
-            tqdm.write(report.format_many_runs(rows[-1:], header=len(rows) == 1))
-    return rows
+    """``per_run[R]``: (the epoch of R runs at once / R) / one run's epoch."""
+    def plans(c):
+        return {runs: jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, runs=runs, backend=device)
+                for runs in (1, *counts)}
+
+    def rows(c, times, _):
+        return [dict(state_size=c.state_size, num_steps=c.num_steps, one_run=times[1], runs=times,
+                     per_run={runs: times[runs]["median"] / runs / times[1]["median"] for runs in counts})]
+    return _in_turns(c, _grid(states, steps), plans, rows, repeats, quiet, device, report.format_many_runs)
 
 
 def random_cells(c, count, seed, repeats, quiet, device="cpu"):
-    """``count`` cells drawn with ``seed`` (state 2-64 and batch 16-1000 log-uniform, num_steps 1-20): the rule's
-    plan and the tuned plan against the C loop, timed in turns."""
+    """The rule's and the tuned plan against the C loop in ``count`` cells drawn with ``seed`` (state 2-64, batch
+    16-1000 log-uniform; num_steps 1-20)."""
     rng, tuning = np.random.default_rng(seed), {}
     draw = lambda low, high: int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
     cells = [dict(state_size=draw(2, 64), batch_size=draw(16, 1000), num_steps=int(rng.integers(1, 21)))
@@ -263,29 +246,25 @@ def random_cells(c, count, seed, repeats, quiet, device="cpu"):
         return {"rule": jax_rnn.plan(c.state_size, c.batch_size, c.num_steps, backend=device, tune=False),
                 "tuned": tuned}
 
-    def row(c, name, times, seconds):
-        return dict(state_size=c.state_size, batch_size=c.batch_size, num_steps=c.num_steps, c=times["c"],
-                    rule=times["rule"], tuned=times["tuned"], rule_over_c=times["rule"]["median"] / times["c"]["median"],
-                    tuned_over_c=times["tuned"]["median"] / times["c"]["median"], tuning_seconds=tuning[c][0],
-                    plan=tuning[c][1].record())
-    return _versus(c, cells, plans, repeats, row, report.format_random_cells, quiet, device=device, c_loop=True)
+    def rows(c, times, _):
+        over_c = lambda name: times[name]["median"] / times["c"]["median"]
+        return [dict(state_size=c.state_size, batch_size=c.batch_size, num_steps=c.num_steps, c=times["c"],
+                     rule=times["rule"], tuned=times["tuned"], rule_over_c=over_c("rule"), tuned_over_c=over_c("tuned"),
+                     tuning_seconds=tuning[c][0], plan=tuning[c][1].record())]
+    return _in_turns(c, cells, plans, rows, repeats, quiet, device, report.format_random_cells, c_loop=True)
 
 
 def processes(counts, quiet, out):
-    """``rnn-compare sweep`` (its defaults) end to end as N processes, the second of two runs (caches warm), beside
-    the limit: the C loop's seconds for the same run-epochs spread over this machine's cores."""
-    rows, cores = [], len(os.sched_getaffinity(0))
+    """``rnn-compare sweep`` (defaults) as N processes, the second of two runs (caches warm), against the C loop's
+    seconds for its run-epochs over this machine's cores."""
+    rows = []
     for n in tqdm(counts, desc="bench --processes", unit="sweep", disable=quiet):
         argv = [sys.executable, "-m", "compare", "sweep", "--quiet", "--out", str(out), "--name", f"sweep-{n}",
                 "--overwrite", "--processes", str(n)]
-        seconds = []
-        for _ in range(2):
-            begin = time.perf_counter()
-            subprocess.run(argv, check=True, capture_output=True)
-            seconds.append(time.perf_counter() - begin)
-        rows.append(dict(processes=n, seconds=seconds[1], first_seconds=seconds[0]))
+        first, second = (_wall(subprocess.run, argv, check=True, capture_output=True) for _ in range(2))
+        rows.append(dict(processes=n, seconds=second, first_seconds=first))
     sweep = json.loads((out / f"sweep-{counts[-1]}.json").read_text())
-    c, limit = sweep["config"], 0.0
+    c, cores, limit = sweep["config"], len(os.sched_getaffinity(0)), 0.0
     for cell in sweep["cells"]:
         xw, yw = task.windows(*task.gen_data(c["data_size"], 0), c["batch_size"], cell["num_steps"])
         timer = c_epoch(glorot_params(2, cell["state_size"], 0), xw, yw, c["learning_rate"])

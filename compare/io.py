@@ -60,13 +60,17 @@ def fingerprint(params):
     return digest.hexdigest()[:16]
 
 
-def _load_npz(path, option, keys):
+def _read(path, option, read, kind):
     if not os.path.isfile(path):
         raise UsageError(f"{option}: no such file: {path}")
     try:
-        arrays = ckpt_io.read_npz(path)
-    except ValueError as err:
-        raise UsageError(f"{option}: cannot read {path} as an .npz file ({err})") from None
+        return read(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{option}: cannot read {path} as {kind} ({err})") from None
+
+
+def _load_npz(path, option, keys):
+    arrays = _read(path, option, ckpt_io.read_npz, "an .npz file")
     if set(arrays) != set(keys):
         raise UsageError(f"{option}: {path} must hold exactly the keys {', '.join(keys)}; "
                          f"got {', '.join(sorted(arrays)) or 'none'}")
@@ -94,12 +98,7 @@ def load_data(path, num_classes=2):
 
 
 def load_result(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"--from: no such file: {path}")
-    try:
-        result = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"--from: cannot read {path} as JSON ({err})") from None
+    result = _read(path, "--from", lambda p: json.loads(Path(p).read_text(encoding="utf-8")), "JSON")
     if not isinstance(result, dict) or result.get("command") != "run" or not isinstance(result.get("config"), dict):
         raise UsageError(f"--from: {path} is not the JSON of an 'rnn-compare run' (no command 'run' / config)")
     return result
@@ -183,8 +182,7 @@ def load_checkpoint(file, config, writer, kind, impl=None, free=()):
         raise UsageError(str(err)) from None
     if saved.meta.get("writer") != writer or saved.meta.get("impl") != impl:
         raise UsageError(f"--resume: {file} is not a checkpoint of {writer!r}" + (f" for {impl}" if impl else ""))
-    detail = ckpt_io.differences(saved.config, config, free)
-    if detail:
+    if detail := ckpt_io.differences(saved.config, config, free):
         raise UsageError(f"--resume: {file} was written by another {kind} ({detail}); refusing to resume from it")
     return saved
 
@@ -218,7 +216,7 @@ def resolve(requested, need_tf):
     if need_tf:
         import tf_rnn  # noqa: F401
     kinds = {}
-    for framework, name in (("jax", "JAX"), ("tf", "TensorFlow")) if need_tf else (("jax", "JAX"),):
+    for framework, name in (("jax", "JAX"), ("tf", "TensorFlow"))[: 1 + need_tf]:
         kinds[framework] = "gpu" if requested != "cpu" and _gpus(framework) else "cpu"
         if requested == "gpu" and kinds[framework] == "cpu":
             raise UsageError(f"--device gpu: {name} sees no GPU; install the CUDA builds (pip install -e "
@@ -240,9 +238,9 @@ def memory(c, impl, device="cpu", runs=1, epochs=2):
 
 
 def check_memory(configs, impls, devices, runs=1, at_once=1, epochs=2, names=None, sweep=False):
-    """UsageError (`jax_rnn.memory.check`) unless each config fits in what is available: its ``impls`` one after
-    another, JAX ``runs`` at once in ``at_once`` cells; a ``sweep`` also holds every run's epochs (int8 x, y).
-    ``names``: field -> option (None: none)."""
+    """UsageError (`jax_rnn.memory.check`) unless each config fits: its ``impls`` one after another, JAX ``runs``
+    at once in ``at_once`` cells; a ``sweep`` also holds every run's epochs (int8 x, y). ``names``: field -> option
+    (None: none)."""
     free = jax_rnn.memory.available(jax_device(devices.jax) if "jax" in impls else None)
     free -= 2 * runs * configs[0].epochs * configs[0].data_size if sweep else 0
     names = {"remat": None} if sweep else names or {}

@@ -1,7 +1,6 @@
 """A result as Markdown (``<kind>_markdown``; None prints as ``-``) and as a PNG (``<kind>_plot``)."""
 
 import io
-import sys
 
 import numpy as np
 
@@ -16,6 +15,7 @@ TARGETS = ("Targets (a perfect predictor's loss): " + ", ".join(f"{k} = {n} {v:.
 
 
 def _table(header, rows, top=True, pad=True):
+    header = header.split("|")
     widths = [max(len(str(c)) for c in col) if pad else 0 for col in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     head = [line(header), "|" + "|".join("-" * max(w + 2, 3) for w in widths) + "|"] if top else []
@@ -71,21 +71,20 @@ def run_markdown(result):
     diverged = "diverged" in (r["level"] for r in result["results"].values()) and (
         "diverged: a loss or update became NaN/inf at that window (0-based); lower --learning-rate.")
     agreement = a["pairs"] and f"Agreement (same params and data: per-step losses within {a['tolerance']:g}):\n\n" + (
-        _table("pair|max step-loss diff|same params|agree".split("|"), [
+        _table("pair|max step-loss diff|same params|agree", [
             [f"{p['a']} vs {p['b']}", _f(p["max_abs_diff"], ".2e"), "yes" if p["same_params"] else "no",
              {True: "PASS", False: "FAIL", None: "n/a"}[p["agree"]]] for p in a["pairs"]]))
-    header = "impl|final loss|level|compile s|train s|steps/s|points/s".split("|")
+    header = "impl|final loss|level|compile s|train s|steps/s|points/s"
     return _page(f"run: {_all(result['config'])}", result, _table(header, rows), TARGETS, result.get("notes"), diverged,
                  agreement)
 
 
 def sweep_markdown(result):
+    c, a, t = result["config"], result.get("agreement"), result["time"]
     counts = lambda x: "/".join(str(x["levels"].count(k)) for k in (*LEVELS, "diverged"))
     rows = [[*truncation_steps(x), x["state_size"], x["impl"], _f(x["mean"]), _f(x["std"]),
              f"{_f(x['min'])}-{_f(x['max'])}", x["level"], counts(x), x["tutorial_level"], _f(x["seconds"], ".1f")]
             for x in result["cells"]]
-    header = "num_steps|backprop|state|impl|final loss|std|min-max|level|none/first/both/diverged|tutorial|seconds"
-    c, a, t = result["config"], result.get("agreement"), result["time"]
     notes = [TARGETS, "level: of the mean; none/first/both/diverged: seeds per level; tutorial: the level the "
              "truncation allows.", a and f"Same seed: largest step-loss difference {_f(a['max_abs_diff'], '.2e')}; "
              f"same levels: {'yes' if a['same_level'] else 'no'}.",
@@ -93,8 +92,9 @@ def sweep_markdown(result):
              f"{t['data']:.1f} s (made once: {t['shared_data']:.1f} s), JAX compile {t['compile']:.1f} s, "
              f"training {t['train']:.1f} s."]
     return _page(f"sweep: {len(c['seeds'])} seed(s) x {c['epochs']} epoch(s) of {c['data_size']:,} points, "
-                 f"batch {c['batch_size']}, lr {c['learning_rate']}", result, _table(header.split("|"), rows),
-                 "\n".join(filter(None, notes)))
+                 f"batch {c['batch_size']}, lr {c['learning_rate']}", result, _table(
+                     "num_steps|backprop|state|impl|final loss|std|min-max|level|none/first/both/diverged|tutorial|"
+                     "seconds", rows), "\n".join(filter(None, notes)))
 
 
 def bench_markdown(result):
@@ -103,10 +103,16 @@ def bench_markdown(result):
              *_rates(r), _f(r["estimate_mib"], ",.0f"), _f(r["peak_rss_mib"], ",.0f"), _f(r["speedup_vs_baseline"], ".2f")]
             for impl, r in result["results"].items()]
     header = f"impl|build s|1st epoch s|epoch s (median)|min-max|steps/s|points/s|estimate MiB|peak RSS MiB|x vs {base}"
-    return _page(f"bench: {_all(c)}, {c['repeats']} timed epoch(s) after one warm-up", result,
-                 _table(header.split("|"), rows), f"build s: JAX compile, TF graph build; estimate: the memory the cell "
-                 f"needs (jax_rnn.Plan.memory); peak RSS: growth from the weights' draw to the warm-up's end; x vs "
-                 f"{base}: its epoch s / this one's.")
+    return _page(f"bench: {_all(c)}, {c['repeats']} timed epoch(s) after one warm-up", result, _table(header, rows),
+                 f"build s: JAX compile, TF graph build; estimate: the memory the cell needs (jax_rnn.Plan.memory); "
+                 f"peak RSS: growth from the weights' draw to the warm-up's end; x vs {base}: its epoch s / this one's.")
+
+
+def _mode(mode, key, columns, cells, note):
+    """bench ``--mode``'s table ``format(rows, header=True)`` (printable row by row) and page."""
+    table = lambda rows, header=True: _table(columns, [cells(r) for r in rows], header, pad=False)
+    return table, lambda result: _page(f"bench --{mode}: batch {result['config']['batch_size']}, median of "
+                                       f"{result['config']['repeats']} epochs", result, table(result[key]), note)
 
 
 def _grid_cells(r):
@@ -116,45 +122,36 @@ def _grid_cells(r):
             tf or "", _spread(res[tf], "_epoch_seconds") if tf else "", ratio(r["fastest_tf_over_jax"])]
 
 
-def _rows(mode, key, columns, cells, note):
-    """bench ``--mode``'s table ``format(rows, header=True)`` (printable row by row) and page."""
-    table = lambda rows, header=True: _table(columns.split("|"), [cells(r) for r in rows], header, pad=False)
-    title = lambda c: f"bench --{mode}: batch {c['batch_size']}, median of {c['repeats']} epochs"
-    return table, lambda result: _page(title(result["config"]), result, table(result[key]), note)
-
-
-format_grid, grid_markdown = _rows(
+format_grid, grid_markdown = _mode(
     "grid", "cells", "state|num_steps|points|JAX compile s|JAX epoch s|C epoch s|JAX / C|fastest TF|its epoch s|"
     "JAX faster by", _grid_cells, "Seconds per epoch: median [min, max].")
-format_truncation, truncation_markdown = _rows(
+format_truncation, truncation_markdown = _mode(
     "truncation", "rows", "state|k1|k2|TF-style k1: epoch s|TBPTT(k1, k2): epoch s|compile s|cost|bound 1.2 k2/k1",
     lambda r: [r["state_size"], r["num_steps"], r["backprop_steps"], _spread(r["tf_style"]), _spread(r["tbptt"]),
                f"{r['compile_seconds']:.2f}", f"{r['cost']:.2f}x", f"{r['bound']:.1f}x"],
     "cost: TBPTT(k1, k2) / TF-style k1.")
-format_random_cells, random_cells_markdown = _rows(
+format_random_cells, random_cells_markdown = _mode(
     "random-cells", "rows", "state|batch|num_steps|C epoch s|rule: epoch s|tuned: epoch s|rule / C|tuned / C|tuning s",
     lambda r: [r["state_size"], r["batch_size"], r["num_steps"], _spread(r["c"]), _spread(r["rule"]),
                _spread(r["tuned"]), f"{r['rule_over_c']:.2f}x", f"{r['tuned_over_c']:.2f}x", f"{r['tuning_seconds']:.1f}"],
     "rule: jax_rnn.plan's rules; tuned: plan(..., tune=True); tuning s: its first-use cost (0 when cached).")
-format_many_runs, many_runs_markdown = _rows(
+format_many_runs, many_runs_markdown = _mode(
     "many-runs", "rows", "state|num_steps|one run: epoch s|per run, R runs at once",
     lambda r: [r["state_size"], r["num_steps"], _spread(r["one_run"]),
                ", ".join(f"R={k}: {v:.2f}x" for k, v in r["per_run"].items())],
     "per run: (the epoch of R runs at once / R) / one run's epoch.")
-format_processes, processes_markdown = _rows(
+format_processes, processes_markdown = _mode(
     "processes", "rows", "processes|sweep s (second run)|first run s|C limit s|x the limit",
     lambda r: [r["processes"], f"{r['seconds']:.2f}", f"{r['first_seconds']:.2f}", f"{r['limit']:.2f}",
                f"{r['over_limit']:.2f}x"], "rnn-compare sweep (defaults) end to end; C limit: the C loop's seconds "
     "for the sweep's run-epochs over this machine's cores.")
 
 
-def _figure(rows=1, cols=1, **kwargs):
-    import matplotlib
+def _figure(rows=1, cols=1, sharey=False, **kwargs):
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing to close
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(rows, cols, squeeze=False, **kwargs)
+    fig = Figure(**kwargs)
+    return fig, fig.subplots(rows, cols, squeeze=False, sharey=sharey)
 
 
 def _png(fig, title=None):
@@ -162,7 +159,6 @@ def _png(fig, title=None):
         fig.suptitle(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    sys.modules["matplotlib.pyplot"].close(fig)
     return buffer.getvalue()
 
 
@@ -267,4 +263,3 @@ def grid_plot(result):
            title="rnn-compare bench --grid (large states: 100,000 points, no C loop)")
     ax.legend()
     return _png(fig)
-

@@ -35,6 +35,10 @@ def final_loss(step_losses):
     return float(np.asarray(step_losses, np.float64).reshape(-1)[-LOG_EVERY:].mean())
 
 
+def _losses(r):
+    return np.asarray(r["step_losses"], np.float64)  # None reads as NaN
+
+
 def train_one(impl, c, params, data, start, device, quiet, checkpoint_dir, resume, record, deterministic):
     history, plan = (History.from_checkpoint(resume), resume.meta.get("plan")) if resume else (History(), None)
     final_params = resume.params if resume else params
@@ -47,12 +51,11 @@ def train_one(impl, c, params, data, start, device, quiet, checkpoint_dir, resum
     with tqdm(total=c.epochs * c.epoch_size, initial=history.epochs * c.epoch_size,
               desc=f"{impl:>10}", unit="step", disable=quiet, leave=False) as bar:
         if history.epochs < c.epochs:
-            plan = plan and jax_rnn.Plan.from_record(plan)
-            trainer = make_trainer(impl, c, final_params, device, resume and resume.accumulators, deterministic, plan)
-            with closing(trainer):
+            with closing(make_trainer(impl, c, final_params, device, resume and resume.accumulators, deterministic,
+                                      plan and jax_rnn.Plan.from_record(plan))) as trainer:
                 plan = trainer.plan.record() if impl == "jax" else None
-                dtype = getattr(trainer, "window_dtype", np.int32)
-                windows = task.epoch_windows(c, data, start=history.epochs, dtype=dtype)
+                windows = task.epoch_windows(c, data, start=history.epochs,
+                                             dtype=getattr(trainer, "window_dtype", np.int32))
                 history = train(trainer, windows, history, after_epoch, progress=bar.update)
                 final_params = trainer.get_params()
     step_losses, d = history.losses().reshape(-1), history.diverged[0]
@@ -79,7 +82,7 @@ def agreement(results):
     pairs = []
     for a, b in itertools.combinations(results, 2):
         ra, rb = results[a], results[b]
-        la, lb = np.asarray(ra["step_losses"], np.float64), np.asarray(rb["step_losses"], np.float64)
+        la, lb = _losses(ra), _losses(rb)
         same = la.shape == lb.shape and np.array_equal(np.isfinite(la), np.isfinite(lb))
         diff = float(np.max(np.abs(la - lb)[np.isfinite(la)], initial=0.0)) if same else np.nan
         same_params, same_data = ra["initial_params"] == rb["initial_params"], ra["data"] == rb["data"]
@@ -103,17 +106,17 @@ def _resume(directory, impl, c, start):
 
 def run(c, impls, params, devices, data, save_params, quiet, checkpoint_dir, resume_dir, record, deterministic):
     start = io.fingerprint(params), "file" if data else f"gen_data(seed={c.seed})"
-    resumes = {impl: _resume(resume_dir, impl, record, start) if resume_dir else None for impl in impls}
+    resumes = {impl: resume_dir and _resume(resume_dir, impl, record, start) for impl in impls}
     results = {}
     for impl in tqdm(impls, desc="implementations", unit="impl", disable=quiet or len(impls) < 2, leave=False):
         results[impl], final_params = train_one(
             impl, c, params, data, start, devices.of(impl), quiet, checkpoint_dir, resumes[impl], record, deterministic)
+        r = results[impl]
         if resumes[impl]:
-            file, done = str(io.run_path(resume_dir, impl)), resumes[impl].epochs_done
-            results[impl]["resumed_from"] = {"file": file, "epochs_done": done}
+            r["resumed_from"] = {"file": str(io.run_path(resume_dir, impl)), "epochs_done": resumes[impl].epochs_done}
         if save_params and impl in save_params:
             io.save_params(save_params[impl], final_params)
-            results[impl]["saved_params"] = str(save_params[impl])
+            r["saved_params"] = str(save_params[impl])
     return io.result("run", record, devices, plan=results.get("jax", {}).get("plan"), results=results,
                      agreement=agreement(results),
                      notes="compile s: build + TF's first step, which train s and steps/s leave out.")
@@ -123,8 +126,7 @@ def rerun_of(path, original, result):
     out = {"file": path, "identical": {}, "max_abs_diff": {}}
     for impl, r in result["results"].items():
         if impl in original.get("results", {}):
-            a = np.asarray(original["results"][impl]["step_losses"], np.float64)  # None reads as NaN
-            b = np.asarray(r["step_losses"], np.float64)
+            a, b = _losses(original["results"][impl]), _losses(r)
             out["identical"][impl] = np.array_equal(a, b, equal_nan=True)
             out["max_abs_diff"][impl] = float(np.nanmax(np.abs(a - b), initial=0.0)) if a.shape == b.shape else None
     old, new = original.get("environment", {}), result["environment"]
