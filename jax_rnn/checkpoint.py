@@ -1,6 +1,5 @@
 """The one checkpoint format (`fit`, ``rnn-compare run`` and ``sweep``): a `Checkpoint` as an ``.npz`` (no
-pickle), written atomically. The data needs no state: a seed's epochs are regenerated and skipped.
-"""
+pickle), written atomically. A seed's epochs are regenerated and skipped, so the data needs no state."""
 
 from __future__ import annotations
 
@@ -18,25 +17,26 @@ import numpy as np
 from .model import PARAM_KEYS, flatten, nest
 
 FORMAT = "rnn-scan checkpoint v1"
+GROUPS = ("params", "accumulators")
 
 
 class Checkpoint(NamedTuple):
     config: dict               # what it continues (JSON-able, as ``meta``)
     epochs_done: int
-    params: dict | None        # shared layout, float32 numpy (None: a record of losses only)
-    accumulators: dict | None  # Adagrad's (`jax_rnn.optim.accumulators`), shared layout
+    params: dict | None        # shared layout, float32 numpy (None: losses only)
+    accumulators: dict | None  # Adagrad's, shared layout
     step_losses: np.ndarray    # f32[..., epochs_done, epoch_size]
     epoch_seconds: list
     meta: dict                 # the writer's record: the plan, what resuming checks
 
 
 def atomic_write(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: an fsync'ed temporary file beside it, then ``os.replace``."""
+    """``data`` to ``path`` atomically: an fsync'ed temporary file beside it, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -77,7 +77,7 @@ def data_hash(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def differences(saved: dict, config: dict, free=()) -> str:
-    """Where a checkpoint's config and ``config`` differ (but ``free``), "key=a there vs b here, ..." ("": nowhere); no
+    """Where a checkpoint's config and ``config`` differ (but ``free``): "key=a there vs b here, ..." or ""; no
     ``remat`` recorded: trained without."""
     saved = {"remat": False, **saved}
     return ", ".join(f"{k}={saved.get(k)!r} there vs {config.get(k)!r} here" for k in sorted({*saved, *config})
@@ -85,12 +85,11 @@ def differences(saved: dict, config: dict, free=()) -> str:
 
 
 def save(path, ckpt: Checkpoint) -> Path:
-    arrays = {"format": np.array(FORMAT), "config": np.array(json.dumps(ckpt.config, sort_keys=True)),
-              "epochs_done": np.array(ckpt.epochs_done, np.int64),
+    arrays = {"format": np.array(FORMAT), "epochs_done": np.array(ckpt.epochs_done, np.int64),
               "step_losses": np.asarray(ckpt.step_losses, np.float32),
               "epoch_seconds": np.asarray(ckpt.epoch_seconds, np.float64),
-              "meta": np.array(json.dumps(ckpt.meta, sort_keys=True))}
-    for group in ("params", "accumulators"):
+              **{key: np.array(json.dumps(getattr(ckpt, key), sort_keys=True)) for key in ("config", "meta")}}
+    for group in GROUPS:
         if getattr(ckpt, group) is not None:
             arrays.update({f"{group}/{key}": a for key, a in flatten(getattr(ckpt, group)).items()})
     buffer = io.BytesIO()
@@ -110,17 +109,17 @@ def load(path, where: str = "resume") -> Checkpoint:
     fmt = str(arrays.get("format", ""))
     if fmt != FORMAT:
         raise ValueError(f"{where}: {path} is not a {FORMAT!r} file (format {fmt or 'missing'!r})")
-    groups = {g: None for g in ("params", "accumulators") if any(k.startswith(g + "/") for k in arrays)}
-    required = {"config", "epochs_done", "step_losses", "epoch_seconds", "meta",
-                *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)}
-    missing = sorted(required - set(arrays))
+    groups = [g for g in GROUPS if any(k.startswith(g + "/") for k in arrays)]
+    missing = sorted({*Checkpoint._fields, *(f"{g}/{k}" for g in groups for k in PARAM_KEYS)} - {*GROUPS, *arrays})
     if missing:
         raise ValueError(f"{where}: {path} lacks {', '.join(missing)}")
+    trees = {}
     for group in groups:
-        for key in PARAM_KEYS:
-            if not np.all(np.isfinite(arrays[f"{group}/{key}"])):
+        flat = {key: arrays[f"{group}/{key}"] for key in PARAM_KEYS}
+        for key, a in flat.items():
+            if not np.isfinite(a).all():
                 raise ValueError(f"{where}: {path}: {group} {key} contains NaN or inf")
-        groups[group] = nest({key: arrays[f"{group}/{key}"] for key in PARAM_KEYS})
-    return Checkpoint(json.loads(str(arrays["config"])), int(arrays["epochs_done"]), groups.get("params"),
-                      groups.get("accumulators"), arrays["step_losses"], list(arrays["epoch_seconds"]),
-                      json.loads(str(arrays["meta"])))
+        trees[group] = nest(flat)
+    config, meta = (json.loads(str(arrays[key])) for key in ("config", "meta"))
+    return Checkpoint(config, int(arrays["epochs_done"]), trees.get("params"), trees.get("accumulators"),
+                      arrays["step_losses"], list(arrays["epoch_seconds"]), meta)

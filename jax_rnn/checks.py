@@ -1,5 +1,5 @@
-"""Argument checks: errors naming the function, the argument, the value and what is allowed, before anything
-is traced; on tracers (a caller's ``jit``) shapes and dtypes only."""
+"""Argument checks before anything is traced: errors naming the function, the argument, the value and what is
+allowed; on tracers (a caller's ``jit``) shapes and dtypes only."""
 
 from __future__ import annotations
 
@@ -24,13 +24,11 @@ def class_ids(where: str, arrays: dict, layout: str, num_classes: int, values: b
         if not np.issubdtype(a.dtype, np.integer):
             raise TypeError(f"{where}: {name} must hold integer class ids in [0, {num_classes}), got dtype {a.dtype}")
         if 0 in a.shape:
-            raise ValueError(f"{where}: {name} is empty (shape {tuple(a.shape)}); "
-                             f"every axis of int{layout} must be >= 1")
+            raise ValueError(f"{where}: {name} is empty (shape {tuple(a.shape)})")
     shapes = [tuple(a.shape) for a in arrays.values()]
     if len(set(shapes)) > 1:
-        named = " and ".join(f"{k} {s}" for k, s in zip(arrays, shapes))
-        raise ValueError(f"{where}: {named} must have one shape")
-    if values and all(concrete(a) for a in arrays.values()):
+        raise ValueError(f"{where}: {' and '.join(f'{k} {s}' for k, s in zip(arrays, shapes))} must have one shape")
+    if values and all(map(concrete, arrays.values())):
         hosted = [np.asarray(a) for a in arrays.values()]
         # One unsigned max finds negative ids too (they wrap to large values).
         if max(int(a.view(f"u{a.dtype.itemsize}").max()) for a in hosted) >= num_classes:
@@ -58,8 +56,7 @@ def optimizer(where: str, optimizer, opt_state, params) -> None:
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"{where}: optimizer must be an optax.GradientTransformation (e.g. jax_rnn.adagrad(0.1)), "
                         f"got {type(optimizer).__name__}")
-    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
-    expected = jax.eval_shape(optimizer.init, shapes)
+    expected = jax.eval_shape(optimizer.init, params)
     if jax.tree.structure(opt_state) != jax.tree.structure(expected):
         raise ValueError(f"{where}: opt_state does not have the structure of optimizer.init(params)")
     got, want = ([tuple(np.shape(a)) for a in jax.tree.leaves(tree)] for tree in (opt_state, expected))

@@ -10,8 +10,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-LAGS = (3, 8)  # Y depends on X this many steps back
-EFFECTS = (0.5, -0.25)  # ... shifting P(Y = 1) by this much when that X is 1
+LAGS = (3, 8)  # Y depends on X this many steps back,
+EFFECTS = (0.5, -0.25)  # shifting P(Y = 1) by this much when that X is 1
 BASE_PROBABILITY = 0.5
 
 Seed = int | None | np.random.Generator | np.random.RandomState
@@ -31,26 +31,20 @@ def check_int(name: str, value, minimum: int = 1, why: str = "") -> int:
     return int(value)
 
 
-def _check_size(size: int) -> int:
-    return check_int("size", size, 9, " (longer than the largest lag 8)")
+def _start(size: int, seed: Seed):
+    return check_int("size", size, 9, " (longer than the largest lag 8)"), _rng(seed)
 
 
 def y_probability(x: np.ndarray) -> np.ndarray:
     """P(Y_t = 1) for every t of ``x: int[size]`` (``np.roll`` wraps around like ``X[i - lag]``)."""
     x = np.asarray(x, dtype=np.int8)
-    code = np.zeros(x.shape, dtype=np.int8)
-    for bit, lag in enumerate(LAGS):
-        code |= np.roll(x, lag) << bit
-    table = np.array([BASE_PROBABILITY + sum(e for b, e in enumerate(EFFECTS) if c >> b & 1)
-                      for c in range(2 ** len(LAGS))])
-    return table[code]
+    return BASE_PROBABILITY + sum(effect * np.roll(x, lag) for lag, effect in zip(LAGS, EFFECTS))
 
 
 def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
     """One epoch ``(x, y)``, both ``int32[size]``, drawn as the tutorial's loop (`gen_data_reference`) draws:
     ``seed=np.random.RandomState(s)`` gives its arrays bit for bit."""
-    size = _check_size(size)
-    rng = _rng(seed)
+    size, rng = _start(size, seed)
     x = np.asarray(rng.choice(2, size=(size,)))
     y = rng.random(size) <= y_probability(x)  # the loop's "u > threshold -> 0, else 1"
     return x.astype(np.int32), y.astype(np.int32)
@@ -58,8 +52,7 @@ def gen_data(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.n
 
 def gen_data_reference(size: int = 1_000_000, seed: Seed = None) -> tuple[np.ndarray, np.ndarray]:
     """The tutorial's loop (a second per 1M points), the reference."""
-    size = _check_size(size)
-    rng = _rng(seed)
+    size, rng = _start(size, seed)
     X = np.array(rng.choice(2, size=(size,)))
     Y = []
     for i in range(size):
@@ -113,10 +106,9 @@ def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None)
     """``x, y: int[epochs, data_size]`` in ``[0, num_classes)`` as int32 (`fit`'s ``data``, ``--data``)."""
     x, y = np.asarray(x), np.asarray(y)
     for name, a in (("x", x), ("y", y)):
-        if a.ndim != 2 or a.shape[0] < 1:
-            raise ValueError(f"{name} must be a 2-D array [epochs, data_size], got shape {list(a.shape)}")
-        if shape is not None and a.shape != tuple(shape):
-            raise ValueError(f"{name} must have shape [epochs, data_size] = {list(shape)}, got {list(a.shape)}")
+        if a.ndim != 2 or a.shape[0] < 1 or shape is not None and a.shape != tuple(shape):
+            raise ValueError(f"{name} must be a 2-D array [epochs, data_size]{f' = {list(shape)}' if shape else ''}, "
+                             f"got shape {list(a.shape)}")
         if not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"{name} must hold integers (class indices), got dtype {a.dtype}")
         if a.size and (a.min() < 0 or a.max() >= num_classes):
@@ -127,7 +119,7 @@ def check_rows(x, y, num_classes: int = 2, shape: tuple[int, int] | None = None)
 
 
 def window_dtype(num_classes: int) -> np.dtype:
-    """The smallest integer type for class ids below ``num_classes`` (int8: a quarter of int32's bytes)."""
+    """The smallest integer type for class ids below ``num_classes``."""
     return np.dtype(next(t for t in (np.int8, np.int16, np.int32) if num_classes - 1 <= np.iinfo(t).max))
 
 
@@ -144,8 +136,7 @@ def epoch_windows(config, rows: tuple[np.ndarray, np.ndarray] | None = None, sta
 def gen_batch(raw_data: tuple[np.ndarray, np.ndarray], batch_size: int, num_steps: int
               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The tutorial's generator: ``(x, y)`` windows ``int32[batch_size, num_steps]``."""
-    x_windows, y_windows = windows(raw_data[0], raw_data[1], batch_size, num_steps)
-    yield from zip(x_windows, y_windows)
+    yield from zip(*windows(raw_data[0], raw_data[1], batch_size, num_steps))
 
 
 def gen_epochs(n: int, batch_size: int, num_steps: int, data_size: int = 1_000_000, seed: Seed = None):
@@ -156,16 +147,13 @@ def gen_epochs(n: int, batch_size: int, num_steps: int, data_size: int = 1_000_0
 
 
 def expected_loss(known_lags: tuple[int, ...]) -> float:
-    """Expected cross-entropy of the best predictor seeing X at ``known_lags``: P(Y=1) averaged over the
-    lags it does not see."""
-    cases = list(itertools.product((0, 1), repeat=len(LAGS)))
-    p = {xs: BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs)) for xs in cases}
-    seen = lambda xs: [v for v, lag in zip(xs, LAGS) if lag in known_lags]
-    total = 0.0
-    for xs in cases:
-        predicted = np.mean([p[alt] for alt in cases if seen(alt) == seen(xs)])
-        total += sum(-t * math.log(q) for t, q in ((p[xs], predicted), (1 - p[xs], 1 - predicted)) if t > 0)
-    return total / len(cases)
+    """Expected cross-entropy of the best predictor seeing X at ``known_lags``: the entropy of P(Y=1) averaged
+    over the lags it does not see."""
+    groups: dict = {}
+    for xs in itertools.product((0, 1), repeat=len(LAGS)):
+        seen = tuple(v for v, lag in zip(xs, LAGS) if lag in known_lags)
+        groups.setdefault(seen, []).append(BASE_PROBABILITY + sum(e * v for e, v in zip(EFFECTS, xs)))
+    return float(np.mean([entropy(np.mean(p)) for p in groups.values()]))
 
 
 def entropy(p: float) -> float:

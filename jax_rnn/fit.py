@@ -20,8 +20,8 @@ from .trainer import Divergence, History, JaxTrainer, train
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """The JAX side's one configuration (the tutorial's defaults), validated on construction; ``backprop_steps``:
-    k2 of TBPTT(num_steps, k2), None for num_steps; ``remat``: see `Plan`."""
+    """The JAX side's configuration (the tutorial's defaults), validated on construction; ``backprop_steps``: k2
+    of TBPTT(num_steps, k2), None for num_steps; ``remat``: see `Plan`."""
 
     num_classes: int = 2
     state_size: int = 4
@@ -36,13 +36,12 @@ class FitConfig:
     remat: bool = False
 
     def __post_init__(self):
-        # Messages start with the field's name: the CLI puts its option there (--num-steps ...).
+        # Messages start with the field's name: the CLI puts its option there.
         for name in ("num_classes", "state_size", "batch_size", "num_steps", "epochs", "data_size", "log_every"):
             task.check_int(name, getattr(self, name))
         task.check_int("seed", self.seed, minimum=0)
+        task.check_int("data_size", self.data_size, 9, " (longer than the largest lag 8)")
         optim.check_positive("learning_rate", self.learning_rate)
-        if self.data_size < 9:
-            raise ValueError(f"data_size must be >= 9 (longer than the task's largest lag, 8), got {self.data_size}")
         if self.batch_size > self.data_size:
             raise ValueError(f"batch_size {self.batch_size} is larger than the data ({self.data_size} points)")
         try:
@@ -68,7 +67,7 @@ class FitConfig:
                          self.num_classes, backend, tune)
 
     def memory(self, runs: int = 1, backend: str | None = None, epochs: int = 2) -> Memory:
-        """`Plan.memory` of ``runs`` at once with ``epochs`` of windows held; `memory.check` compares it."""
+        """`Plan.memory` of ``runs`` at once with ``epochs`` of windows held."""
         return self.plan(runs, backend, tune=False).memory(self.data_size, epochs)
 
 
@@ -77,13 +76,13 @@ class FitResult(NamedTuple):
     opt_state: object         # Adagrad's state
     step_losses: np.ndarray   # f32[epochs, epoch_size]
     avg_losses: np.ndarray    # f64[epochs * (epoch_size // log_every)]: the tutorial's log lines
-    epoch_seconds: list       # compiling is ``build_seconds``
+    epoch_seconds: list
     diverged: Divergence | None = None   # set on `TrainingDiverged`'s result
     build_seconds: float | None = None
 
     @property
     def final_loss(self) -> float:
-        """The last log line: the mean of the last ``log_every`` step losses."""
+        """The last log line."""
         return float(self.avg_losses[-1]) if len(self.avg_losses) else float(np.mean(self.step_losses[-1]))
 
 
@@ -91,18 +90,16 @@ class TrainingDiverged(RuntimeError):
     """`fit` at a non-finite loss or update: ``epoch``, ``step`` (0-based), the last finite ``params`` and
     ``opt_state``, ``result``."""
 
-    def __init__(self, divergence: "Divergence", result: "FitResult", learning_rate: float):
-        self.epoch, self.step = divergence.epoch, divergence.step
-        self.params, self.opt_state, self.result = result.params, result.opt_state, result
-        super().__init__(
-            f"training diverged at epoch {divergence.epoch}, step {divergence.step} (0-based): loss "
-            f"{divergence.loss} or the updated parameters/accumulators are not finite; stopped there and kept "
-            f"the last finite parameters (learning_rate={learning_rate} is probably too large)")
+    def __init__(self, d: Divergence, result: FitResult, learning_rate: float):
+        self.epoch, self.step, self.result = d.epoch, d.step, result
+        self.params, self.opt_state = result.params, result.opt_state
+        super().__init__(f"training diverged at epoch {d.epoch}, step {d.step} (0-based): loss {d.loss} or the update "
+                         f"is not finite; kept the last finite parameters (learning_rate={learning_rate} too large?)")
 
 
 def running_averages(step_losses: np.ndarray, every: int = 100) -> np.ndarray:
-    """The tutorial's log lines, computed right: per epoch the mean of each ``every`` steps, ``[epochs,
-    epoch_size] -> [epochs * (epoch_size // every)]``."""
+    """The tutorial's log lines: per epoch the mean of each ``every`` steps, ``[epochs, epoch_size] -> [epochs *
+    (epoch_size // every)]``."""
     step_losses = np.atleast_2d(np.asarray(step_losses, np.float64))
     every = min(every, step_losses.shape[1])
     blocks = step_losses.shape[1] // every
@@ -114,14 +111,21 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         resume: str | Path | None = None) -> FitResult:
     """Train ``config.epochs`` epochs on ``data``, ``(x, y)`` ints ``[epochs, data_size]`` (None: the seed's), from
     ``params`` (None: the seed's); ``callback(epoch, losses)`` and a ``checkpoint`` after each; ``resume`` from a
-    checkpoint of this config. A `FitResult`, `TrainingDiverged` at a non-finite loss or update, and before anything
-    is allocated `jax_rnn.MemoryLimitError` if the config needs more memory than is available (`memory.check`)."""
+    checkpoint of this config. `TrainingDiverged` at a non-finite loss or update; `MemoryLimitError` before
+    anything is allocated if the config does not fit."""
     if not isinstance(config, FitConfig):
         raise TypeError(f"fit: config must be a FitConfig, got {type(config).__name__}")
     c = config
     memory.check(c, lambda **changes: dataclasses.replace(c, **changes).memory(), memory.available(jax.devices()[0]))
     if data is not None:
-        data = _check_data(data, c)
+        try:
+            x, y = data
+        except (TypeError, ValueError):
+            raise TypeError("fit: data must be None or a pair (x, y) of int arrays [epochs, data_size]") from None
+        try:
+            data = task.check_rows(x, y, c.num_classes, shape=(c.epochs, c.data_size))
+        except ValueError as err:
+            raise ValueError(f"fit: data {err}") from None
     rows = None if data is None else [ckpt_io.data_hash(x, y) for x, y in zip(*data)]
     history, acc, plan = History(), None, None
     if resume is not None:
@@ -130,7 +134,7 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
         saved = ckpt_io.load(resume)
         _check_resumable(saved, c, resume, rows)
         params, acc, history = saved.params, saved.accumulators, History.from_checkpoint(saved)
-        plan = Plan.from_record(saved.meta["plan"]) if "plan" in saved.meta else None  # train on as before
+        plan = Plan.from_record(saved.meta["plan"]) if "plan" in saved.meta else None
     else:
         if params is None:
             params = glorot_params(c.num_classes, c.state_size, c.seed)
@@ -171,17 +175,4 @@ def _check_resumable(saved, c: FitConfig, path, rows) -> None:
         raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
                          f"{(saved.epochs_done, c.epoch_size)}")
     if saved.meta["data_rows"] != (["generated"] if rows is None else rows[: saved.epochs_done]):
-        raise ValueError(f"resume: {path} was trained on caller data; pass the same data" if rows is None else
-                         f"resume: {path} was trained on other data than the first {saved.epochs_done} epoch(s) of "
-                         f"the data passed now")
-
-
-def _check_data(data, c: FitConfig):
-    try:
-        x, y = data
-    except (TypeError, ValueError):
-        raise TypeError("fit: data must be None or a pair (x, y) of int arrays [epochs, data_size]") from None
-    try:
-        return task.check_rows(x, y, c.num_classes, shape=(c.epochs, c.data_size))
-    except ValueError as err:
-        raise ValueError(f"fit: data {err}") from None
+        raise ValueError(f"resume: {path} was trained on other data than its first {saved.epochs_done} epoch(s) here")

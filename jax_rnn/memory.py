@@ -6,12 +6,12 @@ import os
 
 from .plan import Memory
 
-LIMIT_ENV = "RNN_SCAN_MEMORY_LIMIT"  # bytes, or e.g. 8G: the memory taken as available
+LIMIT_ENV = "RNN_SCAN_MEMORY_LIMIT"  # bytes, or e.g. 8G
 PARTS = {"weights": "state_size", "data": "data_size", "activations": "num_steps"}
 
 
 class MemoryLimitError(ValueError, MemoryError):
-    """Too large for the memory available: a bad argument, raised before the allocation that would fail."""
+    """Too large for the memory available: a bad argument, raised before allocating."""
 
 
 def available(device=None) -> int:
@@ -37,8 +37,8 @@ def gib(size: int) -> str:
 
 def check(config, need, free: int, name=str) -> Memory:
     """``need(**changes)``: the `Memory` of ``config`` with ``changes``. It, if it fits in ``free`` bytes; else
-    `MemoryLimitError` naming (``name(field)``: None for none) the argument behind the largest part and what fits:
-    "state_size 100000 needs about 412 GiB (410 GiB for its weights); 22.8 GiB are available"."""
+    `MemoryLimitError` naming (as ``name(field)``; None: leave it out) the argument behind the largest part and
+    what fits: "state_size 100000 needs about 412 GiB (410 GiB for its weights); 22.8 GiB are available"."""
     memory = need()
     if memory.total <= free:
         return memory
@@ -46,7 +46,7 @@ def check(config, need, free: int, name=str) -> Memory:
     def fits(**changes):
         try:
             return need(**changes).total <= free
-        except ValueError:  # no valid cell (too little data for a window): below the range, taken as fitting
+        except ValueError:  # no valid cell (too little data for a window): taken as fitting
             return None
 
     part = max(PARTS, key=memory._asdict().get)

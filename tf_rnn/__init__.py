@@ -23,14 +23,12 @@ __all__ = ["IMPLEMENTATIONS", "EpochResult", "Model", "ModelConfig", "Params", "
 
 
 def build(name: str, config, params: Params, device: str = "cpu", deterministic: bool = False) -> Model:
-    """Implementation ``name`` of ``config`` (a `ModelConfig` or any object with its fields), starting from
-    ``params``: float32 ``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``.
-    ``device``: "cpu" or "gpu"; ``deterministic``: TensorFlow's op determinism (process-wide, for good)."""
+    """Implementation ``name`` of ``config`` (any object with `ModelConfig`'s fields) from ``params``: float32
+    ``{"rnn_cell": {"W": [n+d, d], "b": [d]}, "softmax": {"W": [d, n], "b": [n]}}``; ``device``: "cpu" or
+    "gpu"; ``deterministic``: TensorFlow's op determinism (process-wide)."""
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {name!r}; expected one of {', '.join(IMPLEMENTATIONS)}")
     config = ModelConfig.of(config)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    if name == "tf2":
-        return EagerModel(config, params, device=device)
-    return GraphModel(name, config, params, device=device)
+    return EagerModel(config, params, device) if name == "tf2" else GraphModel(name, config, params, device)

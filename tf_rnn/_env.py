@@ -1,5 +1,5 @@
-"""Importing TensorFlow with legacy Keras (Keras 3 lacks ``BasicRNNCell``: ``TF_USE_LEGACY_KERAS=1`` and
-``tf-keras``; a plain ``import keras`` stays Keras 3), its logs off unless ``RNN_SCAN_TF_VERBOSE=1`` or `set_verbose`."""
+"""TensorFlow with legacy Keras (``TF_USE_LEGACY_KERAS=1`` and ``tf-keras``: Keras 3 lacks ``BasicRNNCell``; a
+plain ``import keras`` stays Keras 3), its logs off unless ``RNN_SCAN_TF_VERBOSE=1`` or `set_verbose`."""
 
 import contextlib
 import importlib.util
@@ -10,7 +10,6 @@ import tempfile
 import warnings
 
 LEGACY_KERAS_VAR = "TF_USE_LEGACY_KERAS"
-VERBOSE_VAR = "RNN_SCAN_TF_VERBOSE"
 
 
 def _truthy(value) -> bool:
@@ -22,16 +21,15 @@ def _check_legacy_keras(find_spec=importlib.util.find_spec, environ=os.environ):
     if not environ.get(LEGACY_KERAS_VAR, "").strip():
         environ[LEGACY_KERAS_VAR] = "1"
     if not _truthy(environ[LEGACY_KERAS_VAR]):
-        raise RuntimeError(
-            f"tf_rnn needs {LEGACY_KERAS_VAR}=1 (the TF1 RNN cells are not available with Keras 3), "
-            f"but it is set to {environ[LEGACY_KERAS_VAR]!r}; unset it or set it to 1.")
+        raise RuntimeError(f"tf_rnn needs {LEGACY_KERAS_VAR}=1 (Keras 3 lacks the TF1 RNN cells), but it is set "
+                           f"to {environ[LEGACY_KERAS_VAR]!r}; unset it or set it to 1.")
     try:
         found = find_spec("tf_keras") is not None
     except (ImportError, ValueError):  # a finder that refuses it, or a broken installation
         found = False
     if not found:
         raise ImportError("tf_rnn needs the tf-keras package (pip install tf-keras, or pip install -e '.[tf]'): "
-                          "TensorFlow >= 2.16 ships Keras 3, which lacks BasicRNNCell and the other TF1 RNN cells.")
+                          "TensorFlow >= 2.16 ships Keras 3, which lacks the TF1 RNN cells.")
 
 
 def check_legacy_cells(tf):
@@ -39,10 +37,8 @@ def check_legacy_cells(tf):
     try:
         tf.compat.v1.nn.rnn_cell.BasicRNNCell  # noqa: B018
     except AttributeError as err:
-        raise RuntimeError(
-            f"BasicRNNCell is unavailable: TensorFlow loaded Keras 3 before tf_rnn could set {LEGACY_KERAS_VAR}=1. "
-            f"Import tf_rnn before anything touches tf.keras, or export {LEGACY_KERAS_VAR}=1."
-        ) from err
+        raise RuntimeError(f"BasicRNNCell is unavailable: TensorFlow loaded Keras 3 first. Import tf_rnn before "
+                           f"anything touches tf.keras, or export {LEGACY_KERAS_VAR}=1.") from err
 
 
 @contextlib.contextmanager
@@ -76,9 +72,8 @@ def set_verbose(verbose: bool) -> None:
     """TensorFlow's Python logs and warnings on or off (C++ start-up logs: ``RNN_SCAN_TF_VERBOSE=1``)."""
     global _verbose
     _verbose = bool(verbose)
-    level = logging.INFO if verbose else logging.ERROR
     for name in ("tensorflow", "absl", "tf_keras"):
-        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
     warnings.filters[:] = [f for f in warnings.filters if getattr(f[3], "pattern", None) != _TF_MODULES]
     for category in (DeprecationWarning, UserWarning):
         warnings.filterwarnings("default" if verbose else "ignore", category=category, module=_TF_MODULES)
@@ -87,17 +82,15 @@ def set_verbose(verbose: bool) -> None:
 @contextlib.contextmanager
 def quiet_warnings():
     """Warnings ignored in the block unless verbose (test runners reset `set_verbose`'s filters)."""
-    if _verbose:
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with contextlib.nullcontext() if _verbose else warnings.catch_warnings():
+        if not _verbose:
+            warnings.simplefilter("ignore")
         yield
 
 
 def import_tensorflow():
     """The ``tensorflow`` module, imported as above."""
-    verbose = _truthy(os.environ.get(VERBOSE_VAR))
+    verbose = _truthy(os.environ.get("RNN_SCAN_TF_VERBOSE"))
     _check_legacy_keras()
     if not verbose and not os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip():
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

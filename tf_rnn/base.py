@@ -1,10 +1,7 @@
-"""`ModelConfig`, and the `Model` interface with the epoch loop the four versions share.
-
-One Adagrad step per window, from the previous window's final state (zeros at the start of an epoch).
-TBPTT(k1, k2 > k1) (docs/task.md): each update runs over the last k2 steps of the stream (`tbptt_windows`),
-steps before the stream absent (state kept, no loss); loss over the last k1 steps, the state after the
-first k1 carried on.
-"""
+"""`ModelConfig`, and the `Model` interface with the epoch loop the four versions share: one Adagrad step
+per window from the previous window's final state. TBPTT(k1, k2 > k1) (docs/task.md): each update runs over
+the last k2 steps of the stream (`tbptt_windows`; steps before the stream keep the state), the loss over the
+last k1, the state after the first k1 carried on."""
 
 from __future__ import annotations
 
@@ -21,8 +18,8 @@ Params = dict[str, dict[str, np.ndarray]]
 LAYOUT = (("rnn_cell", "W"), ("rnn_cell", "b"), ("softmax", "W"), ("softmax", "b"))  # variable creation order
 
 NOT_REPRODUCED = ("the replay after a non-finite value did not reproduce the first run (TensorFlow ran "
-                  "non-deterministically), so where training diverged is unknown; build the model with "
-                  "tf_rnn.build(..., deterministic=True) (rnn-compare run --deterministic) and train again")
+                  "non-deterministically), so where training diverged is unknown; train again with "
+                  "tf_rnn.build(..., deterministic=True) (rnn-compare run --deterministic)")
 
 
 def _is_int(value) -> bool:
@@ -31,8 +28,7 @@ def _is_int(value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``num_classes`` n, ``state_size`` d, ``batch_size``, ``num_steps`` k1, Adagrad's ``learning_rate``,
-    ``backprop_steps`` k2 (None: k1)."""
+    """n, d, batch, k1, Adagrad's learning rate, k2 (None: k1)."""
 
     num_classes: int = 2
     state_size: int = 4
@@ -46,10 +42,9 @@ class ModelConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= 1, got {value!r}")
-        lr = self.learning_rate
+        lr, k2 = self.learning_rate, self.backprop_steps
         if not isinstance(lr, (int, float, np.number)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"ModelConfig.learning_rate must be a finite number > 0, got {lr!r}")
-        k2 = self.backprop_steps
         if k2 is not None and (not _is_int(k2) or k2 < self.num_steps):
             raise ValueError(f"ModelConfig.backprop_steps must be None or an integer >= num_steps "
                              f"({self.num_steps}), got {k2!r}")
@@ -65,12 +60,12 @@ class ModelConfig:
 
     @property
     def window_steps(self) -> int:
-        """k2, each update's window length."""
+        """k2, each update's window."""
         return self.num_steps if self.backprop_steps is None else int(self.backprop_steps)
 
     def memory(self, data_size: int, epochs: int = 2) -> dict:
-        """Bytes, as ``jax_rnn.Plan.memory`` counts them, measured: 10 + k2 float32 copies of the weights (the
-        caller's, variables, slots, feeds, a gradient per unrolled step), int32 windows, 3 floats a step and unit."""
+        """Bytes, as ``jax_rnn.Plan.memory`` counts them, measured: 10 + k2 float32 copies of the weights,
+        int32 windows, 3 floats a step and unit."""
         n, d, k1, k2, b = self.num_classes, self.state_size, self.num_steps, self.window_steps, self.batch_size
         return dict(weights=((n + d + 1) * d + (d + 1) * n) * 4 * (10 + k2), runtime=2**22,
                     data=data_size * (32 + 8 * epochs + (8 * k2 // k1 if k2 > k1 else 0)),
@@ -91,9 +86,9 @@ def tbptt_windows(x_windows: np.ndarray, y_windows: np.ndarray, backprop_steps: 
 
 
 class EpochResult(NamedTuple):
-    """``losses: float32[epoch_size]`` (each before its update), ``final_state: float32[batch, d]``, wall
-    times; ``diverged_at``: None, or the first window k whose loss or update was not finite: the model keeps
-    the values from before k, later losses are NaN, ``final_state`` enters k."""
+    """``losses: float32[epoch_size]`` (each before its update), ``final_state: float32[batch, d]``; ``diverged_at``:
+    None, or the first window k with a non-finite loss or update: the model keeps the values before k, later
+    losses are NaN, ``final_state`` enters k."""
 
     losses: np.ndarray
     final_state: np.ndarray
@@ -103,11 +98,9 @@ class EpochResult(NamedTuple):
 
 
 class Model:
-    """One trainable model; close it, or use ``with``. ``build_seconds``: building, up to the first step.
-
-    Subclasses set ``_variables = {"params" | "accumulators": {(scope, key): variable}}`` (their shapes are
-    the layout) and ``_step`` / ``_forward`` (``(loss, next state)``, with / without an update), ``_read``,
-    ``_write``."""
+    """One trainable model; close it, or use ``with``. Subclasses set ``_variables = {"params" |
+    "accumulators": {(scope, key): variable}}``, ``_step`` / ``_forward`` (``(loss, next state)``, with /
+    without an update), ``_read``, ``_write`` and ``build_seconds``."""
 
     name: str
     config: ModelConfig
@@ -130,12 +123,12 @@ class Model:
         def keys(mapping, names, what):
             got = sorted(mapping) if isinstance(mapping, Mapping) else type(mapping).__name__
             if got != sorted(names):
-                raise ValueError(f"{what} {sorted(names)}, got {got}")
+                raise ValueError(f"{kind}{what} keys {sorted(names)}, got {got}")
 
-        keys(tree, want, f"{kind} must have the top-level keys")
+        keys(tree, want, " must have the top-level")
         out: Params = {}
         for scope, shapes in want.items():
-            keys(tree[scope], shapes, f"{kind}[{scope!r}] must have the keys")
+            keys(tree[scope], shapes, f"[{scope!r}] must have the")
             out[scope] = {}
             for key, shape in shapes.items():
                 value = out[scope][key] = np.array(tree[scope][key], np.float32)
@@ -170,9 +163,7 @@ class Model:
 
     def _check_state(self, state) -> np.ndarray:
         want = (self.config.batch_size, self.config.state_size)
-        if state is None:
-            return np.zeros(want, np.float32)
-        state = np.asarray(state, dtype=np.float32)
+        state = np.zeros(want, np.float32) if state is None else np.asarray(state, np.float32)
         if state.shape != want:
             raise ValueError(f"state must have shape {want} (batch_size, state_size), got {state.shape}")
         if not np.isfinite(state).all():
@@ -198,21 +189,19 @@ class Model:
 
     def train_epoch(self, x_windows, y_windows, state=None, progress=None, guard: bool = True) -> EpochResult:
         """One step per window of ``x_windows, y_windows: int[epoch_size, batch_size, num_steps]`` from
-        ``state`` (None: zeros); ``progress(k)`` after step k. ``guard`` checks each loss and, at the end,
-        the variables; if one is not finite it replays from the start, which must reproduce the run."""
+        ``state`` (None: zeros); ``progress(k)`` after step k. ``guard`` checks each loss and, at the end, the
+        variables; after a non-finite one it replays from the start to find the window (`EpochResult`)."""
         x_windows, y_windows = self._check_inputs(x_windows, y_windows, ndim=3)
         if not len(x_windows):
             raise ValueError("x_windows holds no windows (epoch_size 0)")
-        initial = self._check_state(state)
+        current = initial = self._check_state(state)
         k2 = self.config.window_steps
         if k2 == self.config.num_steps:
             updates = list(zip(x_windows, y_windows))
         else:
             x, y, starts = tbptt_windows(x_windows, y_windows, k2)
             updates = list(zip(x, y, starts.tolist()))
-        current, saved = initial, self._values() if guard else None
-        losses = np.empty(len(updates), np.float32)
-        bad = None
+        saved, losses, bad = self._values() if guard else None, np.empty(len(updates), np.float32), None
         start = time.perf_counter()
         for k, (x, y, *position) in enumerate(updates):
             losses[k], current = self._step(x, y, current, *position)
@@ -223,7 +212,7 @@ class Model:
             if guard and not math.isfinite(losses[k]):
                 bad = k
                 break
-        final_state = np.array(current, np.float32)  # waits for the last step
+        final_state = np.array(current, np.float32)
         if guard and bad is None and not self._finite():
             bad = len(updates)
         if bad is not None:
@@ -232,22 +221,22 @@ class Model:
         return EpochResult(losses, final_state, first, time.perf_counter() - start, bad)
 
     def start_epoch(self, x_windows, y_windows, progress=None):
-        """`train_epoch` for ``jax_rnn``'s training loop: runs now; the callable returns the result."""
+        """`train_epoch` for ``jax_rnn.train``: runs now; the callable returns the result."""
         result = self.train_epoch(x_windows, y_windows, progress=None if progress is None else lambda k: progress(1))
         return lambda: result
 
-    def _values(self):
-        return self.get_params(), self.get_accumulators()
+    def _values(self) -> dict:
+        return {kind: self._get(kind) for kind in self._variables}
 
     def _finite(self) -> bool:
-        return all(np.isfinite(v).all() for tree in self._values() for group in tree.values() for v in group.values())
+        return all(np.isfinite(v).all() for kind in self._variables for v in self._read(kind).values())
 
-    def _restore(self, values):
-        for kind, tree in zip(("params", "accumulators"), values):
+    def _restore(self, values: dict):
+        for kind, tree in values.items():
             self._write(kind, tree)
 
     def _replay(self, saved, updates, initial, seen):
-        """The first non-finite window and the state entering it, the values before it restored."""
+        """The first non-finite window and the state entering it; the values before it restored."""
         self._restore(saved)
         current = initial
         for k, (x, y, *position) in enumerate(updates[:len(seen)]):
@@ -261,8 +250,8 @@ class Model:
         raise RuntimeError(NOT_REPRODUCED + " (every replayed loss and update was finite)")
 
     def loss(self, x, y, state=None, start: Optional[int] = None) -> tuple[float, np.ndarray]:
-        """``(mean loss, next state)`` of one window ``x, y: int[batch_size, num_steps]``, no update; with
-        TBPTT ``int[batch_size, backprop_steps]`` and its ``start`` position (default 0)."""
+        """``(mean loss, next state)`` of ``x, y: int[batch_size, num_steps]`` (TBPTT: ``backprop_steps``, from
+        position ``start``, default 0), no update."""
         tbptt = self.config.window_steps > self.config.num_steps
         if start is not None and not tbptt:
             raise ValueError("start applies only to a model with backprop_steps > num_steps")

@@ -24,9 +24,13 @@ class PresentWrapper(v1.nn.rnn_cell.RNNCell):
 
     def __call__(self, inputs, state, scope=None):
         x_t, present_t = inputs
-        _, new_state = self.cell(x_t, state, scope=scope)
-        new_state = tf.where(present_t, new_state, state)
+        new_state = tf.where(present_t, self.cell(x_t, state, scope=scope)[1], state)
         return new_state, new_state
+
+
+def raw_cell(W, b):
+    """The tutorial's hand-written cell, ``state = tanh([x_t, state] @ W + b)``."""
+    return lambda x_t, state: tf.tanh(tf.matmul(tf.concat([x_t, state], 1), W) + b)
 
 
 def unroll(cell, inputs: list, state, present_steps=None) -> list:
@@ -50,28 +54,14 @@ def step_losses(outputs: list, y, W, b, config: ModelConfig):
     return tf.reduce_mean(losses), outputs[k1 - 1]
 
 
-def _raw_rnn(rnn_inputs: list, init_state, config: ModelConfig, present_steps) -> list:
-    n, d = config.num_classes, config.state_size
-    with v1.variable_scope("rnn_cell"):
-        v1.get_variable("W", [n + d, d])
-        v1.get_variable("b", [d], initializer=v1.constant_initializer(0.0))
-
-    def rnn_cell(rnn_input, state):
-        with v1.variable_scope("rnn_cell", reuse=True):
-            W = v1.get_variable("W", [n + d, d])
-            b = v1.get_variable("b", [d], initializer=v1.constant_initializer(0.0))
-        return tf.tanh(tf.matmul(tf.concat([rnn_input, state], 1), W) + b)
-
-    return unroll(rnn_cell, rnn_inputs, init_state, present_steps)
-
-
 def build_graph(name: str, config: ModelConfig):
     """``name``'s training graph in the current default graph: ``(feeds, total_loss, final_state,
     train_step, optimizer)``, feeds ``[x, y, init_state]`` plus ``window_start`` with TBPTT."""
     b_size, n, d = config.batch_size, config.num_classes, config.state_size
     k1, steps = config.num_steps, config.window_steps
     tbptt = steps > k1
-    v1.set_random_seed(0)  # the variables' initial draws (overwritten by the given params); op determinism needs it
+    zeros = v1.constant_initializer(0.0)
+    v1.set_random_seed(0)  # op determinism needs it; the initial draws are overwritten
     x = v1.placeholder(tf.int32, [b_size, steps], name="input_placeholder")
     y = v1.placeholder(tf.int32, [b_size, steps], name="labels_placeholder")
     init_state = v1.placeholder(tf.float32, [b_size, d], name="init_state")
@@ -82,7 +72,9 @@ def build_graph(name: str, config: ModelConfig):
         present_steps = feeds[3] + tf.range(steps) >= 0
     x_one_hot = tf.one_hot(x, n)
     if name == "raw":
-        outputs = _raw_rnn(tf.unstack(x_one_hot, axis=1), init_state, config, present_steps)
+        with v1.variable_scope("rnn_cell"):
+            cell = raw_cell(v1.get_variable("W", [n + d, d]), v1.get_variable("b", [d], initializer=zeros))
+        outputs = unroll(cell, tf.unstack(x_one_hot, axis=1), init_state, present_steps)
     else:
         cell = v1.nn.rnn_cell.BasicRNNCell(d)
         inputs = x_one_hot if name == "dynamic" else tf.unstack(x_one_hot, axis=1)
@@ -94,7 +86,7 @@ def build_graph(name: str, config: ModelConfig):
         outputs, final_state = rnn(cell, inputs, initial_state=init_state)
     with v1.variable_scope("softmax"):
         W = v1.get_variable("W", [d, n])
-        b = v1.get_variable("b", [n], initializer=v1.constant_initializer(0.0))
+        b = v1.get_variable("b", [n], initializer=zeros)
     if name == "dynamic":
         labels = y
         if tbptt:
@@ -137,7 +129,7 @@ class GraphModel(Model):
         self.session = v1.Session(graph=self.graph, config=v1.ConfigProto(device_count=device_count))
         self.session.run(init)
         self._write("params", checked)
-        # make_callable: one C++ call per step, without session.run's per-call feed/fetch parsing.
+        # One C++ call per step, without session.run's feed/fetch parsing.
         train = self.session.make_callable([total_loss, final_state, train_step], feeds)
         self._step = lambda *args: train(*args)[:2]
         self._forward = self.session.make_callable([total_loss, final_state], feeds)
@@ -147,7 +139,7 @@ class GraphModel(Model):
         return self.session.run(self._variables[kind])
 
     def _write(self, kind, values):
-        # The initializers with their initial values fed: no new ops in the finalized graph.
+        # The initializers, their initial values fed: no new ops in the finalized graph.
         variables = self._variables[kind].items()
         self.session.run([v.initializer for _, v in variables],
                          {v.initializer.inputs[1]: values[scope][key] for (scope, key), v in variables})

@@ -1,14 +1,12 @@
-"""The ``tf2`` version: ``tf.Variable``s and a ``tf.function`` train step.
-
-Adagrad is TF1's kernel, ``ResourceApplyAdagrad`` (accumulators from 0.1, no epsilon, unlike Keras').
-``jit_compile`` is off by default: a step is mostly per-call overhead, which XLA does not remove.
-"""
+"""The ``tf2`` version: ``tf.Variable``s and a ``tf.function`` step with TF1's Adagrad kernel (accumulators
+from 0.1, no epsilon, unlike Keras'). ``jit_compile`` is off: a step is mostly per-call overhead, which XLA
+does not remove."""
 
 import time
 
 from ._env import import_tensorflow
 from .base import LAYOUT, Model, ModelConfig, Params
-from .graph import device_spec, step_losses, unroll
+from .graph import device_spec, raw_cell, step_losses, unroll
 
 tf = import_tensorflow()
 
@@ -51,8 +49,7 @@ class EagerModel(Model):
         with tf.device(self._device):
             present_steps = start[0] + tf.range(self.config.window_steps) >= 0 if start else None
             inputs = tf.unstack(tf.one_hot(x, self.config.num_classes), axis=1)
-            outputs = unroll(lambda x_t, s: tf.tanh(tf.matmul(tf.concat([x_t, s], 1), W) + b), inputs, state,
-                             present_steps)
+            outputs = unroll(raw_cell(W, b), inputs, state, present_steps)
             return step_losses(outputs, y, U, b_p, self.config)
 
     def _step(self, *args):
