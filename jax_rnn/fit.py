@@ -163,14 +163,14 @@ def fit(config: FitConfig = FitConfig(), data=None, params: Params | None = None
 
 
 def _check_resumable(saved, c: FitConfig, path, rows) -> None:
-    """A checkpoint continues only the same training: same config (but ``epochs``), same data."""
+    """Only the same training continues: same config (but ``epochs``), same data."""
     if saved.meta.get("writer") != "fit":
         raise ValueError(f"resume: {path} was written by {saved.meta.get('writer')!r}, not by fit")
     detail = ckpt_io.differences(saved.config, dataclasses.asdict(c), free=("epochs",))
     if detail:
         raise ValueError(f"resume: {path} was written by another config ({detail}); refusing to mix them")
     if saved.epochs_done > c.epochs:
-        raise ValueError(f"resume: {path} already holds {saved.epochs_done} epochs, more than config.epochs={c.epochs}")
+        raise ValueError(f"resume: {path} holds {saved.epochs_done} epochs, more than config.epochs={c.epochs}")
     if saved.step_losses.shape != (saved.epochs_done, c.epoch_size):
         raise ValueError(f"resume: {path}: step_losses has shape {saved.step_losses.shape}, expected "
                          f"{(saved.epochs_done, c.epoch_size)}")

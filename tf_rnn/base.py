@@ -235,10 +235,9 @@ class Model:
         for kind, tree in values.items():
             self._write(kind, tree)
 
-    def _replay(self, saved, updates, initial, seen):
+    def _replay(self, saved, updates, current, seen):
         """The first non-finite window and the state entering it; the values before it restored."""
         self._restore(saved)
-        current = initial
         for k, (x, y, *position) in enumerate(updates[:len(seen)]):
             kept, state = self._values(), current
             loss, current = self._step(x, y, current, *position)
