@@ -254,6 +254,12 @@ def random_cells(c, count, seed, repeats, quiet, device="cpu"):
     return _in_turns(c, cells, plans, rows, repeats, quiet, device, report.format_random_cells, c_loop=True)
 
 
+def _sweep(argv):
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv[2:])} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def processes(counts, quiet, out):
     """``rnn-compare sweep`` (defaults) as N processes, the second of two runs (caches warm), against the C loop's
     seconds for its run-epochs over this machine's cores."""
@@ -261,7 +267,7 @@ def processes(counts, quiet, out):
     for n in tqdm(counts, desc="bench --processes", unit="sweep", disable=quiet):
         argv = [sys.executable, "-m", "compare", "sweep", "--quiet", "--out", str(out), "--name", f"sweep-{n}",
                 "--overwrite", "--processes", str(n)]
-        first, second = (_wall(subprocess.run, argv, check=True, capture_output=True) for _ in range(2))
+        first, second = (_wall(_sweep, argv) for _ in range(2))
         rows.append(dict(processes=n, seconds=second, first_seconds=first))
     sweep = json.loads((out / f"sweep-{counts[-1]}.json").read_text())
     c, cores, limit = sweep["config"], len(os.sched_getaffinity(0)), 0.0
