@@ -85,12 +85,12 @@ def apply_from(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="rnn-compare", epilog=OUTPUT_POLICY, description=(
         "Do jax_rnn and tf_rnn learn r2rt's vanilla RNN alike, and how fast is each?"))
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure, e.g. out of memory")
+    parser.add_argument("--debug", action="store_true", help="show a failure's traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,sweep,bench,cache}")
 
     def command(name, summary, impl, epochs=None, impl_help=None, size_help=None):
         p = sub.add_parser(name, help=summary, description=summary, epilog=OUTPUT_POLICY, allow_abbrev=False)
-        p.set_defaults(error=p.error)  # UsageErrors under this command's usage
+        p.set_defaults(error=p.error)
         add = p.add_argument
         add("--impl", default=impl, help=f"comma list of {', '.join(IMPLS)} (default: {impl_help or impl})")
         if name != "bench":
@@ -105,14 +105,15 @@ def build_parser():
             add(option(field), type=type(value), default=value, help=f"{text} (default: {value})")
         if name != "sweep":
             add("--backprop-steps", type=int, metavar="K2", help="train TBPTT(num_steps, K2) (default: num_steps)")
+            add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
         add("--device", choices=io.DEVICES, default="cpu", help="auto: the GPU where seen (default: cpu)")
         add("--out", default="results", help="output directory (default: results)")
         add("--name", help="the outputs' file name stem")
         add("--json", help="the JSON's path instead")
         add("--overwrite", action="store_true")
-        add("--quiet", action="store_true", help="no progress, only the table")
+        add("--quiet", action="store_true", help="only the table")
         add("--no-compile-cache", action="store_true", help="don't use JAX's compilation cache")
-        add("--tune", action="store_true", help=f"measure each cell's plan here, once ({tune.ENV}=1)")
+        add("--tune", action="store_true", help=f"measure each cell's plan here ({tune.ENV}=1)")
         if name != "bench":
             add("--checkpoint", metavar="DIR", help="save checkpoints in DIR")
             more = " (--epochs may be larger)" if name == "run" else ""
@@ -122,12 +123,11 @@ def build_parser():
     p, add = command("run", "Train implementations from the same weights on the same data; compare losses (exit "
                      "status 1 if they differ by over 1e-4).", "jax,tf-dynamic",
                      size_help=f"{DEFAULT.data_size:,}, or the columns of --data")
-    add("--init-params", metavar="FILE.npz", help="initial parameters: rnn_cell/W, rnn_cell/b, softmax/W, softmax/b")
-    add("--data", metavar="FILE.npz", help="training data, keys x, y: int arrays [epochs, data_size]")
+    add("--init-params", metavar="FILE.npz", help="initial rnn_cell/W, rnn_cell/b, softmax/W, softmax/b")
+    add("--data", metavar="FILE.npz", help="training data: x, y int[epochs, data_size]")
     add("--save-params", metavar="FILE.npz", help="save the final parameters ({impl}: the implementation)")
-    add("--from", dest="from_json", metavar="FILE.json", help="rerun a run's result; are the losses identical?")
+    add("--from", dest="from_json", metavar="FILE.json", help="rerun a run's result: are the losses identical?")
     add("--deterministic", action="store_true", help="TensorFlow op determinism")
-    add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
     p.set_defaults(option_defaults={a.dest: a.default for a in p._actions})
 
     _, add = command("sweep", "The tutorial's grid, num_steps x state_size (x backprop steps), over seeds: final "
@@ -135,11 +135,11 @@ def build_parser():
     for name, value in ("num_steps", "1,5,10"), ("state_size", "4,16"):
         add(option(name), default=value, help=f"comma list (default: {value})")
     add("--backprop-steps", default="num_steps", metavar="K2S", help="comma list: each num_steps also trains "
-        "TBPTT(num_steps, K2) for every K2 >= it, e.g. num_steps,9 (default: num_steps)")
+        "TBPTT(num_steps, K2) for each K2 >= it (default: num_steps)")
     add("--seeds", type=int, default=3, help="seeds per cell: --seed, --seed+1, ... (default: 3)")
     add("--workers", type=int, help="JAX cells trained at once per process (default: its CPU cores, on a GPU 1)")
-    add("--processes", type=int, metavar="N", help="start N local processes, each on its share of the cores")
-    add("--coordinator", metavar="HOST:PORT", help="jax.distributed: process 0's address (with the next two)")
+    add("--processes", type=int, metavar="N", help="start N local processes, each on a share of the cores")
+    add("--coordinator", metavar="HOST:PORT", help="jax.distributed: process 0's address")
     add("--num-processes", type=int, metavar="N", help="jax.distributed: processes in the job")
     add("--process-id", type=int, metavar="I", help="jax.distributed: this process, 0 to N-1 (0 writes the results)")
     add("--cluster", action="store_true", help="jax.distributed: what JAX detects (SLURM, Open MPI, ...)")
@@ -148,13 +148,12 @@ def build_parser():
     _, add = command("bench", f"Speed on the same data: build, first epoch, --repeats epochs, memory, speed-up vs "
                      f"{bench.BASELINE}.", None, impl_help=f"all five, {','.join(IMPLS)}")
     add("--repeats", type=int, default=3, help="timed epochs after a warm-up one (default: 3)")
-    add("--remat", action="store_true", help="JAX recomputes activations in the backward pass: less memory")
     add("--grid", action="store_true", help="JAX, the C loop and TF on --states x --steps, then --large-states")
     add("--truncation", metavar="K2S", help="JAX's TBPTT(k1, K2) against num_steps k1 on --states x --steps "
         "(default: 4,16 x 1,3,5)")
-    add("--many-runs", metavar="RS", help="R runs at once (e.g. 2,4,8) against one run, per run, on --states x --steps")
-    add("--random-cells", type=int, metavar="N", help="N cells drawn with --seed: the rule's and the tuned plan vs C")
-    add("--processes", metavar="NS", help="rnn-compare sweep end to end as N processes (e.g. 1,2,4) vs the C limit")
+    add("--many-runs", metavar="RS", help="R runs at once (e.g. 2,4,8) against one, per run, on --states x --steps")
+    add("--random-cells", type=int, metavar="N", help="N cells drawn with --seed: rule's and tuned plan vs C")
+    add("--processes", metavar="NS", help="a sweep as N processes (e.g. 1,2,4) vs the C limit")
     for name, values in bench.GRID.items():
         add(option(name), help=f"comma list (default: {values}" + ("; none: skip)" if "large" in name else ")"))
 
@@ -217,7 +216,6 @@ def _run(args):
                                                          "--save-params") for impl in impls}
     if save and len(set(save.values())) != len(save):
         raise UsageError("--save-params: the implementations' files would collide; put {impl} in the name")
-    # not the device: a run may resume on another
     record = {**io.record(c, impls), "init_params": args.init_params, "data": args.data,
               "deterministic": args.deterministic}
     result = run.run(c, impls, params, devices, data, save, args.quiet, args.checkpoint or args.resume, args.resume,
@@ -329,14 +327,14 @@ def _cache(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv  # a sweep's --processes passes them on
+    args.argv = argv  # for a sweep's --processes
     if args.command != "cache" and not args.no_compile_cache:
         try:
             compile_cache.enable_compile_cache()  # before anything compiles
-        except OSError as err:  # costs only the cache
+        except OSError as err:
             print(f"note: JAX compilation cache off: {err}", file=sys.stderr)
     tuning, before = getattr(args, "tune", False) or tune.enabled(), os.environ.get(tune.ENV)
-    if tuning:  # every plan made from here on is tuned, in the processes a command starts too; reported
+    if tuning:  # every plan from here on, in child processes too
         os.environ[tune.ENV] = "1"
         logging.basicConfig(format="%(message)s")
         tune.log.setLevel(logging.INFO)
@@ -345,7 +343,7 @@ def main(argv=None):
     except UsageError as err:
         args.error(str(err))  # exits, status 2
         return 2
-    except Exception as err:  # the last line of defence: an allocation that failed all the same
+    except Exception as err:  # an allocation that failed all the same
         names = {k.__name__ for k in type(err).__mro__}
         if args.debug or not (isinstance(err, MemoryError) or "ResourceExhaustedError" in names or (
                 names & {"JaxRuntimeError", "XlaRuntimeError"} and "RESOURCE_EXHAUSTED" in str(err))):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .io import UsageError
 
-HEARTBEAT_SECONDS = 20  # JAX stops every process when one is silent this long (it died)
+HEARTBEAT_SECONDS = 20  # JAX stops every process when one is silent this long
 
 
 class Group(NamedTuple):
@@ -56,10 +56,8 @@ def _die(message):
 
 
 def connect(cluster, coordinator, num_processes, process_id, timeout) -> Group:
-    """Join the ``jax.distributed`` job (``cluster``: as JAX detects it) before anything touches a device.
-
-    JAX's runtime aborts the process on a port in use, an absent coordinator or a process that never comes; those
-    are checked first, each named by its option, within ``timeout`` seconds."""
+    """Join the ``jax.distributed`` job (``cluster``: as JAX detects it) before anything touches a device. JAX
+    aborts on a port in use, an absent coordinator or a process that never comes: checked first, within ``timeout``."""
     given = (coordinator, num_processes, process_id)
     if not cluster and given == (None,) * 3:
         return Group()
@@ -90,7 +88,7 @@ def connect(cluster, coordinator, num_processes, process_id, timeout) -> Group:
 
 
 def allgather(obj, group: Group) -> list:
-    """Every process's ``obj`` (picklable), in process order; a collective: every process calls it."""
+    """Every process's ``obj`` (picklable), in process order; every process calls it."""
     if group.count == 1:
         return [obj]
     from jax.experimental.multihost_utils import process_allgather
@@ -119,8 +117,8 @@ def _stop(children):
 
 
 def launch(argv, processes, timeout):
-    """Run ``rnn-compare argv`` (a sweep) as ``processes`` local processes, each on its share of the cores; exit status:
-    0, the first failure's (its message shown, the others stopped), or 130 on Ctrl-C."""
+    """Run ``rnn-compare argv`` (a sweep) as ``processes`` local processes, each on a share of the cores; exit status
+    0, the first failure's (the others stopped), or 130 on Ctrl-C."""
     cores = sorted(os.sched_getaffinity(0))
     shares = [s.tolist() or [cores[i % len(cores)]] for i, s in enumerate(np.array_split(cores, processes))]
     where = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", str(processes), "--timeout", str(timeout)]

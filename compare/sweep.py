@@ -28,11 +28,11 @@ COMPILE_EVENTS = [f"/jax/core/compile/{e}_duration" for e in ("jaxpr_trace", "ja
 
 
 def tutorial_level(backprop_steps):
-    """The level TBPTT can reach: a lag of L steps needs errors that travel more than L steps."""
+    """The level TBPTT can reach: a lag of L steps needs errors that travel over L steps."""
     return "none" if backprop_steps <= 3 else "first" if backprop_steps <= 8 else "both"
 
 
-_spent = threading.local()  # a cell's seconds (JAX's compile events fire in the compiling thread)
+_spent = threading.local()  # a cell's seconds (compile events fire in the compiling thread)
 
 
 def _on_event(event, duration, **_):
@@ -94,8 +94,8 @@ def _cell(c, impl, seeds, step_losses, meta, resumed):
 
 
 def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, resume_dir, group=Group()):
-    """The sweep's result on process 0 (None on the others): each process trains its share of the cells on its own
-    devices, ``workers`` JAX cells at a time; results (and checkpoints, written by process 0) gather per round."""
+    """The sweep's result on process 0 (None on the others): each process trains its share of the cells,
+    ``workers`` JAX cells at a time; results (and process 0's checkpoints) gather per round."""
     first, wall, lock = configs[0], time.perf_counter(), threading.Lock()
     seeds = [first.seed + i for i in range(num_seeds)]
     jobs = [(c, impl) for c in configs for impl in impls]
@@ -105,7 +105,7 @@ def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, re
                     disable=quiet or group.index > 0)
 
     def bar(n):
-        with lock:  # tqdm's counter is not thread-safe
+        with lock:  # tqdm is not thread-safe
             progress.update(n)
 
     def save(k, ckpt):  # by process 0 only
@@ -130,14 +130,14 @@ def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, re
         finish(k, losses, meta)
         return losses, meta, resumed, False
 
-    # every seed's epochs, made once (int8: values 0 and 1)
+    # every seed's epochs, made once (values 0 and 1)
     epochs = {s: [(np.int8(x), np.int8(y)) for x, y in task.epochs(first.data_size, s, first.epochs)] for s in seeds}
     shared_data = time.perf_counter() - wall
     resumed_from = {k: io.load_checkpoint(f, cell, WRITER, "sweep") for k, (f, cell) in enumerate(zip(files, records))
                     if resume_dir and group.index == 0}
     resumed_from = allgather({k: v for k, v in resumed_from.items() if v}, group)[0]
     workers = allgather(max(1, workers), group)
-    # longest first (state_size² x k2 / k1), TF after JAX: timed on a quiet machine; round-robin over processes
+    # longest first (state_size² x k2 / k1), TF after JAX; round-robin over processes
     cost = lambda k: (jobs[k][1] != "jax", -max(jobs[k][0].state_size, 8) ** 2 * jobs[k][0].window_steps
                       / jobs[k][0].num_steps)
     order = sorted(range(len(jobs)), key=cost)
@@ -156,7 +156,7 @@ def sweep(configs, impls, num_seeds, devices, quiet, workers, checkpoint_dir, re
                     if index != group.index and not finished:
                         finish(k, losses, meta)
                     done[k] = losses, _cell(*jobs[k], seeds, losses, meta, resumed)
-    finally:  # an error or Ctrl-C: start no more cells
+    finally:  # start no more cells
         pool.shutdown(wait=False, cancel_futures=True)
         jax.monitoring.unregister_event_duration_listener(_on_event)
         progress.close()

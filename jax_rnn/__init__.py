@@ -1,6 +1,5 @@
-"""rnn-scan's functional JAX RNN: r2rt's vanilla-RNN tutorial with ``lax.scan``, ``jit`` and ``vmap``; `fit` for
-the whole experiment, `train_epoch` and `train_step` for one's own loop. Importing changes no JAX setting.
-"""
+"""r2rt's vanilla RNN in functional JAX: `fit` for the whole experiment, `train_epoch` and `train_step` for one's own
+loop. Importing changes no JAX setting."""
 
 from . import checkpoint, data, memory
 from .cache import clear_compile_cache, enable_compile_cache

@@ -1,8 +1,5 @@
-"""Backpropagation through time written out: the gradient of a plan with ``gradient="by_hand"``.
-
-Each weight's gradient is one step-batched product over the window, not a batch sum per step as under
-``jax.grad``. Equal to ``jax.value_and_grad(loss_window)`` to float rounding.
-"""
+"""BPTT written out, for ``gradient="by_hand"``: each weight's gradient one product over the window's steps and
+batch, not a batch sum per step as under ``jax.grad``; equal to it to float rounding."""
 
 from __future__ import annotations
 
@@ -14,8 +11,8 @@ from .plan import Plan
 
 
 def value_and_grad_window(params: Params, x_t: jax.Array, y_t: jax.Array, state: jax.Array, plan: Plan):
-    """``((mean_loss, final_state), grads)`` of `jax_rnn.model.loss_window` for a TF-style window in the
-    batch-last layout: ``x_t, y_t: int[T, batch]``, ``state: f32[d, batch]`` (no gradient flows into it)."""
+    """``((mean_loss, final_state), grads)`` of `jax_rnn.model.loss_window`, batch-last: ``x_t, y_t: int[T,
+    batch]``, ``state: f32[d, batch]`` (no gradient flows into it)."""
     w, u = params["rnn_cell"]["W"], params["softmax"]["W"]
     (steps, batch), n, d = x_t.shape, u.shape[1], u.shape[0]
     final, (states, logits_t) = forward(params, x_t, state, plan)               # [T, d, batch], [T, n, batch]
@@ -30,14 +27,14 @@ def value_and_grad_window(params: Params, x_t: jax.Array, y_t: jax.Array, state:
         d_states = product(u.T, d_logits, plan, softmax_elementwise)
 
     def back(d_next, step):
-        """``d_next`` reaches S_t from step t+1; returns the gradient for S_{t-1}, and dL/d(pre-tanh)_t."""
+        """``d_next`` reaches S_t from step t+1: the gradient for S_{t-1}, and dL/d(pre-tanh)_t."""
         d_state, s = step
         d_pre = (d_state + d_next) * (1.0 - s * s)
         return product(w[-d:].T, d_pre, plan, "state" in plan.elementwise), d_pre
 
     _, d_pre = jax.lax.scan(back, jnp.zeros_like(state), (d_states, states), reverse=True,
                             unroll=min(plan.unroll, steps))
-    # The cell's input as TF concatenates it, [onehot(X_t), S_{t-1}]: [T, n + d, batch]
+    # [onehot(X_t), S_{t-1}]: [T, n + d, batch]
     cell_input = jnp.concatenate([jax.nn.one_hot(x_t, n, dtype=states.dtype, axis=-2),
                                   jnp.concatenate([state[None], states[:-1]])], axis=1)
     over_window = lambda a, g: jnp.einsum("tib,tjb->tij", a, g).sum(0)

@@ -1,6 +1,5 @@
-"""JAX's persistent compilation cache in a per-user directory, ``$RNN_SCAN_CACHE_DIR`` or
-``$XDG_CACHE_HOME/rnn-scan/jax`` (``~/.cache``), made ``0700`` (the cache is trusted code);
-``RNN_SCAN_COMPILE_CACHE=0`` turns it off."""
+"""JAX's persistent compilation cache in ``$RNN_SCAN_CACHE_DIR`` or ``$XDG_CACHE_HOME/rnn-scan/jax``, made ``0700``
+(the cache is trusted code); ``RNN_SCAN_COMPILE_CACHE=0`` turns it off."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 DIR_ENV, SWITCH_ENV = "RNN_SCAN_CACHE_DIR", "RNN_SCAN_COMPILE_CACHE"
-_ENTRY_SUFFIXES = ("-cache", "-atime")  # JAX's <key>-cache files, and <key>-atime when evicting
+_ENTRY_SUFFIXES = ("-cache", "-atime")  # JAX's <key>-cache files, <key>-atime when evicting
 _JAX_EXTRAS = (".lockfile", "xla_gpu_per_fusion_autotune_cache_dir", "xla_gpu_kernel_cache_file")
 
 
@@ -27,13 +26,13 @@ def disabled_by_env() -> bool:
 
 
 def enable_compile_cache(path=None) -> Path | None:
-    """Cache every compile of this process in ``path`` (default `default_dir`): the directory, or None if off."""
+    """Cache every compile of this process in ``path`` (default `default_dir`); the directory, or None if off."""
     if disabled_by_env():
         return None
     directory = Path(path).expanduser() if path is not None else default_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     if jax.config.jax_compilation_cache_dir != str(directory):
-        compilation_cache.reset_cache()  # JAX opens its cache once per process: reopen it at the new path
+        compilation_cache.reset_cache()  # JAX opens its cache once per process
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
@@ -45,7 +44,7 @@ def active_dir() -> str | None:
 
 
 def _jax_items(directory: Path) -> list[Path]:
-    """JAX's files and folders in ``directory``: nothing else is counted or deleted."""
+    """JAX's files and folders in ``directory``, nothing else."""
     if not directory.is_dir():
         return []
     return [p for p in directory.iterdir()
@@ -60,7 +59,7 @@ def cache_size(path=None) -> tuple[int, int]:
 
 
 def clear_compile_cache(path=None) -> tuple[int, int]:
-    """Delete JAX's files in the cache directory, then the directory if empty; returns `cache_size` before."""
+    """Delete JAX's files in the cache directory, then the directory if empty; `cache_size` before."""
     directory = Path(path) if path is not None else default_dir()
     held = cache_size(directory)
     for item in _jax_items(directory):

@@ -1,7 +1,6 @@
-"""The vanilla RNN of r2rt's "Recurrent Neural Networks in Tensorflow I" as pure JAX functions, S_t =
-tanh([onehot(X_t), S_{t-1}] @ W + b) and logits_t = S_t @ U + b_p, in TF's ``BasicRNNCell`` layout:
-``{"rnn_cell": {"W": f32[n + d, d], "b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``.
-"""
+"""r2rt's vanilla RNN ("Recurrent Neural Networks in Tensorflow I") in pure JAX: S_t = tanh([onehot(X_t),
+S_{t-1}] @ W + b), logits_t = S_t @ U + b_p, in TF's ``BasicRNNCell`` layout: ``{"rnn_cell": {"W": f32[n + d, d],
+"b": f32[d]}, "softmax": {"W": f32[d, n], "b": f32[n]}}``."""
 
 from __future__ import annotations
 
@@ -25,19 +24,15 @@ def param_shapes(num_classes: int, state_size: int) -> dict[str, dict[str, tuple
 
 def flatten(params) -> dict[str, np.ndarray]:
     """``{"rnn_cell": {"W": a}}`` -> ``{"rnn_cell/W": a}`` (float32 numpy); `nest` inverts it."""
-    return {key: np.asarray(params[key.split("/")[0]][key.split("/")[1]], np.float32) for key in PARAM_KEYS}
+    return {key: np.asarray(params[s][k], np.float32) for key in PARAM_KEYS for s, k in [key.split("/")]}
 
 
 def nest(flat) -> dict:
-    out: dict = {}
-    for key in PARAM_KEYS:
-        scope, name = key.split("/")
-        out.setdefault(scope, {})[name] = np.asarray(flat[key], np.float32)
-    return out
+    return {s: {k: np.asarray(flat[f"{s}/{k}"], np.float32) for k in ("W", "b")} for s in ("rnn_cell", "softmax")}
 
 
 def check_params(params, where: str = "params") -> tuple[int, int]:
-    """``(num_classes, state_size)``; ValueError/TypeError naming the key that is not the layout."""
+    """``(num_classes, state_size)``; an error names the key off the layout."""
     if not isinstance(params, dict) or set(params) != {"rnn_cell", "softmax"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"{where}: params must be a dict with keys ['rnn_cell', 'softmax'], got {got}")
@@ -64,8 +59,7 @@ def init_params(key: jax.Array, num_classes: int = 2, state_size: int = 4) -> Pa
 
 
 def glorot_params(num_classes: int, state_size: int, seed: int) -> dict:
-    """A seed's initial parameters everywhere, numpy: Glorot-uniform ``W`` from ``default_rng(seed)`` (cell, then
-    softmax), zero biases."""
+    """A seed's initial parameters, numpy: Glorot-uniform ``W`` from ``default_rng(seed)``, zero biases."""
     rng = np.random.default_rng(seed)
     params: dict = {}
     for scope, leaves in param_shapes(num_classes, state_size).items():
@@ -81,8 +75,8 @@ def zero_state(batch_size: int, state_size: int) -> jax.Array:
 
 
 def product(w: jax.Array, s: jax.Array, plan: Plan, elementwise: bool) -> jax.Array:
-    """``s @ w`` on the feature axis: ``[..., batch, k] -> [..., batch, m]``, or batch-last ``[..., k, batch]
-    -> [..., m, batch]``, as a broadcast product where ``elementwise``."""
+    """``s @ w``: ``[..., batch, k] -> [..., batch, m]`` (batch-last: ``[..., k, batch] -> [..., m, batch]``, a
+    broadcast product where ``elementwise``)."""
     if not plan.batch_last:
         return s @ w
     if elementwise:
@@ -103,9 +97,14 @@ def _bias(b: jax.Array, plan: Plan) -> jax.Array:
     return b[:, None] if plan.batch_last else b
 
 
+def to_layout(state: jax.Array, plan: Plan) -> jax.Array:
+    """``[batch, d]`` <-> the plan's layout."""
+    return state.T if plan.batch_last else state
+
+
 def cell(params: Params, state: jax.Array, x_t: jax.Array, plan: Plan | None = None) -> tuple[jax.Array, jax.Array]:
-    """One step, ``(state: f32[batch, d], x_t: int[batch]) -> (state, logits_t: f32[batch, n])`` (batch-last
-    plan: ``[d, batch]``, ``[n, batch]``), the signature ``lax.scan`` takes."""
+    """One step for ``lax.scan``, ``(state: f32[batch, d], x_t: int[batch]) -> (state, logits_t: f32[batch, n])``
+    (batch-last: ``[d, batch]``, ``[n, batch]``)."""
     plan = plan or _default_plan
     w, b = params["rnn_cell"]["W"], params["rnn_cell"]["b"]
     d = b.shape[0]
@@ -122,10 +121,8 @@ def logits(params: Params, states: jax.Array, plan: Plan | None = None) -> jax.A
 
 
 def forward(params: Params, x_t: jax.Array, state: jax.Array, plan: Plan | None = None, start=None):
-    """`cell` scanned over ``x_t: int[steps, batch]``: ``(final_state, (states, logits))``. ``start``: the
-    first step's stream position (negative positions are absent: the state is kept). ``plan.remat``:
-    ``jax.checkpoint``-ed blocks, so memory grows like sqrt(steps).
-    """
+    """`cell` scanned over ``x_t: int[steps, batch]``: ``(final_state, (states, logits))``. ``start``: the first
+    step's stream position (negative ones are absent: the state is kept); ``plan.remat``: checkpointed blocks."""
     plan, params = plan or _default_plan, jax.tree.map(jnp.asarray, params)  # numpy weights index with tracers
     steps = x_t.shape[0]
     present = None if start is None else start + jnp.arange(steps) >= 0
@@ -167,9 +164,8 @@ def loss(params: Params, x: jax.Array, y: jax.Array, state: jax.Array, plan: Pla
     batch = checks.class_ids("loss", {"x": x, "y": y}, "[batch, num_steps]", n)[0]
     checks.state("loss", state, (batch, d))
     plan = plan or _default_plan
-    to_layout = (lambda s: s.T) if plan.batch_last else (lambda s: s)
-    mean_loss, final = loss_window(params, x.T, y.T, to_layout(state), plan)
-    return mean_loss, to_layout(final)
+    mean_loss, final = loss_window(params, x.T, y.T, to_layout(state, plan), plan)
+    return mean_loss, to_layout(final, plan)
 
 
 def rnn(params: Params, x: jax.Array, state: jax.Array) -> tuple[jax.Array, jax.Array]:

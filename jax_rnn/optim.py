@@ -1,5 +1,4 @@
-"""TF1's Adagrad, ``acc_0 = 0.1; acc += g * g; var -= lr * g / sqrt(acc)`` without epsilon: ``optax.adagrad``
-with ``eps=0.0`` (tested against numpy and TensorFlow)."""
+"""TF1's Adagrad, ``acc_0 = 0.1; acc += g * g; var -= lr * g / sqrt(acc)``: ``optax.adagrad`` with ``eps=0.0``."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ def check_positive(name: str, value, hint: str = "") -> None:
 
 def adagrad(learning_rate: float = 0.1, initial_accumulator_value: float = TF1_INITIAL_ACCUMULATOR
             ) -> optax.GradientTransformation:
-    """TF1 Adagrad; equal values give the same object (as a static argument, one compile)."""
+    """TF1 Adagrad; equal values give the same object (one compile as a static argument)."""
     check_positive("learning_rate", learning_rate)
     check_positive("initial_accumulator_value", initial_accumulator_value, " (TF1 uses 0.1)")
     return _adagrad(float(learning_rate), float(initial_accumulator_value))
@@ -37,7 +36,7 @@ def accumulators(opt_state):
 
 
 def initial_state(init, params, values=None):
-    """``init(params)`` without running a JAX program, the accumulators at 0.1 or ``values`` (numpy)."""
+    """``init(params)`` without a JAX program, the accumulators at 0.1 or ``values``."""
     state = jax.eval_shape(init, params)
     if values is None:
         values = jax.tree.map(lambda a: np.full(a.shape, TF1_INITIAL_ACCUMULATOR), accumulators(state))

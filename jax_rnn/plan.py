@@ -1,8 +1,5 @@
-"""The plan: which program trains a cell. `plan` is the only code that looks at sizes to choose one.
-
-Like an FFTW plan, a `Plan` names its cell and every choice; it is hashable (jit's static argument) and
-JSON-able (`Plan.record`). What each choice gains: docs/performance.md.
-"""
+"""A `Plan` names a cell and the program that trains it, hashable (jit's static argument) and JSON-able; `plan`
+is the only code that looks at sizes to choose one. What each choice gains: docs/performance.md."""
 
 from __future__ import annotations
 
@@ -14,18 +11,19 @@ import jax
 
 from .data import window_dtype
 
-# An XLA:CPU option (a tuning candidate): YNNPACK keeps the dots only, so the batch sums stay fused loops.
+# An XLA:CPU tuning candidate: YNNPACK takes only the dots; the batch sums stay fused loops.
 _YNN_DOTS = ("xla_cpu_experimental_ynn_fusion_type", "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")
 MAX_UNROLL = 32  # longer windows are unrolled by this factor: bounded compile time
+
+
 def remat_block_size(num_steps: int) -> int:
     """``ceil(sqrt(num_steps))``: steps per rematerialised block."""
     return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1
 
 
 class Memory(NamedTuple):
-    """Bytes at training's peak, per run: ``weights`` (parameters, Adagrad's accumulators: every copy), ``data``
-    (drawing an epoch, the windows held), ``activations`` (what an update keeps for its backward pass); once:
-    ``runtime``. As `Plan.memory` and ``tf_rnn.ModelConfig.memory`` count them (docs/performance.md, "Memory")."""
+    """Bytes at training's peak: per run ``weights`` (with Adagrad's), ``data``, ``activations``; once ``runtime``
+    (docs/performance.md, "Memory")."""
 
     weights: int
     data: int
@@ -42,14 +40,12 @@ class Memory(NamedTuple):
 class Plan:
     """A cell and the program that trains it.
 
-    The cell: sizes, ``num_steps`` k1 and ``backprop_steps`` k2 >= k1 of TBPTT(k1, k2), ``runs`` trained
-    at once (vmap), ``remat`` (blocks of about sqrt(k2) steps recomputed in the backward pass), ``backend``.
-    The program: ``gradient`` ("autodiff": ``jax.grad``; "by_hand": `jax_rnn.backward`); the state's
-    ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``); ``elementwise``: the matrices
-    ("input", "state", "softmax") applied as broadcast products, not dots (batch-last only); ``softmax_grad``
-    ("difference": the by-hand softmax backward sums one class fewer);
-    ``unroll``: the window's scan's, ``epoch_unroll``: the epoch's scan over windows; ``run_loop``: runs one
-    after another (``lax.map``), not vmapped; ``xla_options``: ``(name, value)`` pairs.
+    The cell: sizes, TBPTT(``num_steps`` k1, ``backprop_steps`` k2 >= k1), ``runs`` trained at once, ``remat``
+    (blocks of about sqrt(k2) steps recomputed), ``backend``. The program: ``gradient`` ("autodiff" or "by_hand":
+    `jax_rnn.backward`); the state's ``layout`` ("batch_first" ``[batch, d]``, "batch_last" ``[d, batch]``);
+    ``elementwise``: matrices ("input", "state", "softmax") applied as broadcast products (batch-last only);
+    ``softmax_grad`` ("difference": by hand, one class fewer summed); ``unroll`` of the window's scan,
+    ``epoch_unroll`` of the epoch's; ``run_loop``: runs in turn (``lax.map``), not vmapped; ``xla_options``.
     """
 
     state_size: int
@@ -91,15 +87,12 @@ class Plan:
 
     @property
     def tbptt(self) -> bool:
-        """Whether updates backpropagate further than their new steps: TBPTT(k1, k2 > k1)."""
+        """TBPTT(k1, k2 > k1)."""
         return self.backprop_steps > self.num_steps
 
     def memory(self, data_size: int, epochs: int = 2) -> Memory:
-        """Training this cell on ``data_size`` points an epoch, ``epochs`` of windows held (`jax_rnn.train` draws the
-        next while one trains), with measured constants: 11 float32 copies of the weights (the caller's; the epoch's
-        in, out, carried; gradient, update); 32 bytes a point drawn; the windows, their device and time-major copies;
-        6 floats a step per sequence and state unit (remat: one block's, and a state per block); 128 MiB of compiler,
-        twice that for windows longer than the unroll."""
+        """Training this cell on ``data_size`` points an epoch, ``epochs`` of windows held; the measured constants:
+        docs/performance.md, "Memory"."""
         n, d, k2, b = self.num_classes, self.state_size, self.backprop_steps, self.batch_size
         k = remat_block_size(k2) if self.remat else k2
         return Memory(((n + d + 1) * d + (d + 1) * n) * 44, data_size * (32 + 6 * window_dtype(n).itemsize * epochs),
@@ -144,10 +137,9 @@ class Plan:
 
 def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optional[int] = None, runs: int = 1,
          remat: bool = False, num_classes: int = 2, backend: Optional[str] = None, tune: Optional[bool] = None) -> Plan:
-    """The program for a cell (see `Plan`): a rule per choice, measured on the CPU and on a GPU (there
-    without the CPU's XLA options and elementwise input); the plain program on any other backend.
-    ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default; ``tune``: the candidates measured
-    here instead (`jax_rnn.tune`, cached; None: when ``RNN_SCAN_TUNE=1``; never inside a trace).
+    """The program for a cell (see `Plan`): a rule per choice on the CPU and a GPU, the plain program elsewhere.
+    ``backprop_steps`` None: num_steps; ``backend`` None: JAX's default; ``tune``: measure the candidates here
+    (`jax_rnn.tune`, cached; None: when ``RNN_SCAN_TUNE=1``; never inside a trace).
     **Example:** ``print(jax_rnn.plan(state_size=16, batch_size=200, num_steps=10))``.
     """
     chosen = _rule(state_size, batch_size, num_steps, backprop_steps, runs, remat, num_classes, backend)
@@ -161,17 +153,16 @@ def plan(state_size: int, batch_size: int, num_steps: int, backprop_steps: Optio
 
 def _rule(state_size, batch_size, num_steps, backprop_steps, runs, remat, num_classes, backend) -> Plan:
     k2 = num_steps if backprop_steps is None else backprop_steps
-    valid = isinstance(k2, int) and not isinstance(k2, bool)  # a bad k2 is refused by Plan, by its own name
-    unroll = k2 if valid and 1 <= k2 <= MAX_UNROLL else MAX_UNROLL
+    unroll = k2 if type(k2) is int and 1 <= k2 <= MAX_UNROLL else MAX_UNROLL  # Plan refuses a bad k2
     cell = Plan(state_size, batch_size, num_steps, k2, runs, remat, num_classes,
                 backend or jax.default_backend(), unroll=unroll)
     if cell.backend not in ("cpu", "gpu"):
         return cell
     cpu, d, n = cell.backend == "cpu", state_size, num_classes
-    cell = dataclasses.replace(cell, run_loop=cpu and runs > 1)  # a CPU runs the runs in turn: vmap costs more
-    if d >= (64 if cpu else 128):  # large states: plain matrix products, batch-first
+    cell = dataclasses.replace(cell, run_loop=cpu and runs > 1)  # on a CPU vmap costs more
+    if d >= (64 if cpu else 128):  # large states: plain batch-first dots
         return cell
-    # Batch-last: each step is short loops over the batch that XLA fuses; tiny matrices as broadcast products.
+    # Batch-last: each step is short fused loops over the batch; tiny matrices as broadcast products.
     sizes = {"input": n * d, "state": d * d, "softmax": d * n}
     elementwise = tuple(m for m, size in sizes.items() if size <= 16 and (cpu or m != "input"))
     by_hand = d < 64 and 100 <= batch_size <= 5000 and (runs == 1 or cpu) and not remat and k2 == num_steps

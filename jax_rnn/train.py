@@ -1,6 +1,5 @@
-"""Truncated backpropagation through time: one update per window, the state carried, the gradient not. An
-epoch is ONE compiled call, a ``lax.scan`` of a `Plan` (`program`); ``losses``: each window's before its update.
-"""
+"""Truncated BPTT: one update per window, the state carried, the gradient not. An epoch is one compiled
+``lax.scan`` of a `Plan` (`program`); ``losses``: each window's before its update."""
 
 from __future__ import annotations
 
@@ -12,18 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax._src.core import trace_state_clean as _trace_state_clean  # whether no trace is active (not public)
+from jax._src.core import trace_state_clean as _trace_state_clean  # not public
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import checks
 from .backward import value_and_grad_window
-from .model import Params, check_params, loss_window
+from .model import Params, check_params, loss_window, to_layout
 from .plan import Plan, plan as make_plan
 
 
 class GuardedEpoch(NamedTuple):
     """``diverged_at: int32[]``: -1, or the first window whose loss or update was not finite (the values from
-    before it kept, NaN losses after it)."""
+    before it kept, NaN losses after)."""
 
     params: Params
     opt_state: Any
@@ -43,14 +42,10 @@ def _step(params, opt_state, state, x_t, y_t, start, optimizer, plan: Plan):
     return optax.apply_updates(params, updates), opt_state, final, mean_loss
 
 
-def _layout(state, plan: Plan):
-    return state.T if plan.batch_last else state
-
-
 def _updates(x_windows, y_windows, k2: int) -> list[tuple]:
     """The epoch's updates as parts ``(xs, window_of, first)``, a scan each, ``window_of(item) -> (x_t, y_t,
-    start)``. TBPTT(k1, k2): update u reads steps ``[u*k1 + k1 - k2, (u+1)*k1)`` of the stream; those that
-    begin before it (masked) are a scan of their own, so the rest carry no mask."""
+    start)``. Update u reads steps ``[u*k1 + k1 - k2, (u+1)*k1)`` of the stream; those that begin before it
+    (masked) are a scan of their own."""
     x_t, y_t = jnp.swapaxes(x_windows, 1, 2), jnp.swapaxes(y_windows, 1, 2)   # [epoch_size, k1, batch]
     updates, k1, batch = x_t.shape
     if k2 == k1:
@@ -68,7 +63,7 @@ def _updates(x_windows, y_windows, k2: int) -> list[tuple]:
 
 def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan, guard: bool):
     batch, d = x_windows.shape[1], params["rnn_cell"]["b"].shape[0]
-    state = _layout(jnp.zeros((batch, d), jnp.float32) if state is None else state, plan)
+    state = to_layout(jnp.zeros((batch, d), jnp.float32) if state is None else state, plan)
     step = functools.partial(_step, optimizer=optimizer, plan=plan)
 
     def body(window_of, carry, update):
@@ -76,7 +71,6 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
         return (params, opt_state, state), mean_loss
 
     def guarded(window_of, carry, inputs):
-        # A non-finite loss or update at window k: keep the values from before it, record k, NaN losses after.
         (old, diverged_at), (update, k) = (carry[:3], carry[3]), inputs
         new = step(*old, *window_of(update))
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves((new[:2], new[3]))]))
@@ -93,7 +87,7 @@ def _epoch(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan
         else:
             carry, part = jax.lax.scan(functools.partial(body, window_of), carry, xs, unroll=plan.epoch_unroll)
         losses.append(part)
-    out = (*carry[:2], _layout(carry[2], plan), jnp.concatenate(losses) if len(losses) > 1 else losses[0])
+    out = (*carry[:2], to_layout(carry[2], plan), jnp.concatenate(losses) if len(losses) > 1 else losses[0])
     return GuardedEpoch(*out, carry[3]) if guard else out
 
 
@@ -106,10 +100,10 @@ def _runs(params, opt_state, x_windows, y_windows, state, optimizer, plan: Plan,
 
 
 def _one_step(params, opt_state, state, x, y, start, optimizer, plan: Plan):
-    _check_step(params, opt_state, state, x, y, optimizer, plan)  # once per signature: while tracing
-    params, opt_state, final, mean_loss = _step(params, opt_state, _layout(state, plan), x.T, y.T, start,
+    _check_step(params, opt_state, state, x, y, optimizer, plan)  # while tracing
+    params, opt_state, final, mean_loss = _step(params, opt_state, to_layout(state, plan), x.T, y.T, start,
                                                 optimizer, plan)
-    return params, opt_state, _layout(final, plan), mean_loss
+    return params, opt_state, to_layout(final, plan), mean_loss
 
 
 @functools.cache
@@ -119,13 +113,13 @@ def _jit(fn, xla_options: tuple):
 
 
 def program(plan: Plan, kind: str = "epoch", nested: bool = False):
-    """The jitted "epoch", "runs" or "step" of ``plan``, with its XLA options unless ``nested`` (a caller's trace)."""
+    """The jitted "epoch", "runs" or "step" of ``plan``, with its XLA options unless ``nested`` in a trace."""
     fn = {"epoch": _epoch, "runs": _runs, "step": _one_step}[kind]
     return _jit(fn, () if nested else plan.xla_options)
 
 
 def _traced() -> bool:
-    """Inside a caller's trace (jit, vmap, grad), whether or not it passes tracers in."""
+    """Inside a caller's trace (jit, vmap, grad)."""
     return not _trace_state_clean()
 
 
@@ -171,7 +165,7 @@ def _train(where: str, kind: str, guard: bool, params, opt_state, x_windows, y_w
            mesh: Mesh | None = None):
     plan = _check_epoch(where, params, opt_state, x_windows, y_windows, optimizer, state, plan, kind == "runs")
     inputs, pad = (params, opt_state, x_windows, y_windows, state), 0
-    if mesh is not None:  # the runs split over its devices, padded with copies of the last run to fill them
+    if mesh is not None:  # the runs split over its devices, padded with copies of the last run
         pad = -plan.runs % mesh.devices.size
         if pad:
             inputs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), inputs)
@@ -180,10 +174,10 @@ def _train(where: str, kind: str, guard: bool, params, opt_state, x_windows, y_w
     return jax.tree.map(lambda a: a[:plan.runs], out) if pad else out
 
 
-def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
-                state=None, plan: Plan | None = None):
+def train_epoch(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation, state=None,
+                plan: Plan | None = None):
     """An epoch of truncated BPTT in one compiled call: ``x_windows, y_windows: int[epoch_size, batch,
-    num_steps]``, ``state: f32[batch, d]`` (None: zeros), ``plan`` of this cell (None: from the shapes).
+    num_steps]``, ``state: f32[batch, d]`` (None: zeros), ``plan`` (None: from the shapes).
     **Returns:** ``(params, opt_state, final_state: f32[batch, d], losses: f32[epoch_size])``."""
     return _train("train_epoch", "epoch", False, params, opt_state, x_windows, y_windows, optimizer, state, plan)
 
@@ -196,8 +190,8 @@ def train_epoch_guarded(params: Params, opt_state, x_windows, y_windows, optimiz
 
 def train_runs(params: Params, opt_state, x_windows, y_windows, optimizer: optax.GradientTransformation,
                state=None, plan: Plan | None = None, guard: bool = False, mesh: Mesh | None = None):
-    """`train_epoch` (guarded: `train_epoch_guarded`) for R runs at once, a leading run axis on every argument,
-    ``plan`` with ``runs=R``; ``mesh``: a `run_mesh` to split the runs over."""
+    """`train_epoch` (or `train_epoch_guarded`) for R runs at once, a leading run axis on every argument,
+    ``plan`` with ``runs=R``; ``mesh``: a `run_mesh` to split them over."""
     if not isinstance(guard, bool):
         raise TypeError(f"train_runs: guard must be True or False, got {guard!r}")
     return _train("train_runs", "runs", guard, params, opt_state, x_windows, y_windows, optimizer, state, plan, mesh)
@@ -210,17 +204,15 @@ def run_mesh(devices=None) -> Mesh:
 
 def train_step(params: Params, opt_state, state, x, y, optimizer: optax.GradientTransformation,
                plan: Plan | None = None, start=None):
-    """One update, ``(params, opt_state, state after k1 steps, loss)``, checked when it compiles: ``state: f32[batch,
-    d]``, ``x: int[batch, k2]``, ``y: int[batch, k1]`` its last steps' labels, ``start``: x's stream position
-    (earlier steps absent)."""
+    """One update, ``(params, opt_state, state after k1 steps, loss)``: ``state: f32[batch, d]``, ``x: int[batch,
+    k2]``, ``y: int[batch, k1]`` its last steps' labels, ``start``: x's stream position (earlier steps absent)."""
     if plan is None:
         try:
             plan = _step_plan(*(tuple(np.shape(a)) for a in (state, x, y)))
-        except (ValueError, IndexError):  # shapes no plan fits: name the argument
+        except (ValueError, IndexError):  # name the argument
             _check_step(params, opt_state, state, x, y, optimizer, None)
             raise
-    nested = _traced()
-    return program(plan, "step", nested)(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)
+    return program(plan, "step", _traced())(params, opt_state, state, x, y, start, optimizer=optimizer, plan=plan)
 
 
 @functools.lru_cache(maxsize=64)

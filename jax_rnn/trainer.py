@@ -1,7 +1,6 @@
-"""The one training loop, `train`: every epoch of `fit` and ``rnn-compare``, JAX or TensorFlow. A trainer
-(`JaxTrainer`, a ``tf_rnn`` model) has ``start_epoch(x_windows, y_windows, progress) -> finish``, ``finish() ->
-EpochStats``, ``get_params``, ``get_accumulators``, ``build_seconds`` and ``close``.
-"""
+"""The one training loop, `train`, for `fit` and ``rnn-compare``. A trainer (`JaxTrainer`, a ``tf_rnn`` model) has
+``start_epoch(x_windows, y_windows, progress) -> finish``, ``finish() -> EpochStats``, ``get_params``,
+``get_accumulators``, ``build_seconds`` and ``close``."""
 
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ class Divergence(NamedTuple):
 
 
 class EpochStats(NamedTuple):
-    """``losses: f32[(runs,) epoch_size]``; ``first_step_seconds``: TF's, part of ``seconds``; ``diverged_at``:
-    per run the first non-finite window, or -1 (None)."""
+    """``losses: f32[(runs,) epoch_size]``; ``first_step_seconds``: TF's, within ``seconds``; ``diverged_at``: per
+    run the first non-finite window or -1 (None: none)."""
 
     losses: np.ndarray
     seconds: float
@@ -42,7 +41,7 @@ class EpochStats(NamedTuple):
 
 @dataclasses.dataclass
 class History:
-    """Per epoch ``f32[(runs,) epoch_size]`` losses (NaN after a run diverged) and seconds (without TF's first
+    """Per epoch ``f32[(runs,) epoch_size]`` losses (NaN once a run diverged) and seconds (without TF's first
     step); per run None or its `Divergence`."""
 
     step_losses: list = dataclasses.field(default_factory=list)
@@ -84,7 +83,7 @@ class History:
         self.epoch_seconds.append(seconds)
 
     def checkpoint(self, config: dict, trainer, meta: dict) -> Checkpoint:
-        """This history, the trainer's parameters and its plan (JAX's) as a `Checkpoint`."""
+        """This history, the trainer's parameters and plan as a `Checkpoint`."""
         meta = {**meta, "build_seconds": self.build_seconds, "first_step_seconds": self.first_step_seconds,
                 "diverged": [None if d is None else d._asdict() for d in self.diverged]}
         if getattr(trainer, "plan", None) is not None:
@@ -104,13 +103,13 @@ class History:
 def train(trainer, windows: Iterable[tuple], history: History | None = None,
           after_epoch: Callable[[History, object], None] | None = None,
           progress: Callable[[int], None] | None = None) -> History:
-    """Train on each epoch of ``windows``, extending ``history``, and call ``after_epoch(history, trainer)``
-    until every run has diverged."""
+    """Train on each epoch of ``windows``, extending ``history``, calling ``after_epoch(history, trainer)``, until
+    every run has diverged."""
     history = history if history is not None else History()
     if history.build_seconds is None:
         history.build_seconds = trainer.build_seconds
     pending = None
-    for epoch in itertools.chain(windows, [None]):  # the next epoch is made here, while the last one trains
+    for epoch in itertools.chain(windows, [None]):  # the next epoch is made while the last one trains
         if pending is not None:
             history.record(pending())
             if history.stopped:
@@ -122,15 +121,18 @@ def train(trainer, windows: Iterable[tuple], history: History | None = None,
 
 
 def _finite(runs: bool, *trees) -> np.ndarray:
-    """Per run (or overall): every float in ``trees`` finite? On the host, no program to compile."""
+    """Per run (or overall): every float in ``trees`` finite? On the host."""
     leaves = [np.asarray(a) for a in jax.tree.leaves(trees)]
     return np.logical_and.reduce([np.isfinite(a).reshape(len(a), -1).all(axis=1) if runs else np.isfinite(a).all()
                                   for a in leaves if np.issubdtype(a.dtype, np.floating)])
 
 
+_host = functools.partial(jax.tree.map, lambda a: np.asarray(a, np.float32))
+
+
 @functools.lru_cache(maxsize=32)
 def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
-    """The plan's epoch compiled ahead of time once per process (``lower().compile()`` skips JAX's cache)."""
+    """The plan's epoch compiled ahead of time, once per process."""
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.SingleDeviceSharding(device))
     params = {s: {k: spec(shape, jnp.float32) for k, shape in leaves.items()}
               for s, leaves in param_shapes(plan.num_classes, plan.state_size).items()}
@@ -141,14 +143,14 @@ def _compiled(plan: Plan, optimizer, epoch_size: int, device, guard: bool):
 
 
 class JaxTrainer:
-    """Each epoch of a `FitConfig` one call of the cell's `Plan`, compiled ahead of time for ``device`` (or
-    `train_runs` over ``mesh``); only an epoch that ends non-finite is replayed with the per-window guard."""
+    """Each epoch of a `FitConfig` one call of the cell's `Plan` on ``device`` (or `train_runs` over ``mesh``); an
+    epoch that ends non-finite is replayed with the per-window guard."""
 
     def __init__(self, config, params, accumulators: dict | None = None, device=None, mesh=None,
                  plan: Plan | None = None):
         start = time.perf_counter()
         self._optimizer, self._mesh = optim.adagrad(config.learning_rate), mesh
-        params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+        params = _host(params)
         runs = 1 if mesh is None else len(jax.tree.leaves(params)[0])
         self.device = None if mesh is not None else device if device is not None else jax.devices()[0]
         backend = (mesh.devices.flat[0] if mesh is not None else self.device).platform
@@ -157,7 +159,7 @@ class JaxTrainer:
         init = self._optimizer.init if mesh is None else jax.vmap(self._optimizer.init)
         opt_state = optim.initial_state(init, params, accumulators)
         self._key = (self.plan, self._optimizer, config.epoch_size, self.device)
-        self.window_dtype = data.window_dtype(config.num_classes)  # windows made in it need no conversion
+        self.window_dtype = data.window_dtype(config.num_classes)
         if mesh is None:
             params, opt_state = jax.device_put((params, opt_state), self.device)
             self._epoch = _compiled(*self._key, guard=False)
@@ -194,10 +196,10 @@ class JaxTrainer:
         return finish
 
     def get_params(self) -> dict:
-        return jax.tree.map(lambda a: np.asarray(a, np.float32), self.params)
+        return _host(self.params)
 
     def get_accumulators(self) -> dict:
-        return jax.tree.map(lambda a: np.asarray(a, np.float32), optim.accumulators(self.opt_state))
+        return _host(optim.accumulators(self.opt_state))
 
     def close(self) -> None:
         pass

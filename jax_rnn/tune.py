@@ -1,11 +1,6 @@
-"""A measured plan, as FFTW's ``FFTW_MEASURE``, cuDNN's find mode and Triton's autotune: `tuned` compiles a few
-candidate programs for a cell, times each on the cell's shapes, keeps the fastest whose losses match the plain
-autodiff program's within `TOLERANCE`, and stores the choice ("wisdom") beside JAX's compilation cache, keyed
-by what it depends on: the cell, the backend and device, the CPU model, the JAX and jaxlib versions.
-
-Bound: at most 14 candidates, each compiled once, then run over `WINDOWS` windows for a warm-up and
-``REPEATS`` samples of about ``SAMPLE_SECONDS``: about 0.1 s of running per candidate beside its compile.
-"""
+"""A measured plan, as FFTW's ``FFTW_MEASURE`` or Triton's autotune: `tuned` times a few candidate programs on the
+cell's shapes, keeps the fastest whose losses match the plain program's within `TOLERANCE`, and stores the choice
+("wisdom") beside JAX's compilation cache, keyed by the cell, the device, the CPU model and the JAX versions."""
 
 from __future__ import annotations
 
@@ -31,8 +26,8 @@ from .plan import _YNN_DOTS, Plan
 
 ENV = "RNN_SCAN_TUNE"
 TOLERANCE = 1e-5
-WINDOWS, REPEATS, SAMPLE_SECONDS = 128, 5, 0.02  # fewer windows fit in a cache and flatter candidates
-MARGIN = 0.05  # a candidate replaces the rule's plan only if this much faster: timing noise changes nothing
+WINDOWS, REPEATS, SAMPLE_SECONDS = 128, 5, 0.02
+MARGIN = 0.05  # a candidate replaces the rule's plan only if this much faster
 FORMAT = 1
 CELL = ("state_size", "batch_size", "num_steps", "backprop_steps", "runs", "remat", "num_classes", "backend")
 log = logging.getLogger(__name__)
@@ -44,8 +39,7 @@ def enabled() -> bool:
 
 
 def candidates(plan: Plan) -> list[Plan]:
-    """The rule's ``plan``, the plain program, then one change at a time: layout, gradient, products, softmax
-    gradient, the window and epoch scans' unroll, XLA options, runs vmapped or in turn; each valid for the cell."""
+    """The rule's ``plan``, the plain program, then one change at a time, each valid for the cell."""
     rep, plain, small = dataclasses.replace, plan.plain(), plan.state_size * max(plan.state_size, plan.num_classes)
     last = rep(plain, layout="batch_last")
     products = ("input", "state", "softmax") if small <= 64 else ()
@@ -56,15 +50,11 @@ def candidates(plan: Plan) -> list[Plan]:
     epochs = [rep(plan, epoch_unroll=u) for u in ((2, 8) if plan.backend == "gpu" else (2,))]
     options = [rep(plan, xla_options=() if plan.xla_options else (_YNN_DOTS,))] if plan.backend == "cpu" else []
     runs = [rep(plan, run_loop=not plan.run_loop)] if plan.runs > 1 else []
-    out = []
-    for make in [*shapes, *unrolls, *epochs, *options, *runs]:
-        if make not in out:
-            out.append(make)
-    return out
+    return list(dict.fromkeys([*shapes, *unrolls, *epochs, *options, *runs]))
 
 
 def _inputs(plan: Plan):
-    """Task data in the cell's shapes: ``(params, x_windows, y_windows)``, a leading run axis if ``runs > 1``."""
+    """``(params, x_windows, y_windows)`` in the cell's shapes on its device."""
     windows = max(WINDOWS, -(-plan.backprop_steps // plan.num_steps))
     x, y = data.gen_data(windows * plan.batch_size * plan.num_steps, seed=0)
     xw, yw = data.windows(x, y, plan.batch_size, plan.num_steps, data.window_dtype(plan.num_classes))
@@ -76,7 +66,7 @@ def _inputs(plan: Plan):
 
 def measure(plan: Plan, inputs) -> tuple[float, np.ndarray, float]:
     """``(median seconds of REPEATS runs after a warm-up, losses, compile seconds)`` of ``plan`` on ``inputs``."""
-    from .train import program  # train imports plan, which imports this module lazily
+    from .train import program  # train imports plan
 
     params, xw, yw = inputs
     optimizer, kind = optim.adagrad(0.1), "runs" if plan.runs > 1 else "epoch"
@@ -92,19 +82,19 @@ def measure(plan: Plan, inputs) -> tuple[float, np.ndarray, float]:
         for _ in range(calls):
             out = run()
         return (time.perf_counter() - start) / calls, out
-    first, out = sample(1)  # the warm-up; each sample then lasts about SAMPLE_SECONDS
+    first, out = sample(1)  # the warm-up
     calls = max(1, round(SAMPLE_SECONDS / first))
     return statistics.median(sample(calls)[0] for _ in range(REPEATS)), np.asarray(out[3]), compile_seconds
 
 
 def choose(plan: Plan, measure=measure) -> tuple[Plan, list[dict]]:
     """The fastest candidate whose losses are within `TOLERANCE` of the plain program's (the rule's plan unless
-    `MARGIN` slower), and a row per candidate; one that fails to compile or run is skipped, as in Triton."""
+    `MARGIN` slower), and a row per candidate; one that fails is skipped."""
     inputs, rows, reference = _inputs(plan), [], None
     for candidate in [plan.plain(), *(c for c in candidates(plan) if c != plan.plain())]:
         try:
             seconds, losses, compile_seconds = measure(candidate, inputs)
-        except Exception as err:  # noqa: BLE001 - any failure disqualifies only this candidate
+        except Exception as err:  # noqa: BLE001
             rows.append(dict(plan=candidate.record(), error=f"{type(err).__name__}: {err}"[:200]))
             continue
         reference = losses if reference is None else reference
@@ -131,13 +121,13 @@ def wisdom_path() -> Path:
 
 
 def key(plan: Plan) -> str:
-    """What a tuned choice depends on, as one string: the cell, float32, the machine and the versions."""
+    """What a tuned choice depends on: the cell, float32, the machine and the versions."""
     return json.dumps({**{k: getattr(plan, k) for k in CELL}, "dtype": "float32", **_machine(plan.backend)},
                       sort_keys=True)
 
 
 def read_wisdom(path: Path | None = None) -> dict:
-    """``{key: entry}`` from the wisdom file; an unreadable or foreign file reads as empty (never trusted)."""
+    """``{key: entry}`` from the wisdom file; an unreadable or foreign file reads as empty."""
     try:
         stored = json.loads(Path(path or wisdom_path()).read_text())
         return stored["entries"] if stored.get("format") == FORMAT and isinstance(stored["entries"], dict) else {}
@@ -146,7 +136,7 @@ def read_wisdom(path: Path | None = None) -> dict:
 
 
 def _recall(plan: Plan, entry) -> Plan | None:
-    """The stored plan if it is a valid plan for ``plan``'s cell, else None (a corrupted or foreign entry)."""
+    """The stored plan if it is a valid plan for ``plan``'s cell, else None."""
     try:
         stored = Plan.from_record(entry["plan"])
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -155,7 +145,7 @@ def _recall(plan: Plan, entry) -> Plan | None:
 
 
 def _store(plan: Plan, entry: dict, path: Path) -> None:
-    """Add ``entry`` under ``plan``'s key: read, merge and replace atomically under a lock (several processes)."""
+    """Add ``entry`` under ``plan``'s key, atomically under a lock."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -172,8 +162,7 @@ def clear_wisdom(path: Path | None = None) -> int:
 
 
 def tuned(plan: Plan, measure=measure, path: Path | None = None) -> Plan:
-    """``plan``'s cell with the program measured fastest here: from the wisdom file when it holds a valid entry
-    for this cell, machine and versions, else measured (`choose`) and stored."""
+    """``plan``'s cell with the program measured fastest here: from the wisdom file, else measured and stored."""
     return _tuned(plan, measure, Path(path or wisdom_path()))
 
 
